@@ -1,0 +1,72 @@
+# gpt2.nvim - build, test, bench, weights, demo.
+#
+# `make` builds build/gpt2 (the helper and CLI) from native/ with gcc. The
+# libraries come from Debian: cJSON (JSON), PCRE2 (the tokenizer's Unicode
+# regex), OpenBLAS (GEMM), libuv and msgpack-c (the rpc helper). `make deps`
+# installs whatever is missing when run as root and prints the apt-get line
+# otherwise; `make test` and `make demo` run it first.
+
+CC      ?= gcc
+PYTHON  ?= /usr/bin/python3
+BUILD   := build
+PKGS    := openblas libpcre2-8 libcjson
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter -pthread -MMD -MP
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LDLIBS  = $(PKG_LIBS) -lm -pthread
+
+SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
+       native/sampler.c native/generate.c native/cpu/pool.c native/cpu/forward.c
+OBJ := $(SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := tests/unit/test_main.c
+
+.PHONY: all help deps deps-test test test-unit test-py bench weights demo fixtures clean
+
+all: $(BUILD)/gpt2 ## build build/gpt2 (the default)
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/gpt2: $(OBJ) $(BUILD)/native/main.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+deps: ## install the build dependencies (Debian packages) if missing
+	@scripts/deps.sh build
+
+deps-test: ## install the test dependencies (Debian packages) if missing
+	@scripts/deps.sh test
+
+test: deps-test ## build and run every test (what CI runs)
+	@$(MAKE) --no-print-directory all $(BUILD)/test_unit
+	@$(MAKE) --no-print-directory test-unit test-py
+
+test-unit: $(BUILD)/test_unit ## C unit tests
+	$(BUILD)/test_unit data/gpt2-tokenizer
+
+test-py: $(BUILD)/gpt2 ## oracle, checkpoint and CLI tests (pytest)
+	$(PYTHON) -m pytest -q tests
+
+bench: deps $(BUILD)/gpt2 ## timings on a random gpt2-shaped (124M) checkpoint
+	@scripts/bench.sh
+
+weights: ## download a checkpoint: make weights [MODEL=gpt2|gpt2-medium|...]
+	@scripts/fetch-weights.sh $(or $(MODEL),gpt2)
+
+demo: deps $(BUILD)/gpt2 ## complete a sample text with the best model present
+	@scripts/demo.sh
+
+fixtures: ## regenerate the oracle fixtures (needs torch + transformers)
+	@scripts/make-fixtures.sh
+
+clean: ## remove build/
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,22 @@
+/* pool.h - a fixed set of worker threads that stay alive between calls.
+ *
+ * pool_run hands out task indices 0..ntasks-1 to the workers and the calling
+ * thread alike and returns when all are done; no thread is created per call.
+ * One caller at a time.
+ */
+#ifndef GPT2_POOL_H
+#define GPT2_POOL_H
+
+typedef struct pool pool;
+typedef void (*pool_fn)(void *arg, int task, int thread);
+
+/* nthreads counts the caller: 1 means no extra threads. NULL on failure. */
+pool *pool_new(int nthreads);
+void pool_free(pool *p);
+int pool_size(const pool *p);
+void pool_run(pool *p, pool_fn fn, void *arg, int ntasks);
+
+/* Online CPUs (at least 1). */
+int pool_cpu_count(void);
+
+#endif

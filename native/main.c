@@ -1,0 +1,452 @@
+/* main.c - the `gpt2` command: argument parsing and the subcommands.
+ *
+ *   gpt2 tokenize --model DIR            stdin text -> JSON array of ids
+ *   gpt2 detokenize --model DIR --tokens IDS   -> JSON string
+ *   gpt2 logits   --model DIR --tokens IDS     -> JSON array (last position)
+ *   gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [...] -> JSON object
+ *   gpt2 info     --model DIR            -> JSON object (config, sizes)
+ *
+ * Results go to stdout as one JSON value; errors are one line on stderr
+ * ("gpt2: ...") with exit status 1 (2 for usage errors).
+ */
+#define _GNU_SOURCE
+#include "common.h"
+#include "generate.h"
+#include "model.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define EXIT_USAGE 2
+#define MAX_PROMPT_BYTES (64u << 20)
+
+typedef struct {
+    const char *model, *prompt, *tokens;
+    gen_params gen;
+    int seed_given, threads;
+} cli_opts;
+
+static const char *const USAGE =
+    "usage: gpt2 COMMAND --model DIR [options]\n"
+    "\n"
+    "GPT-2 inference for gpt2.nvim. A model DIR is a Hugging Face checkpoint:\n"
+    "config.json, model.safetensors, vocab.json, merges.txt.\n"
+    "\n"
+    "commands:\n"
+    "  tokenize     read UTF-8 text on stdin, print its token ids as a JSON array\n"
+    "  detokenize   print the text of --tokens as a JSON string\n"
+    "  logits       print the last position's logits of --tokens as a JSON array\n"
+    "  complete     print n continuations of --prompt or --tokens as a JSON object\n"
+    "  info         print the model's configuration as a JSON object\n"
+    "  version      print the version\n"
+    "\n"
+    "Run `gpt2 COMMAND --help` for a command's options.\n";
+
+static const char *const COMPLETE_HELP =
+    "usage: gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [options]\n"
+    "\n"
+    "  -n N               continuations (default 3, 1..16)\n"
+    "  --max-tokens N     new tokens per continuation (default 24, 1..1024)\n"
+    "  --temperature T    0 = greedy (default 0.8, 0..10)\n"
+    "  --top-k K          keep the K most likely tokens, 0 = all (default 40)\n"
+    "  --top-p P          nucleus mass in (0, 1] (default 0.95)\n"
+    "  --seed S           0..2^53-1; the same seed and input give the same output\n"
+    "                     (default: random, reported in the output)\n"
+    "  --stop MODE        line | sentence | none (default line: stop at the end of\n"
+    "                     the line, after some text)\n"
+    "  --threads N        CPU threads (default: all)\n"
+    "\n"
+    "A prompt longer than the window (n_positions - max-tokens) keeps its last\n"
+    "tokens; `truncated` in the output says how many were dropped. An empty\n"
+    "prompt starts from <|endoftext|>.\n"
+    "Output: {suggestions, tokens, finish, prompt_tokens, truncated, seed,\n"
+    "         model, device, timings{load_ms, tokenize_ms, prefill_ms, decode_ms,\n"
+    "         total_ms}}\n";
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "gpt2: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (try --help)\n");
+    return EXIT_USAGE;
+}
+
+static int fail(const char *err)
+{
+    fprintf(stderr, "gpt2: %s\n", err);
+    return 1;
+}
+
+/* ==== Parsing numbers and lists ==== */
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, double lo, double hi, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
+    *out = (float)v;
+    return 0;
+}
+
+/* "1,2,3" -> ids (caller frees). -1 on a malformed list. */
+static int parse_ids(const char *s, int **ids, int *n)
+{
+    int cap = 16, k = 0;
+    int *v = malloc(cap * sizeof *v);
+    if (!v) return -1;
+    for (const char *p = s; *p;) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (errno || end == p || x < 0 || x > INT_MAX || (*end && *end != ',')) goto bad;
+        if (k == cap) {
+            int *nv = realloc(v, (cap *= 2) * sizeof *v);
+            if (!nv) goto bad;
+            v = nv;
+        }
+        v[k++] = (int)x;
+        p = *end ? end + 1 : end;
+        if (*end && !*p) goto bad; /* trailing comma */
+    }
+    *ids = v;
+    *n = k;
+    return 0;
+bad:
+    free(v);
+    return -1;
+}
+
+static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
+{
+    enum { O_MAXTOK = 256, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_THREADS };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+        {"tokens", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
+        {"max-tokens", required_argument, 0, O_MAXTOK},
+        {"temperature", required_argument, 0, O_TEMP}, {"top-k", required_argument, 0, O_TOPK},
+        {"top-p", required_argument, 0, O_TOPP}, {"seed", required_argument, 0, O_SEED},
+        {"stop", required_argument, 0, O_STOP}, {"threads", required_argument, 0, O_THREADS},
+        {0, 0, 0, 0}};
+    long v;
+    int c;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":m:p:t:n:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'p': o->prompt = optarg; break;
+        case 't': o->tokens = optarg; break;
+        case 'h': fputs(help, stdout); exit(0);
+        case 'n':
+            if (parse_long(optarg, 1, GEN_MAX_N, &v)) return usage_error("-n must be 1..16, not '%s'", optarg);
+            o->gen.n = (int)v;
+            break;
+        case O_MAXTOK:
+            if (parse_long(optarg, 1, GEN_MAX_TOKENS, &v))
+                return usage_error("--max-tokens must be 1..1024, not '%s'", optarg);
+            o->gen.max_tokens = (int)v;
+            break;
+        case O_TEMP:
+            if (parse_float(optarg, 0, 10, &o->gen.sp.temperature))
+                return usage_error("--temperature must be 0..10, not '%s'", optarg);
+            break;
+        case O_TOPK:
+            if (parse_long(optarg, 0, INT_MAX, &v))
+                return usage_error("--top-k must be a whole number >= 0, not '%s'", optarg);
+            o->gen.sp.top_k = (int)v;
+            break;
+        case O_TOPP:
+            if (parse_float(optarg, 1e-6, 1, &o->gen.sp.top_p))
+                return usage_error("--top-p must be in (0, 1], not '%s'", optarg);
+            break;
+        case O_SEED:
+            if (parse_long(optarg, 0, (1L << 53) - 1, &v))
+                return usage_error("--seed must be 0..2^53-1, not '%s'", optarg);
+            o->gen.seed = (uint64_t)v;
+            o->seed_given = 1;
+            break;
+        case O_STOP:
+            if ((v = stop_parse(optarg)) < 0)
+                return usage_error("--stop must be line, sentence or none, not '%s'", optarg);
+            o->gen.stop = (stop_mode)v;
+            break;
+        case O_THREADS:
+            if (parse_long(optarg, 1, 256, &v))
+                return usage_error("--threads must be 1..256, not '%s'", optarg);
+            o->threads = (int)v;
+            break;
+        case ':': return usage_error("option '%s' needs a value", argv[optind - 1]);
+        default: return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!o->model) return usage_error("%s", "--model DIR is required");
+    return 0;
+}
+
+/* ==== Output ==== */
+
+/* Print a cJSON value (consumed) on one line of stdout. */
+static int print_json(cJSON *v)
+{
+    char *s = v ? cJSON_PrintUnformatted(v) : NULL;
+    cJSON_Delete(v);
+    if (!s) return fail("out of memory printing the result");
+    int ok = puts(s) >= 0 && fflush(stdout) == 0;
+    cJSON_free(s);
+    return ok ? 0 : fail("cannot write to stdout");
+}
+
+static cJSON *int_array(const int *v, int n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; a && i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(v[i]));
+    return a;
+}
+
+/* ==== Commands ==== */
+
+static char *read_stdin(size_t *len, char *err)
+{
+    buf_t b = {0};
+    char chunk[65536];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, stdin)) > 0) {
+        if (b.len + got > MAX_PROMPT_BYTES || buf_append(&b, chunk, got) < 0) {
+            buf_free(&b);
+            errf(err, "stdin: more than %u bytes of text", MAX_PROMPT_BYTES);
+            return NULL;
+        }
+    }
+    *len = b.len;
+    return b.p ? b.p : strdup("");
+}
+
+static int cmd_tokenize(cli_opts *o, model *m)
+{
+    char err[ERR_MAX];
+    size_t len;
+    char *text = read_stdin(&len, err);
+    if (!text) return fail(err);
+    int *ids = NULL, n = 0, cap = 0;
+    int rc = tok_encode(m->tok, text, len, &ids, &n, &cap, err);
+    free(text);
+    (void)o;
+    if (rc < 0) return fail(err);
+    rc = print_json(int_array(ids, n));
+    free(ids);
+    return rc;
+}
+
+/* --tokens parsed and checked against the vocabulary. */
+static int get_tokens(const cli_opts *o, const model *m, int **ids, int *n)
+{
+    if (!o->tokens) return usage_error("%s", "--tokens IDS is required");
+    if (parse_ids(o->tokens, ids, n) < 0)
+        return usage_error("--tokens must be comma-separated ids, not '%s'", o->tokens);
+    for (int i = 0; i < *n; i++)
+        if ((*ids)[i] >= m->cfg.n_vocab) {
+            fprintf(stderr, "gpt2: token id %d is outside the vocabulary (0..%d)\n", (*ids)[i],
+                    m->cfg.n_vocab - 1);
+            free(*ids);
+            return 1;
+        }
+    return 0;
+}
+
+static int cmd_detokenize(cli_opts *o, model *m)
+{
+    int *ids, n, rc = get_tokens(o, m, &ids, &n);
+    if (rc) return rc;
+    buf_t out = {0};
+    if (tok_decode(m->tok, ids, n, 1, &out) < 0 || buf_append(&out, "", 1) < 0) rc = -1;
+    free(ids);
+    rc = rc ? fail("out of memory") : print_json(cJSON_CreateString(out.p));
+    buf_free(&out);
+    return rc;
+}
+
+static int cmd_logits(cli_opts *o, model *m)
+{
+    char err[ERR_MAX];
+    int *ids, n, rc = get_tokens(o, m, &ids, &n);
+    if (rc) return rc;
+    if (n == 0 || n > m->cfg.n_ctx) {
+        free(ids);
+        fprintf(stderr, "gpt2: need 1..%d tokens (the model's window), got %d\n", m->cfg.n_ctx, n);
+        return 1;
+    }
+    engine *e = engine_new(m, o->threads, err);
+    float *logits = xmallocarray(m->cfg.n_vocab, sizeof(float));
+    if (!e || !logits || gen_logits(e, ids, n, logits, err) < 0) {
+        rc = fail(e && !logits ? "out of memory" : err);
+    } else {
+        cJSON *a = cJSON_CreateArray();
+        for (int v = 0; a && v < m->cfg.n_vocab; v++)
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(logits[v]));
+        rc = print_json(a);
+    }
+    free(logits);
+    free(ids);
+    engine_free(e);
+    return rc;
+}
+
+/* The prompt's ids: --tokens, or --prompt tokenized; at most `keep` of the
+ * last ones; an empty prompt becomes <|endoftext|>. */
+static int prompt_ids(const cli_opts *o, model *m, int keep, int **ids, int *n, int *dropped,
+                      char *err)
+{
+    int cap = 0;
+    *ids = NULL;
+    *n = 0;
+    if (o->tokens) {
+        int rc = get_tokens(o, m, ids, n);
+        if (rc) return rc;
+    } else if (tok_encode(m->tok, o->prompt, strlen(o->prompt), ids, n, &cap, err) < 0) {
+        return fail(err);
+    }
+    *dropped = *n > keep ? *n - keep : 0;
+    if (*dropped) memmove(*ids, *ids + *dropped, (size_t)keep * sizeof **ids);
+    *n -= *dropped;
+    if (*n == 0) {
+        if (m->cfg.eos < 0) return fail("empty prompt and the model has no end-of-text token");
+        int *p = realloc(*ids, sizeof **ids);
+        if (!p) return fail("out of memory");
+        *ids = p;
+        (*ids)[(*n)++] = m->cfg.eos;
+    }
+    return 0;
+}
+
+static cJSON *complete_json(const model *m, const gen_result *r, const cli_opts *o,
+                            int dropped, double load_ms, double tok_ms, double t_start)
+{
+    cJSON *j = cJSON_CreateObject(), *sug = cJSON_AddArrayToObject(j, "suggestions");
+    cJSON *toks = cJSON_AddArrayToObject(j, "tokens"), *fin = cJSON_AddArrayToObject(j, "finish");
+    for (int i = 0; i < r->n; i++) {
+        cJSON_AddItemToArray(sug, cJSON_CreateString(r->text[i]));
+        cJSON_AddItemToArray(toks, int_array(r->ids[i], r->n_ids[i]));
+        cJSON_AddItemToArray(fin, cJSON_CreateString(gen_finish_name(r->finish[i])));
+    }
+    cJSON_AddNumberToObject(j, "prompt_tokens", r->prompt_tokens);
+    cJSON_AddNumberToObject(j, "truncated", dropped);
+    cJSON_AddNumberToObject(j, "seed", (double)o->gen.seed);
+    cJSON_AddStringToObject(j, "stop", stop_name(o->gen.stop));
+    cJSON_AddStringToObject(j, "model", m->name);
+    cJSON_AddStringToObject(j, "device", "cpu");
+    cJSON *t = cJSON_AddObjectToObject(j, "timings");
+    cJSON_AddNumberToObject(t, "load_ms", load_ms);
+    cJSON_AddNumberToObject(t, "tokenize_ms", tok_ms);
+    cJSON_AddNumberToObject(t, "prefill_ms", r->prefill_ms);
+    cJSON_AddNumberToObject(t, "decode_ms", r->decode_ms);
+    cJSON_AddNumberToObject(t, "decode_steps", r->steps);
+    cJSON_AddNumberToObject(t, "total_ms", now_ms() - t_start);
+    return j;
+}
+
+static int cmd_complete(cli_opts *o, model *m, double load_ms, double t_start)
+{
+    char err[ERR_MAX];
+    if (!!o->prompt == !!o->tokens)
+        return usage_error("%s", "give exactly one of --prompt TEXT and --tokens IDS");
+    if (o->gen.max_tokens >= m->cfg.n_ctx) {
+        fprintf(stderr, "gpt2: --max-tokens must be below the model's window of %d\n",
+                m->cfg.n_ctx);
+        return 1;
+    }
+    if (!o->seed_given) {
+        uint64_t s = 0;
+        if (getrandom(&s, sizeof s, 0) != sizeof s) s = (uint64_t)(now_ms() * 1000);
+        o->gen.seed = s & ((1ULL << 53) - 1);
+    }
+    double t0 = now_ms();
+    int *ids, n, dropped, rc = prompt_ids(o, m, m->cfg.n_ctx - o->gen.max_tokens, &ids, &n,
+                                          &dropped, err);
+    if (rc) return rc;
+    double tok_ms = now_ms() - t0;
+    engine *e = engine_new(m, o->threads, err);
+    gen_result r;
+    if (!e || gen_complete(e, ids, n, &o->gen, &r, err) < 0) {
+        rc = fail(err);
+    } else {
+        rc = print_json(complete_json(m, &r, o, dropped, load_ms, tok_ms, t_start));
+        gen_result_free(&r);
+    }
+    engine_free(e);
+    free(ids);
+    return rc;
+}
+
+static int cmd_info(model *m)
+{
+    const model_cfg *c = &m->cfg;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model", m->name);
+    cJSON_AddStringToObject(j, "dir", m->dir);
+    cJSON_AddNumberToObject(j, "n_layer", c->n_layer);
+    cJSON_AddNumberToObject(j, "n_embd", c->n_embd);
+    cJSON_AddNumberToObject(j, "n_head", c->n_head);
+    cJSON_AddNumberToObject(j, "n_positions", c->n_ctx);
+    cJSON_AddNumberToObject(j, "vocab_size", c->n_vocab);
+    cJSON_AddNumberToObject(j, "n_inner", c->n_inner);
+    cJSON_AddNumberToObject(j, "tokenizer_size", tok_vocab_size(m->tok));
+    cJSON_AddNumberToObject(j, "weight_bytes", (double)m->weight_bytes);
+    return print_json(j);
+}
+
+int main(int argc, char **argv)
+{
+    double t_start = now_ms();
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("gpt2 %s\n", GPT2_VERSION);
+        return 0;
+    }
+    static const char *const cmds[] = {"tokenize", "detokenize", "logits", "complete", "info"};
+    int k = 0;
+    while (k < 5 && strcmp(cmd, cmds[k])) k++;
+    if (k == 5) return usage_error("unknown command '%s'", cmd);
+    char help[512];
+    snprintf(help, sizeof help, "usage: gpt2 %s --model DIR%s\n", cmd,
+             k == 1 || k == 2 ? " --tokens IDS" : k == 0 ? "  < text" : "");
+    cli_opts o = {.gen = {.n = 3, .max_tokens = 24, .sp = {0.8f, 40, 0.95f}, .stop = STOP_LINE}};
+    int rc = parse_opts(argc - 1, argv + 1, &o, k == 3 ? COMPLETE_HELP : help);
+    if (rc) return rc;
+    char err[ERR_MAX];
+    model *m = model_load(o.model, err);
+    if (!m) return fail(err);
+    double load_ms = now_ms() - t_start;
+    switch (k) {
+    case 0: rc = cmd_tokenize(&o, m); break;
+    case 1: rc = cmd_detokenize(&o, m); break;
+    case 2: rc = cmd_logits(&o, m); break;
+    case 3: rc = cmd_complete(&o, m, load_ms, t_start); break;
+    default: rc = cmd_info(m); break;
+    }
+    model_free(m);
+    return rc;
+}

@@ -1,0 +1,182 @@
+/* sampler.c - see sampler.h. */
+#include "sampler.h"
+#include "common.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ==== Random numbers: splitmix64 seeding, xoshiro256** ==== */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+void rng_seed(rng_t *r, uint64_t seed, uint64_t stream)
+{
+    uint64_t x = seed ^ splitmix64(&(uint64_t){stream * 0xD1B54A32D192ED03ULL + 1});
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t rng_next(rng_t *r)
+{
+    uint64_t *s = r->s, out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return out;
+}
+
+double rng_uniform(rng_t *r) { return (rng_next(r) >> 11) * 0x1.0p-53; }
+
+/* ==== Sampling ==== */
+
+struct sampler {
+    int n_vocab;
+    int *idx;     /* candidate ids, best first */
+    float *prob;  /* their probabilities */
+};
+
+sampler *sampler_new(int n_vocab)
+{
+    sampler *s = xcalloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->n_vocab = n_vocab;
+    s->idx = xmallocarray(n_vocab, sizeof *s->idx);
+    s->prob = xmallocarray(n_vocab, sizeof *s->prob);
+    if (!s->idx || !s->prob) {
+        sampler_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void sampler_free(sampler *s)
+{
+    if (!s) return;
+    free(s->idx);
+    free(s->prob);
+    free(s);
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* "a ranks before b": larger logit, then smaller id (a total order). */
+static int before(const float *l, int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); }
+
+/* Keep the k best ids of logits in idx[0..k), sorted best first. A min-heap
+ * of size k over the vocabulary: O(V log k). */
+static void top_k(const float *l, int n, int k, int *idx)
+{
+    int m = 0;
+    for (int v = 0; v < n; v++) {
+        if (m == k && !before(l, v, idx[0])) continue;
+        int i;
+        if (m < k) { /* sift up */
+            for (i = m++; i > 0 && before(l, idx[(i - 1) / 2], v); i = (i - 1) / 2)
+                idx[i] = idx[(i - 1) / 2];
+        } else { /* replace the worst, sift down */
+            for (i = 0;;) {
+                int c = 2 * i + 1;
+                if (c >= m) break;
+                if (c + 1 < m && before(l, idx[c], idx[c + 1])) c++;
+                if (!before(l, v, idx[c])) break;
+                idx[i] = idx[c];
+                i = c;
+            }
+        }
+        idx[i] = v;
+    }
+    /* heap sort: repeatedly move the worst to the end */
+    for (int end = m - 1; end > 0; end--) {
+        int worst = idx[0], last = idx[end], i = 0;
+        idx[end] = worst;
+        for (;;) {
+            int c = 2 * i + 1;
+            if (c >= end) break;
+            if (c + 1 < end && before(l, idx[c], idx[c + 1])) c++;
+            if (!before(l, last, idx[c])) break;
+            idx[i] = idx[c];
+            i = c;
+        }
+        idx[i] = last;
+    }
+}
+
+int sample_token(sampler *s, const float *logits, const sample_params *p, rng_t *r)
+{
+    int n = s->n_vocab;
+    if (p->temperature <= 0 || p->top_k == 1) return argmax(logits, n);
+    int k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
+    top_k(logits, n, k, s->idx);
+    float inv_t = 1.0f / p->temperature, max = logits[s->idx[0]] * inv_t;
+    double sum = 0;
+    for (int i = 0; i < k; i++) sum += s->prob[i] = expf(logits[s->idx[i]] * inv_t - max);
+    /* nucleus: the smallest prefix whose probability reaches top_p */
+    int keep = k;
+    if (p->top_p < 1.0f) {
+        double cum = 0, target = p->top_p * sum;
+        for (keep = 0; keep < k;) {
+            cum += s->prob[keep++];
+            if (cum >= target) break;
+        }
+        sum = cum;
+    }
+    double u = rng_uniform(r) * sum, acc = 0;
+    for (int i = 0; i < keep; i++) {
+        acc += s->prob[i];
+        if (u < acc) return s->idx[i];
+    }
+    return s->idx[keep - 1]; /* rounding at the very top of the range */
+}
+
+/* ==== Stop rules ==== */
+
+static int blank(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+long stop_cut(const char *text, size_t len, stop_mode mode)
+{
+    int seen = 0; /* non-blank text so far */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (mode == STOP_LINE && c == '\n' && seen) return (long)i;
+        if (mode == STOP_SENTENCE && seen) {
+            if (c == '\n' && i + 1 < len && text[i + 1] == '\n') return (long)i;
+            if (c == '.' || c == '!' || c == '?') {
+                size_t j = i + 1;
+                while (j < len && text[j] && strchr("\"')]}", text[j])) j++;
+                if (j < len && blank((unsigned char)text[j])) return (long)j;
+            }
+        }
+        if (!blank(c)) seen = 1;
+    }
+    return -1;
+}
+
+int stop_parse(const char *s)
+{
+    if (!strcmp(s, "none")) return STOP_NONE;
+    if (!strcmp(s, "line")) return STOP_LINE;
+    if (!strcmp(s, "sentence")) return STOP_SENTENCE;
+    return -1;
+}
+
+const char *stop_name(stop_mode m)
+{
+    return m == STOP_LINE ? "line" : m == STOP_SENTENCE ? "sentence" : "none";
+}

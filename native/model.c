@@ -155,8 +155,8 @@ static const float *weight(model *m, const char *name, int ndim, const int64_t *
     snprintf(full, sizeof full, "transformer.%s", name);
     const st_tensor *t = st_find(&m->st, full);
     if (!t) t = st_find(&m->st, name);
-    if (!t) {
-        errf(err, "%s: missing tensor '%s'", m->st.path, full);
+    if (!t) { /* name it the way this file names its tensors */
+        errf(err, "%s: missing tensor '%s'", m->st.path, m->unprefixed ? name : full);
         return NULL;
     }
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
@@ -232,6 +232,8 @@ static int load_layer(model *m, int l, char *err)
 static int load_weights(model *m, char *err)
 {
     const model_cfg *c = &m->cfg;
+    /* OpenAI-converted checkpoints (the hub's gpt2) have no "transformer." */
+    m->unprefixed = !st_find(&m->st, "transformer.wte.weight") && st_find(&m->st, "wte.weight");
     W2(m->wte, "wte.weight", c->n_vocab, c->n_embd);
     W2(m->wpe, "wpe.weight", c->n_ctx, c->n_embd);
     W1(m->lnf_w, "ln_f.weight", c->n_embd);

@@ -46,6 +46,7 @@ typedef struct {
     void **owned;          /* converted copies, freed with the model */
     int n_owned;
     size_t weight_bytes;   /* bytes of fp32 weights the forward pass reads */
+    int unprefixed;        /* tensor names lack the "transformer." prefix */
 } model;
 
 /* Load the model in `dir`. NULL with one line in err (naming the file and the

@@ -155,9 +155,25 @@ out:
     return rc;
 }
 
+/* JSON forbids raw control characters inside strings; cJSON lets them by. */
+static int raw_control_in_string(const char *s, size_t n)
+{
+    int in = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (in && c < 0x20) return 1;
+        if (in && c == '\\') i++; /* skip the escaped character */
+        else if (c == '"') in = !in;
+    }
+    return 0;
+}
+
 static int parse_header(st_file *f, const char *hdr, size_t n, char *err)
 {
     if (!utf8_valid(hdr, n)) return errf(err, "%s: header is not valid UTF-8", f->path);
+    if (raw_control_in_string(hdr, n))
+        return errf(err, "%s: header is not valid JSON (raw control character in a string)",
+                    f->path);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(hdr, n, &end, 0);
     int rc = -1;

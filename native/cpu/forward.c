@@ -7,6 +7,7 @@
  * [in, out], which is exactly the row-major B of out = x @ W.
  */
 #include "forward.h"
+#include "matvec.h"
 
 #include <cblas.h>
 #undef I /* OpenBLAS pulls in <complex.h>, whose I would shadow our names */
@@ -21,7 +22,8 @@ struct fwd {
     pool *pool;
     int cap;                                /* rows the buffers hold */
     float *x, *h, *qkv, *att, *fc;          /* (cap, C|C|3C|C|I) */
-    float *scores;                          /* (threads, n_ctx) */
+    float *scores;                          /* (threads, score_cap) */
+    size_t score_cap;
 };
 
 kv_cache *kv_new(const model_cfg *c, int cap)
@@ -63,12 +65,6 @@ fwd *fwd_new(const model *m, pool *p, char *err)
     }
     f->m = m;
     f->pool = p;
-    f->scores = xmallocarray((size_t)pool_size(p) * m->cfg.n_ctx, sizeof(float));
-    if (!f->scores) {
-        free(f);
-        errf(err, "out of memory");
-        return NULL;
-    }
     openblas_set_num_threads(1);
     return f;
 }
@@ -98,6 +94,14 @@ static int reserve(fwd *f, int rows)
         free(*bufs[i]);
         *bufs[i] = p;
     }
+    /* attention scores: one context row per thread for decode rows, a
+     * (rows x window) block per thread for a prompt chunk */
+    size_t sc = (size_t)rows * c->n_ctx;
+    float *s = xmallocarray(sc * pool_size(f->pool), sizeof(float));
+    if (!s) return -1;
+    free(f->scores);
+    f->scores = s;
+    f->score_cap = sc;
     f->cap = rows;
     return 0;
 }
@@ -144,10 +148,15 @@ static void gemm_task(void *arg, int task, int thread)
     (void)thread;
     gemm_job *j = arg;
     int o0 = task * j->chunk, n = j->O - o0 < j->chunk ? j->O - o0 : j->chunk;
-    const float *w = j->trans ? j->w + (size_t)o0 * j->I : j->w + o0;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, j->trans ? CblasTrans : CblasNoTrans, j->R, n,
-                j->I, 1.0f, j->x, j->I, w, j->trans ? j->I : j->O, j->accumulate ? 1.0f : 0.0f,
-                j->out + o0, j->O);
+    if (j->R <= MV_MAX_ROWS) { /* decode: stream the weights once */
+        if (j->trans) mv_out_in(j->out, j->O, j->x, j->R, j->I, j->w, o0, o0 + n);
+        else mv_in_out(j->out, j->O, j->x, j->R, j->I, j->w, j->O, o0, o0 + n, j->accumulate);
+    } else {
+        const float *w = j->trans ? j->w + (size_t)o0 * j->I : j->w + o0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, j->trans ? CblasTrans : CblasNoTrans, j->R, n,
+                    j->I, 1.0f, j->x, j->I, w, j->trans ? j->I : j->O,
+                    j->accumulate ? 1.0f : 0.0f, j->out + o0, j->O);
+    }
     if (!j->bias && !j->act) return;
     for (int r = 0; r < j->R; r++) {
         float *o = j->out + (size_t)r * j->O + o0;
@@ -160,8 +169,9 @@ static void gemm_task(void *arg, int task, int thread)
 
 static void gemm(fwd *f, gemm_job *j)
 {
-    /* a few slices per thread balance the load; keep slices 16-aligned */
-    int tasks = pool_size(f->pool) * 4;
+    /* Decode (few rows) is bandwidth-bound: one wide contiguous slice per
+     * thread streams best. Prefill: a few slices per thread balance load. */
+    int tasks = pool_size(f->pool) * (j->R <= MV_MAX_ROWS ? 1 : 4);
     int chunk = (j->O + tasks - 1) / tasks;
     chunk = (chunk + 15) & ~15;
     if (chunk < 64) chunk = 64;
@@ -174,40 +184,84 @@ static void gemm(fwd *f, gemm_job *j)
 typedef struct {
     fwd *f;
     const fwd_row *rows;
-    int layer;
+    int R, layer;
     float scale;
 } attn_job;
 
-static void attn_task(void *arg, int task, int thread)
+/* Key or value row of context position p for a row: ctx0 first, then own. */
+static const float *ctx_row(const fwd_row *row, int value, int layer, int p)
+{
+    const kv_cache *kv = p < row->len0 ? row->ctx0 : row->own;
+    int at = p < row->len0 ? p : p - row->len0;
+    return kv_row(value ? kv->v : kv->k, kv, layer, at);
+}
+
+/* Softmax of s[0..n) in place; returns nothing, s sums to 1. */
+static void softmax(float *s, int n)
+{
+    float max = -INFINITY, sum = 0;
+    for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
+    for (int p = 0; p < n; p++) sum += s[p] = expf(s[p] - max);
+    float inv = 1.0f / sum;
+    for (int p = 0; p < n; p++) s[p] *= inv;
+}
+
+/* One (row, head): decode rows, each with its own context. */
+static void attn_row_task(void *arg, int task, int thread)
 {
     attn_job *j = arg;
     const model_cfg *c = &j->f->m->cfg;
     int C = c->n_embd, H = c->n_head, hd = C / H, r = task / H, h = task % H;
     const fwd_row *row = &j->rows[r];
     const float *q = j->f->qkv + (size_t)r * 3 * C + h * hd;
-    float *s = j->f->scores + (size_t)thread * c->n_ctx, *out = j->f->att + (size_t)r * C + h * hd;
+    float *s = j->f->scores + (size_t)thread * j->f->score_cap;
+    float *out = j->f->att + (size_t)r * C + h * hd;
     int n = row->len0 + row->own_at + 1;
-    float max = -INFINITY;
-    for (int p = 0; p < n; p++) {
-        const kv_cache *kv = p < row->len0 ? row->ctx0 : row->own;
-        int at = p < row->len0 ? p : p - row->len0;
-        const float *k = kv_row(kv->k, kv, j->layer, at) + h * hd;
-        float d = 0;
-        for (int i = 0; i < hd; i++) d += q[i] * k[i];
-        s[p] = d * j->scale;
-        if (s[p] > max) max = s[p];
-    }
-    float sum = 0;
-    for (int p = 0; p < n; p++) sum += s[p] = expf(s[p] - max);
-    float inv = 1.0f / sum;
+    for (int p = 0; p < n; p++) s[p] = mv_dot(q, ctx_row(row, 0, j->layer, p) + h * hd, hd) * j->scale;
+    softmax(s, n);
     memset(out, 0, hd * sizeof *out);
-    for (int p = 0; p < n; p++) {
-        const kv_cache *kv = p < row->len0 ? row->ctx0 : row->own;
-        int at = p < row->len0 ? p : p - row->len0;
-        const float *v = kv_row(kv->v, kv, j->layer, at) + h * hd;
-        float w = s[p] * inv;
-        for (int i = 0; i < hd; i++) out[i] += w * v[i];
+    for (int p = 0; p < n; p++) mv_axpy(out, s[p], ctx_row(row, 1, j->layer, p) + h * hd, hd);
+}
+
+/* One head over all rows of a prompt chunk (rows at consecutive positions of
+ * one cache, after a shared ctx0): scores and outputs as GEMMs. */
+static void attn_block_task(void *arg, int h, int thread)
+{
+    attn_job *j = arg;
+    const model_cfg *c = &j->f->m->cfg;
+    const fwd_row *r0 = &j->rows[0];
+    int C = c->n_embd, hd = C / c->n_head, R = j->R, L0 = r0->len0;
+    int N = L0 + r0->own_at + R; /* context length of the last row */
+    float *S = j->f->scores + (size_t)thread * j->f->score_cap; /* (R, N) */
+    const float *q = j->f->qkv + h * hd;
+    const kv_cache *own = r0->own;
+    if (L0) /* S[:, 0:L0] = Q K0^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, L0, hd, j->scale, q, 3 * C,
+                    kv_row(r0->ctx0->k, r0->ctx0, j->layer, 0) + h * hd, C, 0, S, N);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, N - L0, hd, j->scale, q, 3 * C,
+                kv_row(own->k, own, j->layer, 0) + h * hd, C, 0, S + L0, N);
+    for (int r = 0; r < R; r++) { /* causal: row r sees N - R + r + 1 positions */
+        int n = N - R + r + 1;
+        softmax(S + (size_t)r * N, n);
+        memset(S + (size_t)r * N + n, 0, (size_t)(N - n) * sizeof *S);
     }
+    float *out = j->f->att + h * hd;
+    if (L0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, L0, 1.0f, S, N,
+                    kv_row(r0->ctx0->v, r0->ctx0, j->layer, 0) + h * hd, C, 0, out, C);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, N - L0, 1.0f, S + L0, N,
+                kv_row(own->v, own, j->layer, 0) + h * hd, C, L0 ? 1.0f : 0.0f, out, C);
+}
+
+/* Rows form one prompt chunk: same caches, consecutive positions. */
+static int is_block(const fwd_row *rows, int R)
+{
+    if (R <= MV_MAX_ROWS) return 0;
+    for (int r = 1; r < R; r++)
+        if (rows[r].own != rows[0].own || rows[r].ctx0 != rows[0].ctx0 ||
+            rows[r].len0 != rows[0].len0 || rows[r].own_at != rows[0].own_at + r)
+            return 0;
+    return 1;
 }
 
 /* ==== Layers ==== */
@@ -230,7 +284,9 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     }
     float scale = c->scale_attn ? 1.0f / sqrtf((float)(C / c->n_head)) : 1.0f;
     if (c->scale_inv_layer) scale /= (float)(l + 1);
-    pool_run(f->pool, attn_task, &(attn_job){f, rows, l, scale}, R * c->n_head);
+    attn_job job = {f, rows, R, l, scale};
+    if (is_block(rows, R)) pool_run(f->pool, attn_block_task, &job, c->n_head);
+    else pool_run(f->pool, attn_row_task, &job, R * c->n_head);
     gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = w->attn_w, .bias = w->attn_b, .R = R,
                         .I = C, .O = C, .accumulate = 1});
 }

@@ -1,25 +1,33 @@
 /* pool.c - persistent worker threads (see pool.h).
  *
- * A generation counter under one mutex wakes the workers; tasks are claimed
- * with an atomic counter so uneven tasks balance themselves; the caller
- * waits on a second condition until every worker has checked in.
+ * A decode step calls pool_run ~60 times, a few hundred microseconds apart,
+ * so waking sleeping threads through a condition variable each time would
+ * cost more than the work. Workers therefore spin on an atomic generation
+ * counter for a while after each run (SPIN_NS) and only then sleep on the
+ * condition variable; the caller spins until every worker has checked in.
+ * Tasks are claimed with an atomic counter so uneven tasks balance.
  */
 #define _GNU_SOURCE
 #include "pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
+#define SPIN_NS 2000000L /* 2 ms: spans the gaps inside a step, not idle time */
+
 struct pool {
-    int n;                /* threads including the caller */
+    int n;                    /* threads including the caller */
     pthread_t *threads;
     pthread_mutex_t mu;
-    pthread_cond_t wake, done;
-    unsigned long gen;    /* bumped per pool_run */
-    int busy;             /* workers still inside the current run */
-    int stop;
+    pthread_cond_t wake;
+    atomic_ulong gen;         /* bumped per pool_run (release) */
+    atomic_int busy;          /* workers still inside the current run */
+    atomic_int sleepers;      /* workers blocked on `wake` */
+    atomic_int stop;
     pool_fn fn;
     void *arg;
     int ntasks;
@@ -31,9 +39,44 @@ typedef struct {
     int id;
 } worker_arg;
 
+static long elapsed_ns(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 static void drain(pool *p, int thread)
 {
     for (int t; (t = atomic_fetch_add(&p->next, 1)) < p->ntasks;) p->fn(p->arg, t, thread);
+}
+
+/* Wait until gen moves past `seen` (or stop): spin first, then sleep. */
+static unsigned long wait_gen(pool *p, unsigned long seen)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0;; i++) {
+        unsigned long g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        if (g != seen || atomic_load(&p->stop)) return g;
+        cpu_relax();
+        if ((i & 1023) == 1023 && elapsed_ns(&t0) > SPIN_NS) break;
+    }
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add(&p->sleepers, 1);
+    unsigned long g;
+    while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop))
+        pthread_cond_wait(&p->wake, &p->mu);
+    atomic_fetch_sub(&p->sleepers, 1);
+    pthread_mutex_unlock(&p->mu);
+    return g;
 }
 
 static void *worker(void *a)
@@ -42,17 +85,12 @@ static void *worker(void *a)
     free(a);
     pool *p = wa.p;
     unsigned long seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->wake, &p->mu);
-        if (p->stop) break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
+        seen = wait_gen(p, seen);
+        if (atomic_load(&p->stop)) break;
         drain(p, wa.id);
-        pthread_mutex_lock(&p->mu);
-        if (--p->busy == 0) pthread_cond_signal(&p->done);
+        atomic_fetch_sub_explicit(&p->busy, 1, memory_order_release);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -68,19 +106,14 @@ pool *pool_new(int nthreads)
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
-    pthread_cond_init(&p->done, NULL);
     for (int i = 1; i < p->n; i++) {
         worker_arg *wa = malloc(sizeof *wa);
-        if (!wa) goto fail;
-        *wa = (worker_arg){p, i};
-        if (pthread_create(&p->threads[i], NULL, worker, wa)) {
+        if (wa) *wa = (worker_arg){p, i};
+        if (!wa || pthread_create(&p->threads[i], NULL, worker, wa)) {
             free(wa);
-            goto fail;
+            p->n = i; /* run with the threads we have */
+            break;
         }
-        continue;
-    fail:
-        p->n = i; /* only threads 1..i-1 exist */
-        break;
     }
     return p;
 }
@@ -89,13 +122,12 @@ void pool_free(pool *p)
 {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
-    pthread_cond_destroy(&p->done);
     free(p->threads);
     free(p);
 }
@@ -108,19 +140,22 @@ void pool_run(pool *p, pool_fn fn, void *arg, int ntasks)
         for (int t = 0; t < ntasks; t++) fn(arg, t, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
     p->ntasks = ntasks;
     atomic_store(&p->next, 0);
-    p->busy = p->n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
+    atomic_store(&p->busy, p->n - 1);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    if (atomic_load(&p->sleepers)) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+    }
     drain(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->busy) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; atomic_load_explicit(&p->busy, memory_order_acquire); i++) {
+        cpu_relax();
+        if ((i & 4095) == 4095) sched_yield(); /* a worker may have been descheduled */
+    }
 }
 
 int pool_cpu_count(void)

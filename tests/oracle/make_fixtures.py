@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Generate the reference ("oracle") fixtures that tests/test_oracle.py checks build/gpt2 against.
 
-Run from anywhere (paths are relative to this file):
+Run `make fixtures` (scripts/make-fixtures.sh), or from anywhere with a Python that has
+torch and transformers (paths are relative to this file):
 
-    /work/venv-oracle/bin/python tests/oracle/make_fixtures.py
+    .venv-oracle/bin/python tests/oracle/make_fixtures.py
 
-Needs torch and Hugging Face transformers (written against transformers 4.46.3 with torch
-1.13.1; the venv is made with `/usr/bin/python3 -m venv --system-site-packages
-/work/venv-oracle` and `pip install transformers==4.46.3 safetensors tokenizers`).
+Needs torch and Hugging Face transformers (written against transformers 4.46.3 with
+Debian 12's torch 1.13.1; make-fixtures.sh creates .venv-oracle with
+`/usr/bin/python3 -m venv --system-site-packages` and pip-installs transformers).
 Nothing is downloaded: the tokenizer is built from data/gpt2-tokenizer/{vocab,merges}
 and the models are random.  The script is deterministic (torch.manual_seed per model,
 random.Random for prompts), so re-running it rewrites identical files on the same machine.

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""CPU benchmark of the gpt2 CLI on a random checkpoint shaped like gpt2 (124M).
+
+Prints figures; asserts nothing about time. The workload is the one the
+engine issue fixed as the baseline: a 256-token prompt, n=3 continuations of
+24 new tokens (no stop rule, so every run decodes all 24). Then the same
+workload through Hugging Face transformers' generate() on the same checkpoint,
+when a Python with torch + transformers is available (GPT2_REF_PYTHON, or the
+.venv-oracle that `make fixtures` creates); otherwise a SKIP line says why.
+
+usage: bench.py [--runs N] [--dtype f32|f16|bf16]
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GPT2 = os.environ.get("GPT2_BIN", os.path.join(ROOT, "build", "gpt2"))
+
+
+def checkpoint(dtype):
+    out = os.path.join(ROOT, "build", "bench", f"gpt2-124m-{dtype}")
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        subprocess.run([sys.executable, os.path.join(ROOT, "tests", "tools", "checkpoint.py"),
+                        "--out", out, "--layers", "12", "--embd", "768", "--heads", "12",
+                        "--positions", "1024", "--vocab", "50257", "--dtype", dtype,
+                        "--seed", "1", "--tokenizer-copy", "-q"], check=True)
+    return out
+
+
+def run_engine(model, prompt, runs, threads=None):
+    rows = []
+    for i in range(runs):
+        cmd = [GPT2, "complete", "--model", model, "--tokens", ",".join(map(str, prompt)),
+               "-n", "3", "--max-tokens", "24", "--stop", "none", "--seed", str(i)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        assert all(len(t) == 24 for t in r["tokens"]), "every continuation decodes 24 tokens"
+        t = r["timings"]
+        rows.append((t["prefill_ms"], t["decode_ms"] / t["decode_steps"],
+                     t["prefill_ms"] + t["decode_ms"], t["total_ms"]))
+    return [statistics.median(col) for col in zip(*rows)]
+
+
+def reference_python():
+    cands = [os.environ.get("GPT2_REF_PYTHON"), os.path.join(ROOT, ".venv-oracle", "bin", "python")]
+    for py in filter(None, cands):
+        if os.path.exists(py):
+            ok = subprocess.run([py, "-c", "import torch, transformers"], capture_output=True)
+            if ok.returncode == 0:
+                return py
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--dtype", default="f32")
+    a = ap.parse_args()
+    model = checkpoint(a.dtype)
+    rnd = random.Random(3)
+    prompt = [rnd.randrange(50000) for _ in range(256)]
+    print(f"gpt2 (124M-shaped random checkpoint, {a.dtype} file, fp32 compute), "
+          f"256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs, {os.cpu_count()} CPUs")
+    med = {}
+    for threads in (1, None):
+        p, step, gen, total = run_engine(model, prompt, a.runs, threads)
+        label = f"{threads} thread" if threads else "all threads"
+        med[label] = gen
+        print(f"  engine {label:11s}: prefill {p:7.1f} ms ({256 / p * 1000:6.0f} tok/s)  "
+              f"decode step (batch 3) {step:6.1f} ms  prefill+decode {gen:7.1f} ms  "
+              f"process total {total:7.1f} ms")
+    py = reference_python()
+    if not py:
+        print("  SKIP reference: no Python with torch + transformers (run `make fixtures` "
+              "to create .venv-oracle, or set GPT2_REF_PYTHON)")
+        return
+    ref = subprocess.run([py, os.path.join(ROOT, "tests", "bench", "hf_reference.py"), model,
+                          ",".join(map(str, prompt)), str(a.runs)],
+                         capture_output=True, text=True)
+    if ref.returncode != 0:
+        print("  SKIP reference: transformers run failed:", ref.stderr.strip().splitlines()[-1:])
+        return
+    hf = json.loads(ref.stdout)
+    print(f"  transformers generate() (torch {hf['torch']}, {hf['threads']} threads, fp32): "
+          f"{hf['median_ms']:7.1f} ms   -> engine is {hf['median_ms'] / med['all threads']:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()

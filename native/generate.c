@@ -31,7 +31,21 @@ void engine_free(engine *e)
     fwd_free(e->fwd);
     sampler_free(e->sampler);
     pool_free(e->pool);
+    free(e->logits);
     free(e);
+}
+
+/* Room for `rows` rows of logits. */
+static float *logits_for(engine *e, int rows)
+{
+    if (rows > e->rows_cap) {
+        float *p = xmallocarray((size_t)rows * e->m->cfg.n_vocab, sizeof(float));
+        if (!p) return NULL;
+        free(e->logits);
+        e->logits = p;
+        e->rows_cap = rows;
+    }
+    return e->logits;
 }
 
 const char *gen_finish_name(gen_finish f)
@@ -39,13 +53,28 @@ const char *gen_finish_name(gen_finish f)
     return f == FINISH_EOS ? "eos" : f == FINISH_STOP ? "stop" : "length";
 }
 
-/* Prefill tokens[0..T) into kv and put the last position's logits in out. */
-static int prefill(engine *e, kv_cache *kv, const int *tokens, int T, float *out, char *err)
+int gen_check(const model *m, const gen_params *p, int T, char *err)
 {
-    fwd_row *rows = xcalloc(T, sizeof *rows);
+    if (p->n < 1 || p->n > GEN_MAX_N) return errf(err, "n must be in 1..%d", GEN_MAX_N);
+    if (p->max_tokens < 1 || p->max_tokens > GEN_MAX_TOKENS)
+        return errf(err, "max_tokens must be in 1..%d", GEN_MAX_TOKENS);
+    if (T < 1 || T + p->max_tokens > m->cfg.n_ctx)
+        return errf(err, "%d prompt tokens + %d new tokens do not fit the window of %d", T,
+                    p->max_tokens, m->cfg.n_ctx);
+    return 0;
+}
+
+/* Prefill tokens[from..T) into kv (positions before `from` already there);
+ * the last position's logits go to out. */
+static int prefill(engine *e, kv_cache *kv, const int *tokens, int from, int T, float *out,
+                   char *err)
+{
+    int R = T - from;
+    fwd_row *rows = xcalloc(R, sizeof *rows);
     if (!rows) return errf(err, "out of memory");
-    for (int t = 0; t < T; t++) rows[t] = (fwd_row){.token = tokens[t], .own = kv, .own_at = t};
-    int last = T - 1, rc = fwd_run(e->fwd, rows, T, &last, 1, out, err);
+    for (int t = 0; t < R; t++)
+        rows[t] = (fwd_row){.token = tokens[from + t], .own = kv, .own_at = from + t};
+    int last = R - 1, rc = fwd_run(e->fwd, rows, R, &last, 1, out, err);
     free(rows);
     return rc;
 }
@@ -57,23 +86,16 @@ int gen_logits(engine *e, const int *tokens, int T, float *out, char *err)
         return errf(err, "%d tokens exceed the model's window of %d", T, e->m->cfg.n_ctx);
     kv_cache *kv = kv_new(&e->m->cfg, T);
     if (!kv) return errf(err, "out of memory for the KV cache of %d tokens", T);
-    int rc = prefill(e, kv, tokens, T, out, err);
+    int rc = prefill(e, kv, tokens, 0, T, out, err);
     kv_free(kv);
     return rc;
 }
 
-/* Per-continuation decoding state. */
-typedef struct {
-    rng_t rng;
-    kv_cache *kv;
-    int active;
-    buf_t text;
-} seq_state;
-
 /* Take token `tok` for sequence i; update its text and finish state. */
-static int accept_token(engine *e, const gen_params *p, gen_result *res, seq_state *s, int i,
-                        int tok)
+static int accept_token(engine *e, gen_task *t, int i, int tok)
 {
+    gen_seq *s = &t->seq[i];
+    gen_result *res = &t->res;
     if (tok == e->m->cfg.eos) {
         res->finish[i] = FINISH_EOS;
         s->active = 0;
@@ -82,118 +104,158 @@ static int accept_token(engine *e, const gen_params *p, gen_result *res, seq_sta
     res->ids[i][res->n_ids[i]++] = tok;
     s->text.len = 0;
     if (tok_decode(e->m->tok, res->ids[i], res->n_ids[i], 0, &s->text) < 0) return -1;
-    long cut = stop_cut(s->text.p ? s->text.p : "", s->text.len, p->stop);
+    long cut = stop_cut(s->text.p ? s->text.p : "", s->text.len, t->p.stop);
     if (cut >= 0) {
         s->text.len = (size_t)cut;
         res->finish[i] = FINISH_STOP;
         s->active = 0;
-    } else if (res->n_ids[i] == p->max_tokens) {
+    } else if (res->n_ids[i] == t->p.max_tokens) {
         res->finish[i] = FINISH_LENGTH;
         s->active = 0;
     }
     return 0;
 }
 
-/* One batched step over the active sequences. */
-static int decode_step(engine *e, const gen_params *p, gen_result *res, seq_state *seq,
-                       kv_cache *prefix, int T, float *logits, char *err)
+int gen_task_start(engine *e, gen_task *t, char *err)
 {
-    fwd_row rows[GEN_MAX_N];
-    int which[GEN_MAX_N], out[GEN_MAX_N], B = 0;
-    for (int i = 0; i < p->n; i++) {
-        if (!seq[i].active) continue;
-        rows[B] = (fwd_row){.token = res->ids[i][res->n_ids[i] - 1], .ctx0 = prefix,
-                            .len0 = T, .own = seq[i].kv, .own_at = res->n_ids[i] - 1};
-        out[B] = B;
-        which[B++] = i;
+    const model_cfg *c = &e->m->cfg;
+    gen_result *res = &t->res;
+    memset(res, 0, sizeof *res);
+    memset(t->seq, 0, sizeof t->seq);
+    if (gen_check(e->m, &t->p, t->T, err) < 0) return -1;
+    if (t->cached < 0 || t->cached >= t->T || t->prefix->cap < t->T)
+        return errf(err, "internal error: prefix cache does not fit the prompt");
+    res->n = t->p.n;
+    res->prompt_tokens = t->T;
+    res->cached_tokens = t->cached;
+    for (int i = 0; i < t->p.n; i++) {
+        rng_seed(&t->seq[i].rng, t->p.seed, (uint64_t)i);
+        t->seq[i].active = 1;
+        t->seq[i].kv = kv_new(c, t->p.max_tokens);
+        res->ids[i] = xmallocarray(t->p.max_tokens, sizeof(int));
+        if (!t->seq[i].kv || !res->ids[i]) return errf(err, "out of memory");
     }
-    if (fwd_run(e->fwd, rows, B, out, B, logits, err) < 0) return -1;
-    res->steps++;
-    size_t V = e->m->cfg.n_vocab;
-    for (int b = 0; b < B; b++) {
-        int i = which[b], tok = sample_token(e->sampler, logits + b * V, &p->sp, &seq[i].rng);
-        if (accept_token(e, p, res, &seq[i], i, tok) < 0) return errf(err, "out of memory");
-    }
+    float *logits = logits_for(e, 1);
+    if (!logits) return errf(err, "out of memory");
+    double t0 = now_ms();
+    if (prefill(e, t->prefix, t->prompt, t->cached, t->T, logits, err) < 0) return -1;
+    for (int i = 0; i < t->p.n; i++) /* each one's first token comes from the prompt */
+        if (accept_token(e, t, i, sample_token(e->sampler, logits, &t->p.sp, &t->seq[i].rng)))
+            return errf(err, "out of memory");
+    res->prefill_ms = now_ms() - t0;
     return 0;
 }
 
-static int finish_texts(gen_result *res, seq_state *seq, const model *m)
+int gen_task_active(const gen_task *t)
 {
+    int n = 0;
+    for (int i = 0; i < t->p.n; i++) n += t->seq[i].active;
+    return n;
+}
+
+int gen_step(engine *e, gen_task **tasks, int n, char *err)
+{
+    int R = 0;
+    for (int k = 0; k < n; k++) R += gen_task_active(tasks[k]);
+    if (!R) return 0;
+    fwd_row *rows = xcalloc(R, sizeof *rows);
+    int *out = xcalloc(R, sizeof *out);
+    float *logits = logits_for(e, R);
+    int rc = -1, r = 0;
+    if (!rows || !out || !logits) {
+        errf(err, "out of memory for a batch of %d", R);
+        goto done;
+    }
+    for (int k = 0; k < n; k++)
+        for (int i = 0; i < tasks[k]->p.n; i++) {
+            gen_task *t = tasks[k];
+            if (!t->seq[i].active) continue;
+            int g = t->res.n_ids[i]; /* tokens generated; the last is not fed yet */
+            rows[r] = (fwd_row){.token = t->res.ids[i][g - 1], .ctx0 = t->prefix, .len0 = t->T,
+                                .own = t->seq[i].kv, .own_at = g - 1};
+            out[r] = r;
+            r++;
+        }
+    double t0 = now_ms();
+    if (fwd_run(e->fwd, rows, R, out, R, logits, err) < 0) goto done;
+    size_t V = e->m->cfg.n_vocab;
+    r = 0;
+    for (int k = 0; k < n; k++) {
+        gen_task *t = tasks[k];
+        int took = 0;
+        for (int i = 0; i < t->p.n; i++) {
+            if (!t->seq[i].active) continue;
+            int tok = sample_token(e->sampler, logits + r++ * V, &t->p.sp, &t->seq[i].rng);
+            if (accept_token(e, t, i, tok) < 0) {
+                errf(err, "out of memory");
+                goto done;
+            }
+            took = 1;
+        }
+        t->res.steps += took;
+    }
+    double dt = now_ms() - t0;
+    for (int k = 0; k < n; k++) tasks[k]->res.decode_ms += dt;
+    rc = 0;
+done:
+    free(rows);
+    free(out);
+    return rc;
+}
+
+const char *gen_task_text(const gen_task *t, int i, size_t *len)
+{
+    *len = t->seq[i].text.len;
+    return t->seq[i].text.p ? t->seq[i].text.p : "";
+}
+
+int gen_task_finish(engine *e, gen_task *t)
+{
+    gen_result *res = &t->res;
     for (int i = 0; i < res->n; i++) {
         buf_t out = {0};
-        if (res->finish[i] == FINISH_STOP) { /* already cut, complete characters */
-            if (utf8_sanitize(&out, seq[i].text.p ? seq[i].text.p : "", seq[i].text.len) < 0)
-                return -1;
-        } else if (tok_decode(m->tok, res->ids[i], res->n_ids[i], 1, &out) < 0) {
+        if (res->finish[i] == FINISH_STOP) { /* already cut at complete characters */
+            size_t len;
+            const char *s = gen_task_text(t, i, &len);
+            if (buf_append(&out, s, len) < 0) return -1;
+        } else if (tok_decode(e->m->tok, res->ids[i], res->n_ids[i], 1, &out) < 0) {
             return -1;
         }
-        if (buf_append(&out, "", 1) < 0) return -1;
+        if (buf_append(&out, "", 1) < 0) {
+            buf_free(&out);
+            return -1;
+        }
+        free(res->text[i]);
         res->text[i] = out.p;
     }
     return 0;
 }
 
+void gen_task_free(gen_task *t, int free_result)
+{
+    for (int i = 0; i < GEN_MAX_N; i++) {
+        kv_free(t->seq[i].kv);
+        buf_free(&t->seq[i].text);
+        t->seq[i].kv = NULL;
+    }
+    if (free_result) gen_result_free(&t->res);
+}
+
 int gen_complete(engine *e, const int *prompt, int T, const gen_params *p, gen_result *res,
                  char *err)
 {
-    const model_cfg *c = &e->m->cfg;
     memset(res, 0, sizeof *res);
-    if (p->n < 1 || p->n > GEN_MAX_N) return errf(err, "n must be in 1..%d", GEN_MAX_N);
-    if (p->max_tokens < 1 || p->max_tokens > GEN_MAX_TOKENS)
-        return errf(err, "max_tokens must be in 1..%d", GEN_MAX_TOKENS);
-    if (T < 1 || T + p->max_tokens > c->n_ctx)
-        return errf(err, "%d prompt tokens + %d new tokens do not fit the window of %d", T,
-                    p->max_tokens, c->n_ctx);
-    res->n = p->n;
-    res->prompt_tokens = T;
-    seq_state seq[GEN_MAX_N] = {0};
-    float *logits = xmallocarray((size_t)p->n * c->n_vocab, sizeof(float));
-    kv_cache *prefix = kv_new(c, T);
-    int rc = -1;
-    if (!logits || !prefix) {
-        errf(err, "out of memory");
-        goto out;
-    }
-    for (int i = 0; i < p->n; i++) {
-        rng_seed(&seq[i].rng, p->seed, (uint64_t)i);
-        seq[i].active = 1;
-        seq[i].kv = kv_new(c, p->max_tokens);
-        res->ids[i] = xmallocarray(p->max_tokens, sizeof(int));
-        if (!seq[i].kv || !res->ids[i]) {
-            errf(err, "out of memory");
-            goto out;
-        }
-    }
-    double t0 = now_ms();
-    if (prefill(e, prefix, prompt, T, logits, err) < 0) goto out;
-    for (int i = 0; i < p->n; i++) /* the first token of each comes from the prompt */
-        if (accept_token(e, p, res, &seq[i], i, sample_token(e->sampler, logits, &p->sp,
-                                                            &seq[i].rng)) < 0) {
-            errf(err, "out of memory");
-            goto out;
-        }
-    double t1 = now_ms();
-    res->prefill_ms = t1 - t0;
-    for (;;) {
-        int any = 0;
-        for (int i = 0; i < p->n; i++) any |= seq[i].active;
-        if (!any) break;
-        if (decode_step(e, p, res, seq, prefix, T, logits, err) < 0) goto out;
-    }
-    res->decode_ms = now_ms() - t1;
-    if (finish_texts(res, seq, e->m) < 0) {
-        errf(err, "out of memory");
-        goto out;
-    }
-    rc = 0;
-out:
-    for (int i = 0; i < p->n; i++) {
-        kv_free(seq[i].kv);
-        buf_free(&seq[i].text);
-    }
+    if (gen_check(e->m, p, T, err) < 0) return -1;
+    kv_cache *prefix = kv_new(&e->m->cfg, T);
+    if (!prefix) return errf(err, "out of memory for the KV cache of %d tokens", T);
+    gen_task t = {.p = *p, .prompt = prompt, .T = T, .prefix = prefix};
+    gen_task *one = &t;
+    int rc = gen_task_start(e, &t, err);
+    while (rc == 0 && gen_task_active(&t)) rc = gen_step(e, &one, 1, err);
+    if (rc == 0 && gen_task_finish(e, &t) < 0) rc = errf(err, "out of memory");
+    gen_task_free(&t, rc < 0);
     kv_free(prefix);
-    free(logits);
-    if (rc < 0) gen_result_free(res);
+    if (rc == 0) *res = t.res;
     return rc;
 }
 

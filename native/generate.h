@@ -1,6 +1,12 @@
-/* generate.h - n continuations of one prompt: prefill once into a shared
- * prefix cache, then decode the n sequences together, one batched forward
- * step per token, each sequence with its own random stream and stop state.
+/* generate.h - n continuations of one prompt: prefill once into a prefix
+ * cache (reusing what the cache already holds), then decode the n sequences
+ * together, one batched forward step per token, each sequence with its own
+ * random stream and stop state.
+ *
+ * The work is exposed in steps so a scheduler can decode several requests in
+ * one batch: gen_task_start (prefill + first tokens), gen_step over any set
+ * of tasks of one engine (one forward pass for all their live sequences),
+ * gen_task_finish. gen_complete runs the three for one task.
  */
 #ifndef GPT2_GENERATE_H
 #define GPT2_GENERATE_H
@@ -29,8 +35,9 @@ typedef struct {
     int n_ids[GEN_MAX_N];
     gen_finish finish[GEN_MAX_N];
     int prompt_tokens;
+    int cached_tokens;       /* prompt tokens whose keys/values were reused */
     double prefill_ms, decode_ms;
-    int steps;               /* batched decode steps run */
+    int steps;               /* batched decode steps this task took part in */
 } gen_result;
 
 typedef struct {
@@ -38,13 +45,57 @@ typedef struct {
     pool *pool;
     fwd *fwd;
     sampler *sampler;
+    float *logits;           /* (rows_cap, vocab) */
+    int rows_cap;
 } engine;
+
+/* State of one continuation. */
+typedef struct {
+    rng_t rng;
+    kv_cache *kv;            /* its own keys/values, max_tokens positions */
+    int active;
+    buf_t text;              /* decoded so far, cut by the stop rule */
+} gen_seq;
+
+typedef struct {
+    gen_params p;
+    const int *prompt;       /* borrowed until gen_task_start returns */
+    int T;
+    kv_cache *prefix;        /* borrowed: holds >= T positions */
+    int cached;              /* prefix positions already valid for prompt[0..cached) */
+    gen_seq seq[GEN_MAX_N];
+    gen_result res;
+} gen_task;
 
 /* An engine over model m (borrowed) with `threads` threads (0 = all CPUs). */
 engine *engine_new(model *m, int threads, char *err);
 void engine_free(engine *e);
 
-/* Generate for prompt[0..T). Requires 1 <= T and T + max_tokens <= n_ctx.
+/* Check p against the model: ranges, and T + max_tokens within the window. */
+int gen_check(const model *m, const gen_params *p, int T, char *err);
+
+/* Prefill prompt[cached..T) into t->prefix and sample each sequence's first
+ * token. t->p, prompt, T, prefix, cached must be set. 0, or -1 with err (the
+ * task must still be freed with gen_task_free). */
+int gen_task_start(engine *e, gen_task *t, char *err);
+
+/* Sequences still decoding. */
+int gen_task_active(const gen_task *t);
+
+/* One decode step for every active sequence of tasks[0..n), all of engine e,
+ * as one batch. 0, or -1 with err. */
+int gen_step(engine *e, gen_task **tasks, int n, char *err);
+
+/* Text of sequence i so far: complete characters, stop rule applied. */
+const char *gen_task_text(const gen_task *t, int i, size_t *len);
+
+/* Final texts into t->res. 0, or -1 when out of memory. */
+int gen_task_finish(engine *e, gen_task *t);
+
+/* Frees the per-sequence state (and the result, when free_result). */
+void gen_task_free(gen_task *t, int free_result);
+
+/* gen_task_start + steps + finish for one prompt with a fresh prefix cache.
  * Fills *res (free with gen_result_free). 0, or -1 with err. */
 int gen_complete(engine *e, const int *prompt, int T, const gen_params *p, gen_result *res,
                  char *err);

@@ -9,7 +9,7 @@
 CC      ?= gcc
 PYTHON  ?= /usr/bin/python3
 BUILD   := build
-PKGS    := openblas libpcre2-8 libcjson
+PKGS    := openblas libpcre2-8 libcjson libuv msgpack
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter -pthread -MMD -MP
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -17,7 +17,9 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  = $(PKG_LIBS) -lm -pthread
 
 SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
-       native/sampler.c native/generate.c native/cpu/pool.c native/cpu/forward.c native/cpu/matvec.c
+       native/sampler.c native/generate.c native/cpu/pool.c native/cpu/forward.c \
+       native/cpu/matvec.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
+       native/sched.c native/server.c
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c
 

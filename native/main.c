@@ -5,6 +5,7 @@
  *   gpt2 logits   --model DIR --tokens IDS     -> JSON array (last position)
  *   gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [...] -> JSON object
  *   gpt2 info     --model DIR            -> JSON object (config, sizes)
+ *   gpt2 serve    --model DIR [--model DIR2 ...]   msgpack-RPC on stdin/stdout
  *
  * Results go to stdout as one JSON value; errors are one line on stderr
  * ("gpt2: ...") with exit status 1 (2 for usage errors).
@@ -12,7 +13,9 @@
 #define _GNU_SOURCE
 #include "common.h"
 #include "generate.h"
+#include "log.h"
 #include "model.h"
+#include "server.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -45,6 +48,7 @@ static const char *const USAGE =
     "  logits       print the last position's logits of --tokens as a JSON array\n"
     "  complete     print n continuations of --prompt or --tokens as a JSON object\n"
     "  info         print the model's configuration as a JSON object\n"
+    "  serve        the resident helper: msgpack-RPC on stdin/stdout (for Neovim)\n"
     "  version      print the version\n"
     "\n"
     "Run `gpt2 COMMAND --help` for a command's options.\n";
@@ -413,6 +417,87 @@ static int cmd_info(model *m)
     return print_json(j);
 }
 
+static const char *const SERVE_HELP =
+    "usage: gpt2 serve --model DIR [--model DIR2 ...] [options]\n"
+    "\n"
+    "msgpack-RPC on stdin/stdout: complete, cancel, status, ping, shutdown.\n"
+    "Models load on first use; the first --model is the default.\n"
+    "\n"
+    "  --threads N          compute threads (default: all CPUs)\n"
+    "  --queue N            pending requests before 'busy' (default 8)\n"
+    "  --cache-slots N      per-buffer prefix caches kept (default 4)\n"
+    "  --lru N              identical-request answers kept (default 32)\n"
+    "  --max-message BYTES  largest accepted message (default 16 MiB)\n"
+    "  --max-depth N        deepest accepted nesting (default 16)\n"
+    "  --lua-handler EXPR   Lua run by nvim_exec_lua for Neovim-mode events\n"
+    "                       (default: require('gpt2.client')._on_event(...))\n"
+    "  --log-level L        error | warn | info | debug (default info)\n"
+    "  --log-file PATH      also append the log to PATH\n";
+
+static int opt_int(const char *name, const char *v, long lo, long hi, long *out)
+{
+    if (parse_long(v, lo, hi, out) == 0) return 0;
+    fprintf(stderr, "gpt2: %s must be %ld..%ld, not '%s' (try --help)\n", name, lo, hi, v);
+    return EXIT_USAGE;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    enum { O_THREADS = 300, O_QUEUE, O_SLOTS, O_LRU, O_MAXMSG, O_DEPTH, O_LUA, O_LEVEL, O_LOGF };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'},
+        {"threads", required_argument, 0, O_THREADS}, {"queue", required_argument, 0, O_QUEUE},
+        {"cache-slots", required_argument, 0, O_SLOTS}, {"lru", required_argument, 0, O_LRU},
+        {"max-message", required_argument, 0, O_MAXMSG},
+        {"max-depth", required_argument, 0, O_DEPTH}, {"lua-handler", required_argument, 0, O_LUA},
+        {"log-level", required_argument, 0, O_LEVEL}, {"log-file", required_argument, 0, O_LOGF},
+        {0, 0, 0, 0}};
+    const char *models[64], *log_file = NULL;
+    server_opts o = {.model_dirs = models, .queue_cap = 8, .cache_slots = 4, .lru_size = 32,
+                     .max_depth = 16, .max_message = 16u << 20,
+                     .lua_handler = "require('gpt2.client')._on_event(...)"};
+    int level = LOG_INFO, c, rc = 0;
+    long v;
+    opterr = 0;
+    optind = 1;
+    while (rc == 0 && (c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            if (o.n_models == 64) return usage_error("%s", "at most 64 --model");
+            models[o.n_models++] = optarg;
+            break;
+        case 'h': fputs(SERVE_HELP, stdout); return 0;
+        case O_THREADS: rc = opt_int("--threads", optarg, 1, 256, &v); o.threads = (int)v; break;
+        case O_QUEUE: rc = opt_int("--queue", optarg, 1, 1024, &v); o.queue_cap = (int)v; break;
+        case O_SLOTS: rc = opt_int("--cache-slots", optarg, 0, 64, &v); o.cache_slots = (int)v; break;
+        case O_LRU: rc = opt_int("--lru", optarg, 0, 4096, &v); o.lru_size = (int)v; break;
+        case O_MAXMSG:
+            rc = opt_int("--max-message", optarg, 64, 1L << 30, &v);
+            o.max_message = (size_t)v;
+            break;
+        case O_DEPTH: rc = opt_int("--max-depth", optarg, 2, 64, &v); o.max_depth = (int)v; break;
+        case O_LUA: o.lua_handler = optarg; break;
+        case O_LEVEL:
+            if ((level = log_parse_level(optarg)) < 0)
+                return usage_error("--log-level must be error, warn, info or debug, not '%s'", optarg);
+            break;
+        case O_LOGF: log_file = optarg; break;
+        case ':': return usage_error("option '%s' needs a value", argv[optind - 1]);
+        default: return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (rc) return rc;
+    if (optind < argc) return usage_error("unexpected argument '%s'", argv[optind]);
+    if (!o.n_models) return usage_error("%s", "--model DIR is required");
+    if (log_init((log_level)level, log_file) < 0) {
+        fprintf(stderr, "gpt2: cannot open log file %s: %s\n", log_file, strerror(errno));
+        return 1;
+    }
+    rc = server_run(&o);
+    log_close();
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     double t_start = now_ms();
@@ -426,6 +511,7 @@ int main(int argc, char **argv)
         printf("gpt2 %s\n", GPT2_VERSION);
         return 0;
     }
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     static const char *const cmds[] = {"tokenize", "detokenize", "logits", "complete", "info"};
     int k = 0;
     while (k < 5 && strcmp(cmd, cmds[k])) k++;

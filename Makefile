@@ -23,7 +23,8 @@ SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c
 
-.PHONY: all help deps deps-test test test-unit test-py bench weights demo fixtures clean
+.PHONY: all help deps deps-test test test-unit test-py test-asan fuzz bench weights demo \
+        fixtures clean
 
 all: $(BUILD)/gpt2 ## build build/gpt2 (the default)
 
@@ -43,6 +44,18 @@ $(BUILD)/gpt2: $(OBJ) $(BUILD)/native/main.o
 $(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# The same helper under AddressSanitizer + UndefinedBehaviorSanitizer.
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+$(BUILD)/asan/gpt2: $(SRC) native/main.c $(wildcard native/*.h native/cpu/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -Wall -pthread $(ASAN_FLAGS) $(PKG_CFLAGS) -o $@ $(SRC) native/main.c $(LDLIBS)
+
+# libFuzzer target for the message decoder (msgguard + msgpack-c), clang only.
+FUZZ_SECONDS ?= 20
+$(BUILD)/fuzz/fuzz_msg: tests/fuzz/fuzz_msg.c native/msgguard.c native/common.c native/msgguard.h
+	@mkdir -p $(dir $@)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $(filter %.c,$^) -lmsgpackc -o $@
+
 deps: ## install the build dependencies (Debian packages) if missing
 	@scripts/deps.sh build
 
@@ -50,14 +63,25 @@ deps-test: ## install the test dependencies (Debian packages) if missing
 	@scripts/deps.sh test
 
 test: deps-test ## build and run every test (what CI runs)
-	@$(MAKE) --no-print-directory all $(BUILD)/test_unit
-	@$(MAKE) --no-print-directory test-unit test-py
+	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(BUILD)/asan/gpt2 $(BUILD)/fuzz/fuzz_msg
+	@$(MAKE) --no-print-directory test-unit test-py test-asan fuzz
 
 test-unit: $(BUILD)/test_unit ## C unit tests
 	$(BUILD)/test_unit data/gpt2-tokenizer
 
-test-py: $(BUILD)/gpt2 ## oracle, checkpoint and CLI tests (pytest)
+test-py: $(BUILD)/gpt2 ## oracle, checkpoint, CLI and rpc tests (pytest)
 	$(PYTHON) -m pytest -q tests
+
+test-asan: $(BUILD)/asan/gpt2 ## the rpc suite against the ASan/UBSan build
+	GPT2_BIN=$(BUILD)/asan/gpt2 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $(PYTHON) -m pytest -q tests/test_serve.py
+
+fuzz: $(BUILD)/fuzz/fuzz_msg ## fuzz the message decoder for FUZZ_SECONDS (default 20)
+	@mkdir -p $(BUILD)/fuzz/corpus
+	@$(BUILD)/fuzz/fuzz_msg -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -rss_limit_mb=1024 \
+	    -artifact_prefix=$(BUILD)/fuzz/ -print_final_stats=1 $(BUILD)/fuzz/corpus \
+	    tests/fuzz/corpus > $(BUILD)/fuzz/log 2>&1; rc=$$?; tail -n 5 $(BUILD)/fuzz/log; \
+	    if [ $$rc -eq 0 ]; then echo "fuzz: 1 passed, 0 failed"; else echo "fuzz: 0 passed, 1 failed"; fi; exit $$rc
 
 bench: deps $(BUILD)/gpt2 ## timings on a random gpt2-shaped (124M) checkpoint
 	@scripts/bench.sh

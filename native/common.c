@@ -34,7 +34,8 @@ void *xcalloc(size_t n, size_t size)
 void *xmallocarray(size_t n, size_t size)
 {
     if (size && n > SIZE_MAX / size) return NULL;
-    return malloc((n * size) ? n * size : 1);
+    size_t total = n * size;
+    return malloc(total ? total : 1);
 }
 
 char *read_file(const char *path, size_t max_bytes, size_t *len, char *err)

@@ -6,7 +6,8 @@ set -euo pipefail
 
 build_pkgs=(gcc make pkg-config libcjson-dev libpcre2-dev libopenblas-dev libuv1-dev
             libmsgpack-dev)
-test_pkgs=(python3 python3-numpy python3-pytest python3-msgpack neovim curl)
+test_pkgs=(python3 python3-numpy python3-pytest python3-msgpack neovim curl clang
+           libclang-rt-dev)
 
 case "${1:-build}" in
 build) want=("${build_pkgs[@]}") ;;

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Typing-session benchmark for `gpt2 serve` (figures, never pass/fail).
+
+A real text (typing_text.txt) is typed a few characters at a time after a
+first part that is already in the buffer; at each pause one `complete`
+(3 suggestions x 24 tokens, stop at the end of the line, buffer 1) goes to the
+helper and the next keystrokes wait for its reply, as a user who pauses would.
+Reported: p50/p95 latency as the client sees it, and the share of prompt
+tokens whose keys/values were reused — with prefix reuse on, and off
+(--cache-slots 0).
+
+usage: typing.py MODEL_DIR [--pauses N] [--threads N]
+"""
+import argparse
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+
+import msgpack
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GPT2 = os.environ.get("GPT2_BIN", os.path.join(ROOT, "build", "gpt2"))
+
+
+class Helper:
+    def __init__(self, model, extra):
+        self.p = subprocess.Popen([GPT2, "serve", "--model", model, "--log-level", "warn"] + extra,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.unp = msgpack.Unpacker(raw=False)
+        self.msgid = 0
+
+    def call(self, method, params, timeout=120):
+        self.msgid += 1
+        self.p.stdin.write(msgpack.packb([0, self.msgid, method, [params]]))
+        self.p.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            for msg in self.unp:
+                if msg[0] == 1 and msg[1] == self.msgid:
+                    if msg[2]:
+                        raise RuntimeError(msg[2])
+                    return msg[3]
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
+                raise TimeoutError(method)
+            data = os.read(self.p.stdout.fileno(), 1 << 16)
+            if not data:
+                raise EOFError("helper exited")
+            self.unp.feed(data)
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
+
+
+def session(model, pauses, extra):
+    text = open(os.path.join(os.path.dirname(__file__), "typing_text.txt")).read()
+    start = len(text) * 2 // 3
+    stride = max(1, (len(text) - start) // pauses)
+    h = Helper(model, extra)
+    h.call("complete", {"text": text[:start], "buffer": 1, "seed": 1})  # warm up: load, first prefill
+    lat, cached, prompt = [], 0, 0
+    for i in range(pauses):
+        end = start + (i + 1) * stride
+        t0 = time.perf_counter()
+        r = h.call("complete", {"text": text[:end], "buffer": 1, "seed": 1000 + i, "n": 3,
+                                "max_tokens": 24, "stop": "line"})
+        lat.append((time.perf_counter() - t0) * 1000)
+        cached += r["cached_tokens"]
+        prompt += r["prompt_tokens"]
+    h.close()
+    lat.sort()
+    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+    return statistics.median(lat), p95, cached / max(prompt, 1), prompt / pauses
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--pauses", type=int, default=30)
+    ap.add_argument("--threads", type=int)
+    a = ap.parse_args()
+    extra = ["--threads", str(a.threads)] if a.threads else []
+    print(f"typing session: {a.pauses} pauses, 3 x 24 tokens, stop=line, "
+          f"model {os.path.basename(a.model)}")
+    for label, more in (("prefix reuse on ", []), ("prefix reuse off", ["--cache-slots", "0"])):
+        p50, p95, ratio, avg_prompt = session(a.model, a.pauses, extra + more)
+        print(f"  {label}: p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  cached tokens {ratio * 100:5.1f}% "
+              f"(avg prompt {avg_prompt:.0f} tokens)")
+
+
+if __name__ == "__main__":
+    main()

@@ -65,7 +65,7 @@ int gen_check(const model *m, const gen_params *p, int T, char *err)
 }
 
 /* Prefill tokens[from..T) into kv (positions before `from` already there);
- * the last position's logits go to out. */
+ * the last position's logits go to out (unless out is NULL). */
 static int prefill(engine *e, kv_cache *kv, const int *tokens, int from, int T, float *out,
                    char *err)
 {
@@ -74,7 +74,7 @@ static int prefill(engine *e, kv_cache *kv, const int *tokens, int from, int T, 
     if (!rows) return errf(err, "out of memory");
     for (int t = 0; t < R; t++)
         rows[t] = (fwd_row){.token = tokens[from + t], .own = kv, .own_at = from + t};
-    int last = R - 1, rc = fwd_run(e->fwd, rows, R, &last, 1, out, err);
+    int last = R - 1, rc = fwd_run(e->fwd, rows, R, &last, out ? 1 : 0, out, err);
     free(rows);
     return rc;
 }
@@ -138,6 +138,12 @@ int gen_task_start(engine *e, gen_task *t, char *err)
     float *logits = logits_for(e, 1);
     if (!logits) return errf(err, "out of memory");
     double t0 = now_ms();
+    while (t->T - t->cached > GEN_PREFILL_CHUNK) { /* no logits needed before the end */
+        int to = t->cached + GEN_PREFILL_CHUNK;
+        if (prefill(e, t->prefix, t->prompt, t->cached, to, NULL, err) < 0) return -1;
+        t->cached = to;
+        if (t->stop_fn && t->stop_fn(t->stop_ud)) return 1;
+    }
     if (prefill(e, t->prefix, t->prompt, t->cached, t->T, logits, err) < 0) return -1;
     for (int i = 0; i < t->p.n; i++) /* each one's first token comes from the prompt */
         if (accept_token(e, t, i, sample_token(e->sampler, logits, &t->p.sp, &t->seq[i].rng)))

@@ -57,12 +57,16 @@ typedef struct {
     buf_t text;              /* decoded so far, cut by the stop rule */
 } gen_seq;
 
+#define GEN_PREFILL_CHUNK 256 /* prompt rows per forward pass */
+
 typedef struct {
     gen_params p;
     const int *prompt;       /* borrowed until gen_task_start returns */
     int T;
     kv_cache *prefix;        /* borrowed: holds >= T positions */
     int cached;              /* prefix positions already valid for prompt[0..cached) */
+    int (*stop_fn)(void *ud); /* optional: asked between prefill chunks */
+    void *stop_ud;
     gen_seq seq[GEN_MAX_N];
     gen_result res;
 } gen_task;
@@ -74,9 +78,11 @@ void engine_free(engine *e);
 /* Check p against the model: ranges, and T + max_tokens within the window. */
 int gen_check(const model *m, const gen_params *p, int T, char *err);
 
-/* Prefill prompt[cached..T) into t->prefix and sample each sequence's first
- * token. t->p, prompt, T, prefix, cached must be set. 0, or -1 with err (the
- * task must still be freed with gen_task_free). */
+/* Prefill prompt[cached..T) into t->prefix, GEN_PREFILL_CHUNK rows at a
+ * time, and sample each sequence's first token. t->p, prompt, T, prefix,
+ * cached must be set. 0; or 1 when stop_fn said stop between chunks (then
+ * t->cached tells how far the prefix is valid); or -1 with err. The task must
+ * be freed with gen_task_free in every case. */
 int gen_task_start(engine *e, gen_task *t, char *err);
 
 /* Sequences still decoding. */

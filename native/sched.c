@@ -358,6 +358,18 @@ static void finish(sched *s, active *a)
     retire(s, a);
 }
 
+static int is_cancelled(void *r) { return atomic_load(&((request *)r)->cancel) != 0; }
+
+/* The slot's keys/values now hold tokens[0..n). */
+static void remember(cache_slot *c, const int *tokens, int n)
+{
+    int *copy = realloc(c->tokens, (size_t)(n ? n : 1) * sizeof(int));
+    if (!copy) return; /* keeps n_tokens = 0: nothing reused, nothing wrong */
+    memcpy(copy, tokens, (size_t)n * sizeof(int));
+    c->tokens = copy;
+    c->n_tokens = n;
+}
+
 /* Tokenize, cut the window, find the cache, prefill: r becomes active (or
  * is answered). */
 static void start(sched *s, request *r)
@@ -407,17 +419,14 @@ static void start(sched *s, request *r)
     } else {
         t->prefix = a->private_kv;
     }
-    if (gen_task_start(ms->e, t, err) < 0) {
-        answer_error(s, r, err);
+    t->stop_fn = is_cancelled;
+    t->stop_ud = r;
+    int rc = gen_task_start(ms->e, t, err);
+    if (a->slot && rc >= 0) /* what was prefilled stays useful, even if cancelled */
+        remember(a->slot, t->prompt, rc == 0 ? t->T : t->cached);
+    if (rc != 0) {
+        answer_error(s, r, rc > 0 ? cancel_message(r) : err);
         return retire(s, a);
-    }
-    if (a->slot) {
-        int *copy = realloc(a->slot->tokens, (size_t)t->T * sizeof(int));
-        if (copy) {
-            memcpy(copy, t->prompt, (size_t)t->T * sizeof(int));
-            a->slot->tokens = copy;
-            a->slot->n_tokens = t->T;
-        }
     }
     if (!gen_task_active(t)) return finish(s, a);
     a->next = s->act;

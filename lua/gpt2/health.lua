@@ -1,0 +1,107 @@
+-- :checkhealth gpt2 — Neovim features, the helper binary, the model, a
+-- handshake with a helper and the device it uses; each problem with its fix.
+-- Works with 0.7's `health` module and 0.8+'s vim.health.
+local M = {}
+
+local function reporter()
+  local h = vim.health
+  if h and h.start then
+    return h.start, h.ok, h.warn, h.error, h.info
+  end
+  h = require('health')
+  return h.report_start, h.report_ok, h.report_warn, h.report_error, h.report_info
+end
+
+local function model_problem(dir)
+  if dir == '' then
+    return 'no model configured'
+  end
+  for _, f in ipairs({ 'config.json', 'model.safetensors', 'vocab.json', 'merges.txt' }) do
+    if vim.fn.filereadable(dir .. '/' .. f) ~= 1 then
+      return 'missing ' .. dir .. '/' .. f
+    end
+  end
+end
+
+-- Start a helper (or use the running one), ping it and read its status.
+local function handshake(cfg)
+  local client = require('gpt2.client')
+  local chan, own = client.chan, false
+  if not chan then
+    local cmd = { cfg.helper, 'serve', '--model', cfg.model }
+    vim.list_extend(cmd, cfg.helper_args)
+    chan = vim.fn.jobstart(cmd, { rpc = true })
+    own = true
+    if chan <= 0 then
+      return nil, 'cannot start ' .. cfg.helper
+    end
+  end
+  local ok, pong = pcall(vim.rpcrequest, chan, 'ping')
+  local ok2, st = pcall(vim.rpcrequest, chan, 'status')
+  if own then
+    pcall(vim.fn.jobstop, chan)
+  end
+  if not ok or pong ~= 'pong' then
+    return nil, 'no answer to ping: ' .. tostring(pong)
+  end
+  return ok2 and st or {}
+end
+
+function M.check()
+  local start, ok, warn, error, info = reporter()
+  start('gpt2.nvim: Neovim')
+  local v = vim.version()
+  ok(string.format('Neovim %d.%d.%d', v.major, v.minor, v.patch))
+  if require('gpt2.ghost').has_inline() then
+    ok('inline virtual text: suggestions render at the cursor')
+  else
+    warn('no inline virtual text (Neovim < 0.10): suggestions are drawn over the empty end of the line, or after it when text follows the cursor', { 'Neovim 0.10 or newer draws them inline' })
+  end
+
+  start('gpt2.nvim: setup')
+  local st = package.loaded['gpt2'] and require('gpt2')._state
+  local cfg = st and st.cfg
+  if not cfg then
+    error('setup() has not run', { "call require('gpt2').setup({ model = '/path/to/model' }) in your config" })
+    cfg = require('gpt2.config').build({})
+  else
+    ok('setup() done')
+  end
+
+  start('gpt2.nvim: helper')
+  if vim.fn.executable(cfg.helper) ~= 1 then
+    error('helper not found: ' .. cfg.helper, { 'run `make` in the plugin directory (lazy.nvim: build = "make")', 'or set helper = PATH' })
+    return
+  end
+  local out = vim.fn.system({ cfg.helper, 'version' })
+  if vim.v.shell_error ~= 0 then
+    error('helper does not run: ' .. out, { 'rebuild it: make clean && make' })
+    return
+  end
+  ok('helper ' .. cfg.helper .. ': ' .. vim.trim(out))
+
+  start('gpt2.nvim: model')
+  local problem = model_problem(cfg.model)
+  if problem then
+    error(problem, { 'run `make weights` in the plugin directory, or set model = DIR (config.json, model.safetensors, vocab.json, merges.txt)' })
+    return
+  end
+  ok('model ' .. cfg.model)
+
+  start('gpt2.nvim: handshake')
+  local status, err = handshake(cfg)
+  if not status then
+    error('helper handshake failed: ' .. err, { 'run :Gpt2 log, or the helper by hand: ' .. cfg.helper .. ' serve --model ' .. cfg.model })
+    return
+  end
+  ok('helper answered ping (gpt2 ' .. tostring(status.version) .. ')')
+  local device = status.device or 'unknown'
+  if device == 'cpu' then
+    warn('device: cpu (no usable GPU): suggestions are computed on the CPU, slower', { 'a CUDA GPU with its driver makes them faster' })
+  else
+    ok('device: ' .. device)
+  end
+  info('status: ' .. vim.inspect(require('gpt2').status()))
+end
+
+return M

@@ -23,8 +23,8 @@ SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c
 
-.PHONY: all help deps deps-test test test-unit test-py test-asan fuzz bench weights demo \
-        fixtures clean
+.PHONY: all help deps deps-test test test-unit test-py test-asan test-nvim fuzz bench weights \
+        demo doc fixtures clean
 
 all: $(BUILD)/gpt2 ## build build/gpt2 (the default)
 
@@ -64,7 +64,7 @@ deps-test: ## install the test dependencies (Debian packages) if missing
 
 test: deps-test ## build and run every test (what CI runs)
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(BUILD)/asan/gpt2 $(BUILD)/fuzz/fuzz_msg
-	@$(MAKE) --no-print-directory test-unit test-py test-asan fuzz
+	@$(MAKE) --no-print-directory test-unit test-py test-nvim test-asan fuzz
 
 test-unit: $(BUILD)/test_unit ## C unit tests
 	$(BUILD)/test_unit data/gpt2-tokenizer
@@ -75,6 +75,12 @@ test-py: $(BUILD)/gpt2 ## oracle, checkpoint, CLI and rpc tests (pytest)
 test-asan: $(BUILD)/asan/gpt2 ## the rpc suite against the ASan/UBSan build
 	GPT2_BIN=$(BUILD)/asan/gpt2 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $(PYTHON) -m pytest -q tests/test_serve.py
+
+test-nvim: $(BUILD)/gpt2 ## the plugin in a real headless Neovim against the real helper
+	nvim --headless -u NONE -i NONE --cmd 'set rtp^=.' -S tests/nvim/run.lua
+
+doc: ## regenerate the options section of doc/gpt2.txt from the config schema
+	nvim --headless -u NONE -i NONE -c 'set rtp^=.' -c 'luafile scripts/gen-doc.lua' -c q
 
 fuzz: $(BUILD)/fuzz/fuzz_msg ## fuzz the message decoder for FUZZ_SECONDS (default 20)
 	@mkdir -p $(BUILD)/fuzz/corpus

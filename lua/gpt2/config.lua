@@ -78,4 +78,19 @@ function M.build(user)
   return cfg
 end
 
+-- The options section of doc/gpt2.txt, as it must read (scripts/gen-doc.lua
+-- writes it; tests/nvim/test_doc.lua fails when the file differs).
+function M.doc_lines()
+  local out = {}
+  for _, e in ipairs(M.schema) do
+    local name, default, typ, doc = e[1], e[2], e[3], e[4]
+    local shown = vim.inspect(default, { newline = ' ', indent = '' })
+    table.insert(out, string.format('%-40s*gpt2-option-%s*', name, name))
+    table.insert(out, string.format('    Type: %s, default: %s', typ, shown))
+    table.insert(out, '    ' .. doc)
+    table.insert(out, '')
+  end
+  return out
+end
+
 return M

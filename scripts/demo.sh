@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
-# demo.sh - complete a sample text with the best model present: the largest
-# checkpoint under weights/, else a small random one generated on the spot
-# (its suggestions are random words: say so).
+# demo.sh - `make demo`: open Neovim on a sample document with the plugin
+# loaded, using the largest downloaded model (weights/), else a small random
+# checkpoint generated on the spot (whose suggestions are random words: it
+# says so). Without a terminal it completes the sample's first prompt with
+# the CLI instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 
 model=""
 for name in gpt2-xl gpt2-large gpt2-medium gpt2 distilgpt2; do
-    if [ -f "weights/$name/model.safetensors" ]; then model="weights/$name"; break; fi
+    if [ -f "weights/$name/model.safetensors" ]; then model="$root/weights/$name"; break; fi
 done
 if [ -z "$model" ]; then
-    model=build/demo-model
+    model=$root/build/demo-model
     if [ ! -f "$model/model.safetensors" ]; then
         /usr/bin/python3 tests/tools/checkpoint.py --out "$model" --layers 2 --embd 64 \
             --heads 4 --positions 256 --seed 7 --tokenizer-copy -q
     fi
     echo "No downloaded weights (run 'make weights' for real ones): using a small RANDOM" >&2
-    echo "checkpoint, so the suggestions below are random words." >&2
+    echo "checkpoint, so the suggestions will be random words." >&2
+fi
+echo "model: $model" >&2
+
+if [ -t 0 ] && [ -t 1 ]; then
+    sleep 1
+    exec nvim -u NONE -i NONE --cmd "set rtp^=$root" --cmd 'filetype plugin on' \
+        -c 'runtime plugin/gpt2.lua' \
+        -c "lua require('gpt2').setup({ model = '$model' })" \
+        -c 'set laststatus=2 statusline=%f\ %=%{v:lua.require(\"gpt2\").statusline()}' \
+        -c 'call cursor(8, 999)' "$root/scripts/demo-sample.md"
 fi
 
-prompt='The best thing about writing code in Neovim is'
-echo "model:  $model" >&2
+prompt='The quick brown fox jumps over the lazy dog. Then it'
+echo "(no terminal: completing with the CLI instead)" >&2
 echo "prompt: $prompt" >&2
 build/gpt2 complete --model "$model" --prompt "$prompt" -n 3 --max-tokens 24 --stop sentence |
     /usr/bin/python3 -c '

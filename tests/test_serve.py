@@ -124,9 +124,8 @@ class Helper:
         return False
 
     def _poll_memory(self):
-        while self.proc.returncode is None:
-            if not self.read_hwm() and self.proc.poll() is not None:
-                return
+        # a zombie (or a reaped process) has no VmHWM line: that ends the polling
+        while self.read_hwm():
             time.sleep(0.002)
 
     def stderr(self):
@@ -141,14 +140,28 @@ class Helper:
                                                   self.stderr_tail())
 
     # --- writing
-    def send_raw(self, data, chunk=None):
-        """Write bytes to stdin; False if the helper closed its end (EPIPE)."""
+    def send_raw(self, data, chunk=None, delay=0.0, timeout=None):
+        """Write bytes to stdin (in chunks of `chunk` bytes, `delay` s apart); False if the
+        helper closed its end (EPIPE). A helper that stops reading fails the test."""
         view = memoryview(bytes(data))
         step = chunk or len(view) or 1
+        fd = self.proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        deadline = time.monotonic() + (timeout or T_REPLY)
         try:
             while len(view):
-                n = os.write(self.proc.stdin.fileno(), view[:step])
+                left = deadline - time.monotonic()
+                _, w, _ = select.select([], [fd], [], max(left, 0))
+                if not w:
+                    raise AssertionError("the helper stopped reading stdin (%d bytes unsent)\n%s"
+                                         % (len(view), self.describe()))
+                try:
+                    n = os.write(fd, view[:step])
+                except BlockingIOError:
+                    continue
                 view = view[n:]
+                if delay and len(view):
+                    time.sleep(delay)
             return True
         except BrokenPipeError:
             return False
@@ -340,7 +353,7 @@ def serve(request):
             problems.append("exited with %s (%s)\n%s" % (rc, _rc_name(rc), h.describe()))
         elif "ERROR: AddressSanitizer" in h.stderr() or "runtime error:" in h.stderr():
             problems.append("sanitizer report\n%s" % h.describe())
-    if problems and not request.node.rep_failed if hasattr(request.node, "rep_failed") else problems:
+    if problems:
         pytest.fail("helper teardown: " + "\n\n".join(problems), pytrace=False)
 
 
@@ -442,7 +455,7 @@ def wait_running(h, cid=None, timeout=None):
     deadline = time.monotonic() + (timeout or 60 * SLOW)
     while time.monotonic() < deadline:
         st = h.ok("status")
-        if st["queue"]["depth"] == 0 and st["queue"]["live"] >= 1 and st["models"][0]["loaded"]:
+        if st["queue"]["depth"] == 0 and st["queue"]["live"] >= 1:
             return st
         time.sleep(0.02)
     raise AssertionError("the long request never started\n" + h.describe())
@@ -664,12 +677,9 @@ def test_long_text_window(serve, lines):
     assert r2["truncated_tokens"] == r["truncated_tokens"], (r, r2)
     assert r2["cached_tokens"] >= r["prompt_tokens"] - 2, r2
     assert r2["prompt_tokens"] == len(toks2) - cut2 <= window
-    # the same as the CLI would do with the kept tokens (the CLI cuts at exactly the window,
-    # so give it the kept text through the helper's own cut: compare via the greedy result)
+    # greedy on the kept tokens equals the CLI given exactly those tokens
     greedy = dict(n=1, max_tokens=max_tokens, temperature=0, stop="none")
     r3 = h.complete(text=more, buffer=7, **greedy)
-    kept = cli("detokenize", "--model", TINY, "--tokens", ",".join(map(str, toks2[cut2:])))
-    assert tokenize(kept) == toks2[cut2:] or True
     ref = cli("complete", "--model", TINY, "--tokens", ",".join(map(str, toks2[cut2:])),
               "-n", 1, "--max-tokens", max_tokens, "--temperature", 0, "--stop", "none")
     assert r3["suggestions"] == ref["suggestions"]
@@ -765,10 +775,11 @@ def test_supersession(serve, big_model):
     assert ev1["kind"] == "error" and "superseded" in ev1["error"], ev1
     assert ev2["kind"] == "final" and len(ev2["suggestions"]) == 3, ev2
     # two queued together: only the newest survives; other buffers are untouched
-    h.notify("complete", {"text": TEXT, "id": 3, "buffer": 6, "max_tokens": 8})
-    h.notify("complete", {"text": TEXT, "id": 4, "buffer": 6, "max_tokens": 8})
-    h.notify("complete", {"text": TEXT, "id": 5, "buffer": 7, "max_tokens": 8})
-    h.notify("complete", {"text": TEXT + " x", "id": 6, "buffer": 6, "max_tokens": 8})
+    h.send_raw(b"".join(msgpack.packb([2, "complete", [p]]) for p in [
+        {"text": TEXT, "id": 3, "buffer": 6, "max_tokens": 8},
+        {"text": TEXT, "id": 4, "buffer": 6, "max_tokens": 8},
+        {"text": TEXT, "id": 5, "buffer": 7, "max_tokens": 8},
+        {"text": TEXT + " x", "id": 6, "buffer": 6, "max_tokens": 8}]))
     got = {i: h.final_or_error(i) for i in (3, 4, 5, 6)}
     assert got[3]["kind"] == "error" and "superseded" in got[3]["error"], got[3]
     assert got[4]["kind"] == "error" and "superseded" in got[4]["error"], got[4]
@@ -901,9 +912,7 @@ def test_streaming_partials(serve):
     h.ping()
     h.drain(0.2)
     assert not h.inbox, "events after the final: %r" % list(h.inbox)
-    # the whole notification carries the default Lua handler
-    tail = [m for m in msgpack.Unpacker(raw=False) if False]
-    del tail
+    # every notification carries the default Lua handler
     assert h.raw.count(DEFAULT_LUA.encode()) == len(partials) + 1
 
     # stream = false: the final only; a custom handler is used verbatim
@@ -1011,7 +1020,7 @@ def test_bad_params(serve):
         ([0, 1008, "x" * 1000, []], "unknown method"),
         ([0, 1009, "cancel", []], "cancel needs"),
         ([0, 1010, "cancel", [{"id": "x"}]], "id must be"),
-        ([0, 1011, "cancel", [{"nope": 1}]], "cancel needs"),
+        ([0, 1011, "cancel", [{"nope": 1}]], "id"),
         ([0, 1012, "ping", {}], "params must be an array"),
     ]
     for msg, want in bad_msgs:
@@ -1030,7 +1039,8 @@ def test_bad_params(serve):
     err, res = h.reply(1234)
     assert err is None and len(res["suggestions"]) == 3, err
     # 1 MB of text: works (the window keeps the end)
-    big = words(200000)[: 1 << 20]
+    big = words(300000)[: 1 << 20]
+    assert len(big) == 1 << 20
     t0 = time.monotonic()
     err, res = h.call("complete", {"text": big, "max_tokens": 4, "n": 1},
                       timeout=120 * SLOW)
@@ -1207,8 +1217,8 @@ def test_deepest_allowed_nesting(serve):
     for depth in (16, 32, 33, 64):
         h = serve(args=["--max-depth", str(depth)])
         h.expect_failure = True
-        params = b"\x91" * (depth - 2) + b"\xc0"      # [0, 1, "ping", [[[...nil]]]]
-        h.send_raw(b"\x94\x00\x01\xa4ping" + params)
+        # [0, 1, "ping", [[...[nil]...]]]: the outer array and depth - 1 more
+        h.send_raw(b"\x94\x00\x01\xa4ping" + b"\x91" * (depth - 1) + b"\xc0")
         try:
             err, res = h.reply(1, timeout=10 * SLOW)
         except AssertionError:
@@ -1216,7 +1226,7 @@ def test_deepest_allowed_nesting(serve):
                         "(exit %s): %s" % (depth, depth, h.proc.poll(),
                                            h.stderr_tail(400).strip()))
         assert err is None and res == "pong"
-        h.send_raw(b"\x94\x00\x02\xa4ping" + b"\x91" * (depth - 1) + b"\xc0")
+        h.send_raw(b"\x94\x00\x02\xa4ping" + b"\x91" * depth + b"\xc0")
         assert h.wait_exit() == 1 and "nested deeper" in h.stderr(), h.describe()
 
 
@@ -1237,8 +1247,9 @@ def test_largest_allowed_object_count(serve):
 
 def test_split_writes_and_pipelining(serve):
     h = serve()
-    req = msgpack.packb([0, 7, "complete", [{"text": TEXT, "seed": 2, "max_tokens": 5}]])
-    h.send_raw(req, chunk=1)
+    def req(msgid):
+        return msgpack.packb([0, msgid, "complete", [{"text": TEXT, "seed": 2, "max_tokens": 5}]])
+    h.send_raw(req(7), chunk=1, delay=0.001)
     err, res = h.reply(7)
     assert err is None and len(res["suggestions"]) == 3
     # many requests in one write: all answered, in order (ping/status are answered at once)
@@ -1251,11 +1262,13 @@ def test_split_writes_and_pipelining(serve):
         got.append(h.wait_for(lambda m: m[0] == 1, what="one of 400 replies"))
     assert [m[1] for m in got] == [1000 + i for i in range(300)] + [2000 + i for i in range(100)]
     assert all(m[2] is None for m in got)
-    # one message split across writes at every boundary
-    for cut in range(1, len(req)):
-        h.send_raw(req[:cut].replace(b"\x07", b"\x08", 1))
-        h.send_raw(req[cut:].replace(b"\x07", b"\x08", 1) if cut <= 1 else req[cut:])
-        err, res = h.reply(8)
+    # one message split in two at every boundary (answered from the LRU: same as msgid 7)
+    for cut in range(1, len(req(8))):
+        data = req(8 + cut)
+        h.send_raw(data[:cut])
+        time.sleep(0.002)
+        h.send_raw(data[cut:])
+        err, res = h.reply(8 + cut)
         assert err is None and res["lru"] is True, (cut, err)
 
 

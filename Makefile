@@ -14,12 +14,12 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter -pthread -MMD -MP
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-LDLIBS  = $(PKG_LIBS) -lm -pthread
+LDLIBS  = $(PKG_LIBS) -lm -pthread -ldl
 
 SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
        native/sampler.c native/generate.c native/cpu/pool.c native/cpu/forward.c \
        native/cpu/matvec.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
-       native/sched.c native/server.c
+       native/sched.c native/server.c native/device.c native/gpu.c
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-engine *engine_new(model *m, int threads, char *err)
+engine *engine_new(model *m, int threads, const device_opts *o, char *err)
 {
     engine *e = xcalloc(1, sizeof *e);
     if (!e) {
@@ -18,7 +18,8 @@ engine *engine_new(model *m, int threads, char *err)
         errf(err, "out of memory");
         goto fail;
     }
-    if (!(e->fwd = fwd_new(m, e->pool, err))) goto fail;
+    device_opts cpu = {.choice = DEVICE_CPU};
+    if (!(e->dev = device_new(m, e->pool, o ? o : &cpu, err))) goto fail;
     return e;
 fail:
     engine_free(e);
@@ -28,7 +29,7 @@ fail:
 void engine_free(engine *e)
 {
     if (!e) return;
-    fwd_free(e->fwd);
+    device_free(e->dev);
     sampler_free(e->sampler);
     pool_free(e->pool);
     free(e->logits);
@@ -47,6 +48,8 @@ static float *logits_for(engine *e, int rows)
     }
     return e->logits;
 }
+
+static int topk_hint(gen_task *const *tasks, int n);
 
 const char *gen_finish_name(gen_finish f)
 {
@@ -67,14 +70,14 @@ int gen_check(const model *m, const gen_params *p, int T, char *err)
 /* Prefill tokens[from..T) into kv (positions before `from` already there);
  * the last position's logits go to out (unless out is NULL). */
 static int prefill(engine *e, kv_cache *kv, const int *tokens, int from, int T, float *out,
-                   char *err)
+                   int topk, char *err)
 {
     int R = T - from;
     fwd_row *rows = xcalloc(R, sizeof *rows);
     if (!rows) return errf(err, "out of memory");
     for (int t = 0; t < R; t++)
         rows[t] = (fwd_row){.token = tokens[from + t], .own = kv, .own_at = from + t};
-    int last = R - 1, rc = fwd_run(e->fwd, rows, R, &last, out ? 1 : 0, out, err);
+    int last = R - 1, rc = device_run(e->dev, rows, R, &last, out ? 1 : 0, out, topk, err);
     free(rows);
     return rc;
 }
@@ -84,10 +87,14 @@ int gen_logits(engine *e, const int *tokens, int T, float *out, char *err)
     if (T < 1) return errf(err, "no tokens");
     if (T > e->m->cfg.n_ctx)
         return errf(err, "%d tokens exceed the model's window of %d", T, e->m->cfg.n_ctx);
-    kv_cache *kv = kv_new(&e->m->cfg, T);
-    if (!kv) return errf(err, "out of memory for the KV cache of %d tokens", T);
-    int rc = prefill(e, kv, tokens, 0, T, out, err);
-    kv_free(kv);
+    kv_cache *kv = device_kv_new(e->dev, T, err);
+    if (!kv) return -1;
+    int rc = 0;
+    for (int from = 0; rc == 0 && from < T; from += GEN_PREFILL_CHUNK) {
+        int to = T - from > GEN_PREFILL_CHUNK ? from + GEN_PREFILL_CHUNK : T;
+        rc = prefill(e, kv, tokens, from, to, to == T ? out : NULL, 0, err);
+    }
+    device_kv_free(e->dev, kv);
     return rc;
 }
 
@@ -118,7 +125,6 @@ static int accept_token(engine *e, gen_task *t, int i, int tok)
 
 int gen_task_start(engine *e, gen_task *t, char *err)
 {
-    const model_cfg *c = &e->m->cfg;
     gen_result *res = &t->res;
     memset(res, 0, sizeof *res);
     memset(t->seq, 0, sizeof t->seq);
@@ -131,20 +137,22 @@ int gen_task_start(engine *e, gen_task *t, char *err)
     for (int i = 0; i < t->p.n; i++) {
         rng_seed(&t->seq[i].rng, t->p.seed, (uint64_t)i);
         t->seq[i].active = 1;
-        t->seq[i].kv = kv_new(c, t->p.max_tokens);
-        res->ids[i] = xmallocarray(t->p.max_tokens, sizeof(int));
-        if (!t->seq[i].kv || !res->ids[i]) return errf(err, "out of memory");
+        if (!(t->seq[i].kv = device_kv_new(e->dev, t->p.max_tokens, err))) return -1;
+        t->seq[i].dev = e->dev;
+        if (!(res->ids[i] = xmallocarray(t->p.max_tokens, sizeof(int))))
+            return errf(err, "out of memory");
     }
     float *logits = logits_for(e, 1);
     if (!logits) return errf(err, "out of memory");
     double t0 = now_ms();
     while (t->T - t->cached > GEN_PREFILL_CHUNK) { /* no logits needed before the end */
         int to = t->cached + GEN_PREFILL_CHUNK;
-        if (prefill(e, t->prefix, t->prompt, t->cached, to, NULL, err) < 0) return -1;
+        if (prefill(e, t->prefix, t->prompt, t->cached, to, NULL, 0, err) < 0) return -1;
         t->cached = to;
         if (t->stop_fn && t->stop_fn(t->stop_ud)) return 1;
     }
-    if (prefill(e, t->prefix, t->prompt, t->cached, t->T, logits, err) < 0) return -1;
+    if (prefill(e, t->prefix, t->prompt, t->cached, t->T, logits, topk_hint(&t, 1), err) < 0)
+        return -1;
     for (int i = 0; i < t->p.n; i++) /* each one's first token comes from the prompt */
         if (accept_token(e, t, i, sample_token(e->sampler, logits, &t->p.sp, &t->seq[i].rng)))
             return errf(err, "out of memory");
@@ -159,11 +167,23 @@ int gen_task_active(const gen_task *t)
     return n;
 }
 
-int gen_step(engine *e, gen_task **tasks, int n, char *err)
+/* How many of the best logits the sampling of these tasks can look at:
+ * top_k (1 when greedy), or 0 when it may need them all. */
+static int topk_hint(gen_task *const *tasks, int n)
 {
-    int R = 0;
-    for (int k = 0; k < n; k++) R += gen_task_active(tasks[k]);
-    if (!R) return 0;
+    int k = 1;
+    for (int i = 0; i < n; i++) {
+        const sample_params *sp = &tasks[i]->p.sp;
+        int want = sp->temperature <= 0 || sp->top_k == 1 ? 1 : sp->top_k;
+        if (want <= 0) return 0;
+        if (want > k) k = want;
+    }
+    return k;
+}
+
+/* One forward pass for the active sequences of tasks[0..n), R rows. */
+static int step_group(engine *e, gen_task **tasks, int n, int R, char *err)
+{
     fwd_row *rows = xcalloc(R, sizeof *rows);
     int *out = xcalloc(R, sizeof *out);
     float *logits = logits_for(e, R);
@@ -183,7 +203,7 @@ int gen_step(engine *e, gen_task **tasks, int n, char *err)
             r++;
         }
     double t0 = now_ms();
-    if (fwd_run(e->fwd, rows, R, out, R, logits, err) < 0) goto done;
+    if (device_run(e->dev, rows, R, out, R, logits, topk_hint(tasks, n), err) < 0) goto done;
     size_t V = e->m->cfg.n_vocab;
     r = 0;
     for (int k = 0; k < n; k++) {
@@ -207,6 +227,19 @@ done:
     free(rows);
     free(out);
     return rc;
+}
+
+int gen_step(engine *e, gen_task **tasks, int n, char *err)
+{
+    /* tasks in order, in groups of at most GEN_ROWS_MAX rows per pass */
+    for (int k0 = 0; k0 < n;) {
+        int R = 0, k = k0;
+        while (k < n && R + gen_task_active(tasks[k]) <= GEN_ROWS_MAX) R += gen_task_active(tasks[k++]);
+        if (k == k0) return errf(err, "internal error: a task wider than a batch");
+        if (R && step_group(e, tasks + k0, k - k0, R, err) < 0) return -1;
+        k0 = k;
+    }
+    return 0;
 }
 
 const char *gen_task_text(const gen_task *t, int i, size_t *len)
@@ -240,7 +273,7 @@ int gen_task_finish(engine *e, gen_task *t)
 void gen_task_free(gen_task *t, int free_result)
 {
     for (int i = 0; i < GEN_MAX_N; i++) {
-        kv_free(t->seq[i].kv);
+        if (t->seq[i].kv) device_kv_free(t->seq[i].dev, t->seq[i].kv);
         buf_free(&t->seq[i].text);
         t->seq[i].kv = NULL;
     }
@@ -252,15 +285,15 @@ int gen_complete(engine *e, const int *prompt, int T, const gen_params *p, gen_r
 {
     memset(res, 0, sizeof *res);
     if (gen_check(e->m, p, T, err) < 0) return -1;
-    kv_cache *prefix = kv_new(&e->m->cfg, T);
-    if (!prefix) return errf(err, "out of memory for the KV cache of %d tokens", T);
+    kv_cache *prefix = device_kv_new(e->dev, T, err);
+    if (!prefix) return -1;
     gen_task t = {.p = *p, .prompt = prompt, .T = T, .prefix = prefix};
     gen_task *one = &t;
     int rc = gen_task_start(e, &t, err);
     while (rc == 0 && gen_task_active(&t)) rc = gen_step(e, &one, 1, err);
     if (rc == 0 && gen_task_finish(e, &t) < 0) rc = errf(err, "out of memory");
     gen_task_free(&t, rc < 0);
-    kv_free(prefix);
+    device_kv_free(e->dev, prefix);
     if (rc == 0) *res = t.res;
     return rc;
 }

@@ -11,7 +11,7 @@
 #ifndef GPT2_GENERATE_H
 #define GPT2_GENERATE_H
 
-#include "cpu/forward.h"
+#include "device.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -43,7 +43,7 @@ typedef struct {
 typedef struct {
     model *m;
     pool *pool;
-    fwd *fwd;
+    device *dev;
     sampler *sampler;
     float *logits;           /* (rows_cap, vocab) */
     int rows_cap;
@@ -53,11 +53,12 @@ typedef struct {
 typedef struct {
     rng_t rng;
     kv_cache *kv;            /* its own keys/values, max_tokens positions */
+    device *dev;             /* where kv lives */
     int active;
     buf_t text;              /* decoded so far, cut by the stop rule */
 } gen_seq;
 
-#define GEN_PREFILL_CHUNK 256 /* prompt rows per forward pass */
+#define GEN_PREFILL_CHUNK GEN_ROWS_MAX /* prompt rows per forward pass */
 
 typedef struct {
     gen_params p;
@@ -71,8 +72,9 @@ typedef struct {
     gen_result res;
 } gen_task;
 
-/* An engine over model m (borrowed) with `threads` threads (0 = all CPUs). */
-engine *engine_new(model *m, int threads, char *err);
+/* An engine over model m (borrowed) with `threads` CPU threads (0 = all)
+ * on the device o asks for (NULL: the CPU). */
+engine *engine_new(model *m, int threads, const device_opts *o, char *err);
 void engine_free(engine *e);
 
 /* Check p against the model: ranges, and T + max_tokens within the window. */

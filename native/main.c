@@ -34,6 +34,7 @@ typedef struct {
     const char *model, *prompt, *tokens;
     gen_params gen;
     int seed_given, threads;
+    device_opts dev;
 } cli_opts;
 
 static const char *const USAGE =
@@ -53,6 +54,11 @@ static const char *const USAGE =
     "\n"
     "Run `gpt2 COMMAND --help` for a command's options.\n";
 
+#define DEVICE_HELP \
+    "  --device D         auto | cpu | cuda (default auto: the GPU when usable)\n" \
+    "  --gpu-dtype T      bf16 | fp16: weights on the GPU (default bf16)\n" \
+    "  --gpu-mem-mb N     cap the GPU memory the helper allocates\n"
+
 static const char *const COMPLETE_HELP =
     "usage: gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [options]\n"
     "\n"
@@ -66,6 +72,7 @@ static const char *const COMPLETE_HELP =
     "  --stop MODE        line | sentence | none (default line: stop at the end of\n"
     "                     the line, after some text)\n"
     "  --threads N        CPU threads (default: all)\n"
+    DEVICE_HELP
     "\n"
     "A prompt longer than the window (n_positions - max-tokens) keeps its last\n"
     "tokens; `truncated` in the output says how many were dropped. An empty\n"
@@ -138,9 +145,30 @@ bad:
     return -1;
 }
 
+/* --device (which 0), --gpu-dtype (1), --gpu-mem-mb (2) into d. */
+static int device_option(int which, const char *arg, device_opts *d)
+{
+    long v;
+    if (which == 0) {
+        if ((v = device_parse(arg)) < 0)
+            return usage_error("--device must be auto, cpu or cuda, not '%s'", arg);
+        d->choice = (device_choice)v;
+    } else if (which == 1) {
+        if (strcmp(arg, "bf16") && strcmp(arg, "fp16"))
+            return usage_error("--gpu-dtype must be bf16 or fp16, not '%s'", arg);
+        d->half = !strcmp(arg, "fp16");
+    } else {
+        if (parse_long(arg, 1, 1L << 24, &v))
+            return usage_error("--gpu-mem-mb must be a positive number of MiB, not '%s'", arg);
+        d->gpu_mem_cap = (size_t)v << 20;
+    }
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
 {
-    enum { O_MAXTOK = 256, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_THREADS };
+    enum { O_MAXTOK = 256, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_THREADS, O_DEVICE,
+           O_GPUDT, O_GPUMEM };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"tokens", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
@@ -148,7 +176,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
         {"temperature", required_argument, 0, O_TEMP}, {"top-k", required_argument, 0, O_TOPK},
         {"top-p", required_argument, 0, O_TOPP}, {"seed", required_argument, 0, O_SEED},
         {"stop", required_argument, 0, O_STOP}, {"threads", required_argument, 0, O_THREADS},
-        {0, 0, 0, 0}};
+        {"device", required_argument, 0, O_DEVICE}, {"gpu-dtype", required_argument, 0, O_GPUDT},
+        {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {0, 0, 0, 0}};
     long v;
     int c;
     opterr = 0;
@@ -196,6 +225,9 @@ static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
             if (parse_long(optarg, 1, 256, &v))
                 return usage_error("--threads must be 1..256, not '%s'", optarg);
             o->threads = (int)v;
+            break;
+        case O_DEVICE: case O_GPUDT: case O_GPUMEM:
+            if ((v = device_option(c - O_DEVICE, optarg, &o->dev))) return (int)v;
             break;
         case ':': return usage_error("option '%s' needs a value", argv[optind - 1]);
         default: return usage_error("unknown option '%s'", argv[optind - 1]);
@@ -298,7 +330,7 @@ static int cmd_logits(cli_opts *o, model *m)
         fprintf(stderr, "gpt2: need 1..%d tokens (the model's window), got %d\n", m->cfg.n_ctx, n);
         return 1;
     }
-    engine *e = engine_new(m, o->threads, err);
+    engine *e = engine_new(m, o->threads, &o->dev, err);
     float *logits = xmallocarray(m->cfg.n_vocab, sizeof(float));
     if (!e || !logits || gen_logits(e, ids, n, logits, err) < 0) {
         rc = fail(e && !logits ? "out of memory" : err);
@@ -341,8 +373,9 @@ static int prompt_ids(const cli_opts *o, model *m, int keep, int **ids, int *n, 
     return 0;
 }
 
-static cJSON *complete_json(const model *m, const gen_result *r, const cli_opts *o,
-                            int dropped, double load_ms, double tok_ms, double t_start)
+static cJSON *complete_json(const model *m, const engine *e, const gen_result *r,
+                            const cli_opts *o, int dropped, double load_ms, double tok_ms,
+                            double t_start)
 {
     cJSON *j = cJSON_CreateObject(), *sug = cJSON_AddArrayToObject(j, "suggestions");
     cJSON *toks = cJSON_AddArrayToObject(j, "tokens"), *fin = cJSON_AddArrayToObject(j, "finish");
@@ -356,7 +389,8 @@ static cJSON *complete_json(const model *m, const gen_result *r, const cli_opts 
     cJSON_AddNumberToObject(j, "seed", (double)o->gen.seed);
     cJSON_AddStringToObject(j, "stop", stop_name(o->gen.stop));
     cJSON_AddStringToObject(j, "model", m->name);
-    cJSON_AddStringToObject(j, "device", "cpu");
+    cJSON_AddStringToObject(j, "device", device_name(e->dev));
+    if (*device_note(e->dev)) cJSON_AddStringToObject(j, "device_note", device_note(e->dev));
     cJSON *t = cJSON_AddObjectToObject(j, "timings");
     cJSON_AddNumberToObject(t, "load_ms", load_ms);
     cJSON_AddNumberToObject(t, "tokenize_ms", tok_ms);
@@ -387,12 +421,12 @@ static int cmd_complete(cli_opts *o, model *m, double load_ms, double t_start)
                                           &dropped, err);
     if (rc) return rc;
     double tok_ms = now_ms() - t0;
-    engine *e = engine_new(m, o->threads, err);
+    engine *e = engine_new(m, o->threads, &o->dev, err);
     gen_result r;
     if (!e || gen_complete(e, ids, n, &o->gen, &r, err) < 0) {
         rc = fail(err);
     } else {
-        rc = print_json(complete_json(m, &r, o, dropped, load_ms, tok_ms, t_start));
+        rc = print_json(complete_json(m, e, &r, o, dropped, load_ms, tok_ms, t_start));
         gen_result_free(&r);
     }
     engine_free(e);
@@ -432,7 +466,8 @@ static const char *const SERVE_HELP =
     "  --lua-handler EXPR   Lua run by nvim_exec_lua for Neovim-mode events\n"
     "                       (default: require('gpt2.client')._on_event(...))\n"
     "  --log-level L        error | warn | info | debug (default info)\n"
-    "  --log-file PATH      also append the log to PATH\n";
+    "  --log-file PATH      also append the log to PATH\n"
+    DEVICE_HELP;
 
 static int opt_int(const char *name, const char *v, long lo, long hi, long *out)
 {
@@ -443,7 +478,8 @@ static int opt_int(const char *name, const char *v, long lo, long hi, long *out)
 
 static int cmd_serve(int argc, char **argv)
 {
-    enum { O_THREADS = 300, O_QUEUE, O_SLOTS, O_LRU, O_MAXMSG, O_DEPTH, O_LUA, O_LEVEL, O_LOGF };
+    enum { O_THREADS = 300, O_QUEUE, O_SLOTS, O_LRU, O_MAXMSG, O_DEPTH, O_LUA, O_LEVEL, O_LOGF,
+           O_DEVICE, O_GPUDT, O_GPUMEM };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'},
         {"threads", required_argument, 0, O_THREADS}, {"queue", required_argument, 0, O_QUEUE},
@@ -451,7 +487,8 @@ static int cmd_serve(int argc, char **argv)
         {"max-message", required_argument, 0, O_MAXMSG},
         {"max-depth", required_argument, 0, O_DEPTH}, {"lua-handler", required_argument, 0, O_LUA},
         {"log-level", required_argument, 0, O_LEVEL}, {"log-file", required_argument, 0, O_LOGF},
-        {0, 0, 0, 0}};
+        {"device", required_argument, 0, O_DEVICE}, {"gpu-dtype", required_argument, 0, O_GPUDT},
+        {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {0, 0, 0, 0}};
     const char *models[64], *log_file = NULL;
     server_opts o = {.model_dirs = models, .queue_cap = 8, .cache_slots = 4, .lru_size = 32,
                      .max_depth = 16, .max_message = 16u << 20,
@@ -482,6 +519,9 @@ static int cmd_serve(int argc, char **argv)
                 return usage_error("--log-level must be error, warn, info or debug, not '%s'", optarg);
             break;
         case O_LOGF: log_file = optarg; break;
+        case O_DEVICE: case O_GPUDT: case O_GPUMEM:
+            rc = device_option(c - O_DEVICE, optarg, &o.device);
+            break;
         case ':': return usage_error("option '%s' needs a value", argv[optind - 1]);
         default: return usage_error("unknown option '%s'", argv[optind - 1]);
         }
@@ -512,6 +552,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    log_init(LOG_WARN, NULL); /* one-shot commands: the JSON says the rest */
     static const char *const cmds[] = {"tokenize", "detokenize", "logits", "complete", "info"};
     int k = 0;
     while (k < 5 && strcmp(cmd, cmds[k])) k++;

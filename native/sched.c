@@ -148,7 +148,7 @@ static model_slot *get_model(sched *s, int i, char *err)
     double t0 = now_ms();
     log_info("loading model %s from %s", ms->name, ms->dir);
     model *m = model_load(ms->dir, err);
-    engine *e = m ? engine_new(m, s->o.threads, err) : NULL;
+    engine *e = m ? engine_new(m, s->o.threads, &s->o.device, err) : NULL;
     pthread_mutex_lock(&s->mu);
     if (e) {
         ms->m = m;
@@ -170,16 +170,14 @@ static model_slot *get_model(sched *s, int i, char *err)
 
 /* ==== Prefix caches ==== */
 
-static size_t kv_bytes(const kv_cache *kv)
-{
-    return (size_t)2 * kv->n_layer * kv->cap * kv->n_embd * sizeof(float);
-}
 
 /* The cache for r's key and model, or NULL (then the request uses a private
  * one): busy slots are never shared, the least recently used idle slot is
  * recycled. */
-static cache_slot *get_cache(sched *s, const request *r, const model *m)
+static cache_slot *get_cache(sched *s, const request *r, engine *e)
 {
+    const model *m = e->m;
+    char err[ERR_MAX];
     cache_slot *best = NULL;
     for (int i = 0; i < s->o.cache_slots; i++) {
         cache_slot *c = &s->caches[i];
@@ -191,14 +189,15 @@ static cache_slot *get_cache(sched *s, const request *r, const model *m)
     }
     if (!best) return NULL;
     if (!best->kv || best->model != r->model) {
-        if (best->kv) s->kv_bytes -= kv_bytes(best->kv);
-        kv_free(best->kv);
-        best->kv = kv_new(&m->cfg, m->cfg.n_ctx);
+        if (best->kv) s->kv_bytes -= device_kv_bytes(best->kv);
+        if (best->kv) device_kv_free(s->models[best->model].e->dev, best->kv);
+        best->kv = device_kv_new(e->dev, m->cfg.n_ctx, err);
         if (!best->kv) {
+            log_warn("no prefix cache: %s", err);
             best->used = 0;
             return NULL;
         }
-        s->kv_bytes += kv_bytes(best->kv);
+        s->kv_bytes += device_kv_bytes(best->kv);
     }
     best->used = 1;
     best->model = r->model;
@@ -319,7 +318,7 @@ static void retire(sched *s, active *a)
 {
     if (a->slot) a->slot->busy = 0;
     gen_task_free(&a->task, 1);
-    kv_free(a->private_kv);
+    if (a->private_kv) device_kv_free(s->models[a->r->model].e->dev, a->private_kv);
     free(a->tokens);
     unregister(s, a->r);
     request_free(a->r);
@@ -334,7 +333,8 @@ static void finish(sched *s, active *a)
         answer_error(s, a->r, "out of memory");
         return retire(s, a);
     }
-    completion c = {.n = t->res.n, .model = s->models[a->r->model].name, .device = "cpu",
+    completion c = {.n = t->res.n, .model = s->models[a->r->model].name,
+                    .device = device_name(e->dev),
                     .queue_ms = a->t_start - a->r->t_arrive, .prefill_ms = t->res.prefill_ms,
                     .decode_ms = t->res.decode_ms, .total_ms = now_ms() - a->r->t_arrive,
                     .prompt_tokens = t->T, .cached_tokens = t->res.cached_tokens,
@@ -405,7 +405,7 @@ static void start(sched *s, request *r)
     a->truncated = window_cut(m, a->tokens, n, m->cfg.n_ctx - r->p.max_tokens);
     gen_task *t = &a->task;
     *t = (gen_task){.p = r->p, .prompt = a->tokens + a->truncated, .T = n - a->truncated};
-    a->slot = get_cache(s, r, m);
+    a->slot = get_cache(s, r, ms->e);
     if (a->slot) {
         t->prefix = a->slot->kv;
         t->cached = common_prefix(a->slot->tokens, a->slot->n_tokens, t->prompt, t->T);
@@ -413,8 +413,8 @@ static void start(sched *s, request *r)
         a->slot->busy = 1;
         a->slot->last_use = ++s->tick;
         a->slot->n_tokens = 0; /* rewritten below once the prefill is done */
-    } else if (!(a->private_kv = kv_new(&m->cfg, t->T))) {
-        answer_error(s, r, "out of memory for the KV cache");
+    } else if (!(a->private_kv = device_kv_new(ms->e->dev, t->T, err))) {
+        answer_error(s, r, err);
         return retire(s, a);
     } else {
         t->prefix = a->private_kv;
@@ -607,7 +607,7 @@ static void status_models(sched *s, msgpack_packer *pk)
     for (int i = 0; i < s->o.n_models; i++) {
         model_slot *m = &s->models[i];
         int loaded = m->e != NULL;
-        msgpack_pack_map(pk, loaded ? 10 : 4);
+        msgpack_pack_map(pk, loaded ? 12 : 4);
         pack_kv_str(pk, "name", m->name);
         pack_kv_str(pk, "dir", m->dir);
         pack_kv_bool(pk, "loaded", loaded);
@@ -619,6 +619,8 @@ static void status_models(sched *s, msgpack_packer *pk)
         pack_kv_int(pk, "vocab_size", m->m->cfg.n_vocab);
         pack_kv_int(pk, "weight_bytes", (int64_t)m->m->weight_bytes);
         pack_kv_double(pk, "load_ms", m->load_ms);
+        pack_kv_str(pk, "device", device_name(m->e->dev));
+        pack_kv_str(pk, "device_note", device_note(m->e->dev));
     }
 }
 
@@ -647,7 +649,14 @@ void sched_status(sched *s, msgpack_packer *pk)
     msgpack_pack_map(pk, 8);
     pack_kv_str(pk, "version", GPT2_VERSION);
     pack_kv_double(pk, "uptime_s", (now_ms() - s->t0) / 1000);
-    pack_kv_str(pk, "device", "cpu");
+    const char *dev = s->o.device.choice == DEVICE_CPU ? "cpu"
+                      : s->o.device.choice == DEVICE_CUDA ? "cuda" : "auto";
+    for (int i = 0; i < s->o.n_models; i++)
+        if (s->models[i].e) {
+            dev = device_name(s->models[i].e->dev);
+            break;
+        }
+    pack_kv_str(pk, "device", dev);
     status_models(s, pk);
     pack_key(pk, "params");
     msgpack_pack_map(pk, 4);
@@ -655,10 +664,22 @@ void sched_status(sched *s, msgpack_packer *pk)
     pack_kv_int(pk, "queue_cap", s->o.queue_cap);
     pack_kv_int(pk, "cache_slots", s->o.cache_slots);
     pack_kv_int(pk, "lru_size", s->o.lru_size);
+    size_t gpu_used = 0, gpu_free = 0, u, f;
+    unsigned long ooms = 0, o;
+    for (int i = 0; i < s->o.n_models; i++)
+        if (s->models[i].e) {
+            device_memory(s->models[i].e->dev, &u, &f, &o);
+            gpu_used += u;
+            gpu_free = f;
+            ooms += o;
+        }
     pack_key(pk, "memory");
-    msgpack_pack_map(pk, 2);
+    msgpack_pack_map(pk, 5);
     pack_kv_int(pk, "rss_bytes", (int64_t)rss_bytes());
     pack_kv_int(pk, "kv_cache_bytes", (int64_t)s->kv_bytes);
+    pack_kv_int(pk, "gpu_used_bytes", (int64_t)gpu_used);
+    pack_kv_int(pk, "gpu_free_bytes", (int64_t)gpu_free);
+    pack_kv_int(pk, "gpu_out_of_memory", (int64_t)ooms);
     pack_key(pk, "queue");
     msgpack_pack_map(pk, 2);
     pack_kv_int(pk, "depth", s->n_pending);
@@ -718,7 +739,7 @@ void sched_free(sched *s)
         pthread_join(s->thread, NULL);
     }
     for (int i = 0; s->caches && i < s->o.cache_slots; i++) {
-        kv_free(s->caches[i].kv);
+        if (s->caches[i].kv) device_kv_free(s->models[s->caches[i].model].e->dev, s->caches[i].kv);
         free(s->caches[i].tokens);
     }
     for (int i = 0; s->lru && i < s->o.lru_size; i++) lru_clear(&s->lru[i]);

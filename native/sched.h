@@ -42,6 +42,7 @@ typedef struct {
     int queue_cap;          /* pending requests before 'busy' */
     int cache_slots;        /* per-client prefix caches kept */
     int lru_size;           /* identical-request answers kept */
+    device_opts device;     /* where models run */
     void (*emit)(void *ud, char *data, size_t len); /* any thread */
     void *emit_ud;
 } sched_opts;

@@ -348,6 +348,7 @@ int server_run(const server_opts *o)
     sched_opts so = {.model_dirs = o->model_dirs, .n_models = o->n_models,
                      .threads = o->threads, .queue_cap = o->queue_cap,
                      .cache_slots = o->cache_slots, .lru_size = o->lru_size,
+                     .device = o->device,
                      .emit = emit_post, .emit_ud = sv.rpc};
     if (!(sv.sched = sched_new(&so, err))) {
         log_error("%s", err);

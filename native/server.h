@@ -12,12 +12,15 @@
 
 #include <stddef.h>
 
+#include "device.h"
+
 typedef struct {
     const char *const *model_dirs;
     int n_models;
     int threads, queue_cap, cache_slots, lru_size, max_depth;
     size_t max_message;
     const char *lua_handler;
+    device_opts device;
 } server_opts;
 
 /* Run until stdin ends or `shutdown`. Returns the process exit status: 0 on

@@ -13,8 +13,9 @@
 
 /* Keys and values of `cap` positions for every layer: k, v (n_layer, cap, C). */
 typedef struct {
-    float *k, *v;
+    float *k, *v;          /* host memory (CPU path); NULL on a GPU */
     int cap, n_layer, n_embd;
+    void *gpu;             /* the backend's handle (gpu_kv) when on a GPU */
 } kv_cache;
 
 kv_cache *kv_new(const model_cfg *cfg, int cap); /* NULL when out of memory */

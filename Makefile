@@ -16,6 +16,16 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  = $(PKG_LIBS) -lm -pthread -ldl
 
+# CUDA: the backend is a shared object beside the binary, built whenever nvcc
+# is found (it is on every machine here, so every CI run compiles and links
+# it); build/gpt2 itself never links CUDA and falls back to the CPU.
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+KERNELS := $(wildcard native/kernels/*.cu)
+CUDA_LIB := $(if $(NVCC),$(BUILD)/gpt2-cuda.so)
+
 SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
        native/sampler.c native/generate.c native/cpu/pool.c native/cpu/forward.c \
        native/cpu/matvec.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
@@ -26,7 +36,7 @@ UNIT_SRC := tests/unit/test_main.c
 .PHONY: all help deps deps-test test test-unit test-py test-asan test-nvim fuzz bench weights \
         demo doc fixtures clean
 
-all: $(BUILD)/gpt2 ## build build/gpt2 (the default)
+all: $(BUILD)/gpt2 $(CUDA_LIB) ## build build/gpt2 (and build/gpt2-cuda.so with nvcc)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -40,6 +50,16 @@ $(BUILD)/native/cpu/%.o: CFLAGS += -O3
 
 $(BUILD)/gpt2: $(OBJ) $(BUILD)/native/main.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/kernels/%.o: native/kernels/%.cu native/kernels/common.cuh native/kernels/kernels.h
+	@mkdir -p $(dir $@)
+	$(NVCC) -O3 -std=c++17 -Xcompiler -fPIC $(CUDA_ARCH) -c $< -o $@
+
+$(BUILD)/cuda.o: native/cuda.c native/gpu.h native/kernels/kernels.h native/model.h
+	$(CC) $(CFLAGS) -fPIC -I$(CUDA_HOME)/include $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/gpt2-cuda.so: $(BUILD)/cuda.o $(KERNELS:native/kernels/%.cu=$(BUILD)/kernels/%.o)
+	$(CC) -shared -o $@ $^ -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 
 $(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -64,6 +84,7 @@ deps-test: ## install the test dependencies (Debian packages) if missing
 
 test: deps-test ## build and run every test (what CI runs)
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(BUILD)/asan/gpt2 $(BUILD)/fuzz/fuzz_msg
+	@if [ -z "$(NVCC)" ]; then echo "SKIP cuda build: nvcc not found"; fi
 	@$(MAKE) --no-print-directory test-unit test-py test-nvim test-asan fuzz
 
 test-unit: $(BUILD)/test_unit ## C unit tests

@@ -594,10 +594,11 @@ def test_multiple_models_and_load_errors(serve, tmp_path):
 
 # ============================================================================= 2. equal to the CLI
 
-@pytest.mark.parametrize("stop", ["none", "line"])
+@pytest.mark.parametrize("stop", ["none", "line", "sentence"])
 def test_complete_equals_cli(serve, stop):
     text = "In the beginning the model knew nothing,\nbut then"
-    h = serve()
+    # the thread count must not change results: one helper runs with a single thread
+    h = serve(args=["--threads", "1"] if stop == "none" else [])
     for seed in (5, 123456789):
         r = h.complete(text=text, seed=seed, stop=stop)
         c = cli_complete(text, seed=seed, stop=stop)
@@ -820,7 +821,7 @@ def test_lru_hit_supersedes_older_requests(serve, big_model):
     ev3 = h.final_or_error(3)
     assert ev3["kind"] == "final" and ev3["lru"] is True, ev3
     try:
-        ev2 = h.final_or_error(2, timeout=2 * SLOW)
+        ev2 = h.final_or_error(2, timeout=1.5 * SLOW)
     except AssertionError:
         h.ok("cancel", {"id": 2})
         h.final_or_error(2)
@@ -1080,6 +1081,111 @@ def test_error_strings_are_utf8(serve):
     assert err.startswith("unknown method"), err
     err, _ = h.call("complete", {"text": "x", "model": "m" * 199 + "\u00e9"})
     assert err.startswith("unknown model"), err
+
+
+FUZZ_VALUES = [None, True, False, 0, 1, 2, -1, 3.0, 2.5, -0.0, float("nan"), float("inf"),
+               -float("inf"), 1e300, 2 ** 31, 2 ** 53, 2 ** 63, 2 ** 64 - 1, -2 ** 63, "", "x",
+               "line", "none", "sentence", "tiny-f32", "\u00e9" * 3, b"bin", [], [1], {},
+               {"a": 1}, msgpack.ExtType(1, b"x")]
+FUZZ_VALID = {"n": [1, 2, 3.0], "max_tokens": [1, 2, 3], "temperature": [0, 0.5, 1],
+              "top_k": [0, 5, 40], "top_p": [0.5, 1.0], "seed": [0, 1, 2 ** 53 - 1],
+              "stop": ["line", "none", "sentence"], "model": ["tiny-f32", TINY],
+              "id": [1, 2, -5], "buffer": [1, 2, -3], "stream": [True, False],
+              "partial_every": [1, 2]}
+FUZZ_KEYS = ["text", "n", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop",
+             "model", "id", "buffer", "stream", "partial_every", "changedtick", "", "t\u00e9xt"]
+
+
+def test_random_params(serve):
+    """Random values for every parameter: each request gets exactly one well-formed answer
+    (an error or a result) and the helper keeps serving."""
+    rng = random.Random(2024)
+    h = serve(args=["--queue", "1024"])
+    sent = {}
+    for k in range(200):
+        params = {}
+        if rng.random() < 0.9:
+            params["text"] = rng.choice(["", "a", TEXT, "\n\n", "\u00e9\u00e8 \u4e2d\u6587"])
+        for _ in range(rng.randint(0, 5)):
+            key = rng.choice(FUZZ_KEYS)
+            if key in FUZZ_VALID and rng.random() < 0.7:
+                params[key] = rng.choice(FUZZ_VALID[key])
+            else:
+                params[key] = rng.choice(FUZZ_VALUES)
+        if rng.random() < 0.05:
+            params[1] = 2                                # a non-string key
+        # keep the work small: large counts only where they are refused
+        for key in ("n", "max_tokens"):
+            v = params.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and 3 < v <= 1024:
+                params[key] = 3
+        method = "complete" if rng.random() < 0.85 else rng.choice(["cancel", "status", "ping"])
+        plist = [params] if rng.random() < 0.95 else [params, params]
+        msgid = 10 + k
+        h.send([0, msgid, method, plist])
+        sent[msgid] = (method, plist)
+    answers = {}
+    for msgid in sent:
+        err, res = h.reply(msgid, timeout=60 * SLOW)
+        answers[msgid] = (err, res)
+        method, plist = sent[msgid]
+        if err is None and method == "complete":
+            assert set(res) >= {"suggestions", "finish", "seed"}, (plist, res)
+            n = plist[0].get("n", 3)
+            assert len(res["suggestions"]) == (int(n) if n is not True else 1), (plist, res)
+    n_err = sum(1 for e, _ in answers.values() if e is not None)
+    print(collections.Counter(e.split(":")[0][:30] for e, _ in answers.values() if e))
+    print("random params: %d requests, %d errors" % (len(sent), n_err))
+    assert 0 < n_err < len(sent)
+    h.ping()
+    h.drain(0.1)
+    assert not [m for m in h.inbox if m[0] == 1], "extra responses"
+
+
+def test_serve_command_line(tmp_path):
+    def run(*args, stdin=subprocess.DEVNULL):
+        return subprocess.run([str(BIN), "serve"] + list(args), stdin=stdin,
+                              capture_output=True, timeout=30 * SLOW)
+    r = run("--help")
+    assert r.returncode == 0 and b"--max-message" in r.stdout, r
+    for args, what in [((), b"--model"), (("--model", TINY, "--queue", "0"), b"--queue"),
+                       (("--model", TINY, "--max-depth", "65"), b"--max-depth"),
+                       (("--model", TINY, "--max-message", "10"), b"--max-message"),
+                       (("--model", TINY, "--log-level", "loud"), b"--log-level"),
+                       (("--model", TINY, "--bogus"), b"--bogus"),
+                       (("--model", TINY, "extra"), b"extra"),
+                       (("--model",), b"--model")]:
+        r = run(*args)
+        assert r.returncode == 2 and what in r.stderr and not r.stdout, (args, r)
+    r = run("--model", TINY, "--log-file", str(tmp_path / "no" / "dir" / "log"))
+    assert r.returncode == 1 and b"log file" in r.stderr, r
+    # the log file gets the same lines as stderr
+    log = tmp_path / "serve.log"
+    r = subprocess.run([str(BIN), "serve", "--model", TINY, "--log-file", str(log)],
+                       input=msgpack.packb([0, 1, "shutdown", []]), capture_output=True,
+                       timeout=30 * SLOW)
+    assert r.returncode == 0, r
+    assert "shutdown requested" in log.read_text() and b"shutdown requested" in r.stderr
+    # --log-level error: a normal session logs nothing
+    r = subprocess.run([str(BIN), "serve", "--model", TINY, "--log-level", "error"],
+                       input=msgpack.packb([0, 1, "ping", []]), capture_output=True,
+                       timeout=30 * SLOW)
+    assert r.returncode == 0 and r.stderr == b"", r
+    assert msgpack.unpackb(r.stdout) == [1, 1, None, "pong"]
+
+
+@pytest.mark.parametrize("kind", ["dev-null", "regular-file"])
+def test_stdin_not_a_pipe(tmp_path, kind):
+    """stdin must be a pipe or socket: a clear message and exit 1 (under ASan: without
+    leaking what was allocated before the check)."""
+    path = "/dev/null" if kind == "dev-null" else str(tmp_path / "requests.bin")
+    if kind == "regular-file":
+        Path(path).write_bytes(msgpack.packb([0, 1, "ping", []]))
+    with open(path, "rb") as f:
+        r = subprocess.run([str(BIN), "serve", "--model", TINY], stdin=f, capture_output=True,
+                           timeout=30 * SLOW)
+    assert r.returncode == 1 and b"stdin must be a pipe or socket" in r.stderr, (
+        "exit %s: %s" % (_rc_name(r.returncode), r.stderr.decode()[-1500:]))
 
 
 # ============================================================================= 13. notifications

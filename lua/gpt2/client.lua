@@ -64,8 +64,8 @@ function M.start()
         log_line(l)
       end
     end,
-    on_exit = function(_, code)
-      M.on_exit(code)
+    on_exit = function(job, code)
+      M.on_exit(code, job)
     end,
   })
   if not ok or chan <= 0 then
@@ -79,7 +79,13 @@ function M.start()
   return true
 end
 
-function M.on_exit(code)
+-- job: the channel of the helper that exited. A helper that is no longer
+-- the current one (stopped by M.stop(), e.g. for :Gpt2 restart, whose exit
+-- arrives after the new one started) is not a crash.
+function M.on_exit(code, job)
+  if job ~= nil and job ~= M.chan then
+    return
+  end
   M.chan, M.pid = nil, nil
   if stopping then
     M.state = 'stopped'

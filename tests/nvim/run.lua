@@ -7,8 +7,8 @@
 -- Neovim (tests/nvim/harness.lua) unless child = false. Prints "ok NAME",
 -- "FAIL NAME: reason" or "SKIP NAME: reason" per case, then
 -- "N passed, N failed[, N skipped]", and exits non-zero on any failure.
--- GPT2_TEST_FILTER=PATTERN runs only the cases whose name matches it (a Lua
--- pattern).
+-- GPT2_TEST_FILTER='PAT1|PAT2' runs only the cases whose name matches one of
+-- the Lua patterns.
 local uv = vim.uv or vim.loop
 local root = vim.fn.getcwd()
 package.path = root .. '/tests/nvim/?.lua;' .. package.path
@@ -53,9 +53,17 @@ local function handler(e)
   return { msg = msg, traceback = debug.traceback('', 2) }
 end
 
-local filter = vim.env.GPT2_TEST_FILTER
-if filter == '' then
-  filter = nil
+local filters = vim.split(vim.env.GPT2_TEST_FILTER or '', '|', { plain = true, trimempty = true })
+local function selected(name)
+  if #filters == 0 then
+    return true
+  end
+  for _, f in ipairs(filters) do
+    if name:match(f) then
+      return true
+    end
+  end
+  return false
 end
 local passed, failed, skipped = 0, 0, 0
 local t_suite = H.now()
@@ -71,7 +79,7 @@ for _, file in ipairs(files) do
   else
     for _, case in ipairs(cases) do
       local name, fn = case.name or case[1], case.fn or case[2]
-      if not filter or name:match(filter) then
+      if selected(name) then
         local t0 = H.now()
         H.begin(case.timeout or CASE_TIMEOUT_MS)
         local child

@@ -1,0 +1,32 @@
+// layernorm.cu - layer norm of fp32 rows into the 16-bit input of a GEMM.
+#include "common.cuh"
+
+// out (R, C) = (x[map[r]] - mean) / sqrt(var + eps) * w + b; one block per row,
+// two passes over the row (mean, then variance) for accuracy
+template <typename T>
+__global__ void layernorm_kernel(T *out, const float *x, const int *map, const float *w,
+                                 const float *b, int C, float eps)
+{
+    __shared__ float sh[32];
+    int r = blockIdx.x;
+    const float *in = x + (size_t)(map ? map[r] : r) * C;
+    float s = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += in[i];
+    float mean = block_sum(s, sh) / C;
+    float v = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) v += (in[i] - mean) * (in[i] - mean);
+    float rstd = rsqrtf(block_sum(v, sh) / C + eps);
+    T *o = out + (size_t)r * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        o[i] = from_f32<T>((in[i] - mean) * rstd * w[i] + b[i]);
+}
+
+extern "C" int k_layernorm(void *out16, const float *x, const int *map, const float *w,
+                           const float *b, int R, int C, float eps, int half, cudaStream_t s,
+                           char *err)
+{
+    ARG_CHECK(out16 && x && w && b && R > 0 && C > 0, "layernorm", err);
+    if (half) layernorm_kernel<<<R, 256, 0, s>>>((__half *)out16, x, map, w, b, C, eps);
+    else layernorm_kernel<<<R, 256, 0, s>>>((__nv_bfloat16 *)out16, x, map, w, b, C, eps);
+    LAUNCH_CHECK("layernorm", err);
+}

@@ -33,7 +33,7 @@ SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c
 
-.PHONY: all help deps deps-test test test-unit test-py test-asan test-nvim fuzz bench weights \
+.PHONY: all help deps deps-test test test-unit test-py test-asan test-nvim test-gpu fuzz bench weights \
         demo doc fixtures clean
 
 all: $(BUILD)/gpt2 $(CUDA_LIB) ## build build/gpt2 (and build/gpt2-cuda.so with nvcc)
@@ -91,7 +91,10 @@ test-unit: $(BUILD)/test_unit ## C unit tests
 	$(BUILD)/test_unit data/gpt2-tokenizer
 
 test-py: $(BUILD)/gpt2 ## oracle, checkpoint, CLI and rpc tests (pytest)
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -rs tests
+
+test-gpu: all ## GPU results against the CPU path (needs a GPU; fails without one)
+	GPT2_REQUIRE_GPU=1 $(PYTHON) -m pytest -v -s -rs tests/test_gpu.py
 
 test-asan: $(BUILD)/asan/gpt2 ## the rpc suite against the ASan/UBSan build
 	GPT2_BIN=$(BUILD)/asan/gpt2 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \

@@ -82,17 +82,25 @@ static int prefill(engine *e, kv_cache *kv, const int *tokens, int from, int T, 
     return rc;
 }
 
-int gen_logits(engine *e, const int *tokens, int T, float *out, char *err)
+int gen_logits(engine *e, const int *tokens, int T, int all, float *out, char *err)
 {
     if (T < 1) return errf(err, "no tokens");
     if (T > e->m->cfg.n_ctx)
         return errf(err, "%d tokens exceed the model's window of %d", T, e->m->cfg.n_ctx);
     kv_cache *kv = device_kv_new(e->dev, T, err);
     if (!kv) return -1;
-    int rc = 0;
+    fwd_row rows[GEN_PREFILL_CHUNK];
+    int idx[GEN_PREFILL_CHUNK], rc = 0;
+    size_t V = e->m->cfg.n_vocab;
     for (int from = 0; rc == 0 && from < T; from += GEN_PREFILL_CHUNK) {
-        int to = T - from > GEN_PREFILL_CHUNK ? from + GEN_PREFILL_CHUNK : T;
-        rc = prefill(e, kv, tokens, from, to, to == T ? out : NULL, 0, err);
+        int R = T - from > GEN_PREFILL_CHUNK ? GEN_PREFILL_CHUNK : T - from;
+        for (int t = 0; t < R; t++) {
+            rows[t] = (fwd_row){.token = tokens[from + t], .own = kv, .own_at = from + t};
+            idx[t] = t;
+        }
+        int last = from + R == T;
+        if (all) rc = device_run(e->dev, rows, R, idx, R, out + (size_t)from * V, 0, err);
+        else rc = device_run(e->dev, rows, R, &idx[R - 1], last, out, 0, err);
     }
     device_kv_free(e->dev, kv);
     return rc;

@@ -111,7 +111,8 @@ void gen_result_free(gen_result *res);
 
 const char *gen_finish_name(gen_finish f);
 
-/* Logits of the last position of tokens[0..T) into out[0..n_vocab). */
-int gen_logits(engine *e, const int *tokens, int T, float *out, char *err);
+/* Logits of the last position of tokens[0..T) into out[0..n_vocab), or with
+ * `all` of every position into out (T, n_vocab). */
+int gen_logits(engine *e, const int *tokens, int T, int all, float *out, char *err);
 
 #endif

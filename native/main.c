@@ -16,6 +16,7 @@
 #include "log.h"
 #include "model.h"
 #include "server.h"
+#include "msgguard.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -33,7 +34,8 @@
 typedef struct {
     const char *model, *prompt, *tokens;
     gen_params gen;
-    int seed_given, threads;
+    int seed_given, threads, all;
+    const char *out;
     device_opts dev;
 } cli_opts;
 
@@ -168,7 +170,7 @@ static int device_option(int which, const char *arg, device_opts *d)
 static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
 {
     enum { O_MAXTOK = 256, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_THREADS, O_DEVICE,
-           O_GPUDT, O_GPUMEM };
+           O_GPUDT, O_GPUMEM, O_ALL, O_OUT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"tokens", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
@@ -177,7 +179,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
         {"top-p", required_argument, 0, O_TOPP}, {"seed", required_argument, 0, O_SEED},
         {"stop", required_argument, 0, O_STOP}, {"threads", required_argument, 0, O_THREADS},
         {"device", required_argument, 0, O_DEVICE}, {"gpu-dtype", required_argument, 0, O_GPUDT},
-        {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {0, 0, 0, 0}};
+        {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {"all", no_argument, 0, O_ALL},
+        {"out", required_argument, 0, O_OUT}, {0, 0, 0, 0}};
     long v;
     int c;
     opterr = 0;
@@ -229,6 +232,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
         case O_DEVICE: case O_GPUDT: case O_GPUMEM:
             if ((v = device_option(c - O_DEVICE, optarg, &o->dev))) return (int)v;
             break;
+        case O_ALL: o->all = 1; break;
+        case O_OUT: o->out = optarg; break;
         case ':': return usage_error("option '%s' needs a value", argv[optind - 1]);
         default: return usage_error("unknown option '%s'", argv[optind - 1]);
         }
@@ -320,6 +325,34 @@ static int cmd_detokenize(cli_opts *o, model *m)
     return rc;
 }
 
+/* Logits as raw little-endian float32 (rows, vocab) in o->out. */
+static int write_raw(const char *path, const float *v, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(v, sizeof *v, n, f) != n) {
+        if (f) fclose(f);
+        fprintf(stderr, "gpt2: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    if (fclose(f)) {
+        fprintf(stderr, "gpt2: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+static cJSON *float_rows(const float *v, int rows, int V, int nested)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int r = 0; a && r < rows; r++) {
+        cJSON *row = nested ? cJSON_CreateArray() : a;
+        for (int i = 0; row && i < V; i++)
+            cJSON_AddItemToArray(row, cJSON_CreateNumber(v[(size_t)r * V + i]));
+        if (nested) cJSON_AddItemToArray(a, row);
+    }
+    return a;
+}
+
 static int cmd_logits(cli_opts *o, model *m)
 {
     char err[ERR_MAX];
@@ -330,15 +363,23 @@ static int cmd_logits(cli_opts *o, model *m)
         fprintf(stderr, "gpt2: need 1..%d tokens (the model's window), got %d\n", m->cfg.n_ctx, n);
         return 1;
     }
+    int rows = o->all ? n : 1, V = m->cfg.n_vocab;
     engine *e = engine_new(m, o->threads, &o->dev, err);
-    float *logits = xmallocarray(m->cfg.n_vocab, sizeof(float));
-    if (!e || !logits || gen_logits(e, ids, n, logits, err) < 0) {
+    float *logits = xmallocarray((size_t)rows * V, sizeof(float));
+    if (!e || !logits || gen_logits(e, ids, n, o->all, logits, err) < 0) {
         rc = fail(e && !logits ? "out of memory" : err);
+    } else if (o->out) {
+        rc = write_raw(o->out, logits, (size_t)rows * V);
+        if (rc == 0) {
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddNumberToObject(j, "rows", rows);
+            cJSON_AddNumberToObject(j, "vocab", V);
+            cJSON_AddStringToObject(j, "file", o->out);
+            cJSON_AddStringToObject(j, "device", device_name(e->dev));
+            rc = print_json(j);
+        }
     } else {
-        cJSON *a = cJSON_CreateArray();
-        for (int v = 0; a && v < m->cfg.n_vocab; v++)
-            cJSON_AddItemToArray(a, cJSON_CreateNumber(logits[v]));
-        rc = print_json(a);
+        rc = print_json(float_rows(logits, rows, V, o->all));
     }
     free(logits);
     free(ids);
@@ -512,7 +553,7 @@ static int cmd_serve(int argc, char **argv)
             rc = opt_int("--max-message", optarg, 64, 1L << 30, &v);
             o.max_message = (size_t)v;
             break;
-        case O_DEPTH: rc = opt_int("--max-depth", optarg, 2, 64, &v); o.max_depth = (int)v; break;
+        case O_DEPTH: rc = opt_int("--max-depth", optarg, 2, MG_MAX_DEPTH_LIMIT, &v); o.max_depth = (int)v; break;
         case O_LUA: o.lua_handler = optarg; break;
         case O_LEVEL:
             if ((level = log_parse_level(optarg)) < 0)
@@ -557,9 +598,13 @@ int main(int argc, char **argv)
     int k = 0;
     while (k < 5 && strcmp(cmd, cmds[k])) k++;
     if (k == 5) return usage_error("unknown command '%s'", cmd);
-    char help[512];
-    snprintf(help, sizeof help, "usage: gpt2 %s --model DIR%s\n", cmd,
-             k == 1 || k == 2 ? " --tokens IDS" : k == 0 ? "  < text" : "");
+    char help[1024];
+    snprintf(help, sizeof help, "usage: gpt2 %s --model DIR%s\n%s", cmd,
+             k == 1 || k == 2 ? " --tokens IDS" : k == 0 ? "  < text" : "",
+             k == 2 ? "\n  --all          logits of every position (a JSON array of rows)\n"
+                      "  --out FILE     write them to FILE as raw float32 (rows x vocab) and\n"
+                      "                 print {rows, vocab, file, device}\n"
+                      "  --threads N    CPU threads\n" DEVICE_HELP : "");
     cli_opts o = {.gen = {.n = 3, .max_tokens = 24, .sp = {0.8f, 40, 0.95f}, .stop = STOP_LINE}};
     int rc = parse_opts(argc - 1, argv + 1, &o, k == 3 ? COMPLETE_HELP : help);
     if (rc) return rc;

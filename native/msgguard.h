@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MG_MAX_DEPTH_LIMIT 64
+#define MG_MAX_DEPTH_LIMIT 32 /* msgpack-c: MSGPACK_EMBED_STACK_SIZE */
 
 typedef struct {
     size_t max_bytes, max_objects;

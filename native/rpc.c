@@ -74,7 +74,11 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     rpc *r = s->data;
     char err[ERR_MAX];
-    if (nread == UV_EOF) return end_input(r, NULL);
+    if (nread == UV_EOF) {
+        if (r->guard.bytes)
+            log_warn("input ended inside a message: its %zu bytes are dropped", r->guard.bytes);
+        return end_input(r, NULL);
+    }
     if (nread == UV_ENOBUFS) return end_input(r, "out of memory for input");
     if (nread < 0) {
         snprintf(err, sizeof err, "read error: %s", uv_strerror((int)nread));
@@ -188,11 +192,9 @@ int rpc_broken(const rpc *r) { return r->broken; }
 
 /* ==== Life cycle ==== */
 
+/* fd's kind was checked by rpc_new before anything was allocated. */
 static int open_pipe(uv_loop_t *loop, uv_pipe_t *p, int fd, const char *what, char *err)
 {
-    uv_handle_type t = uv_guess_handle(fd);
-    if (t != UV_NAMED_PIPE && t != UV_TCP && t != UV_TTY)
-        return errf(err, "%s must be a pipe or socket", what);
     int rc = uv_pipe_init(loop, p, 0);
     if (rc == 0) rc = uv_pipe_open(p, fd);
     if (rc < 0) return errf(err, "%s: %s", what, uv_strerror(rc));
@@ -202,6 +204,15 @@ static int open_pipe(uv_loop_t *loop, uv_pipe_t *p, int fd, const char *what, ch
 rpc *rpc_new(uv_loop_t *loop, int in_fd, int out_fd, size_t max_msg, int max_depth,
              rpc_handlers h, char *err)
 {
+    static const char *const what[2] = {"stdin", "stdout"};
+    int fds[2] = {in_fd, out_fd};
+    for (int i = 0; i < 2; i++) {
+        uv_handle_type t = uv_guess_handle(fds[i]);
+        if (t != UV_NAMED_PIPE && t != UV_TCP && t != UV_TTY) {
+            errf(err, "%s must be a pipe or socket", what[i]);
+            return NULL;
+        }
+    }
     rpc *r = xcalloc(1, sizeof *r);
     if (!r || !msgpack_unpacker_init(&r->unp, READ_CHUNK)) {
         free(r);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #define MAX_LIVE 4096
+#define ACTIVE_MAX 8 /* requests decoding at once: bounds their KV memory */
 
 typedef struct {
     char *dir, *name;
@@ -114,12 +115,14 @@ static void answer_error(sched *s, request *r, const char *msg)
     size_t len;
     int why = atomic_load(&r->cancel);
     char *out = reply_error(&r->to, msg, &len);
-    emit(s, out, len);
+    /* counters first: a `status` sent after the reply must see them */
     pthread_mutex_lock(&s->mu);
     if (why == CANCEL_SUPERSEDED) s->cnt.superseded++;
     else if (why != CANCEL_NONE) s->cnt.cancelled++;
     else s->cnt.errors++;
     pthread_mutex_unlock(&s->mu);
+    unregister(s, r);
+    emit(s, out, len);
 }
 
 /* A request that never became active: answer and drop it. */
@@ -189,15 +192,17 @@ static cache_slot *get_cache(sched *s, const request *r, engine *e)
     }
     if (!best) return NULL;
     if (!best->kv || best->model != r->model) {
-        if (best->kv) s->kv_bytes -= device_kv_bytes(best->kv);
+        size_t freed = best->kv ? device_kv_bytes(best->kv) : 0;
         if (best->kv) device_kv_free(s->models[best->model].e->dev, best->kv);
         best->kv = device_kv_new(e->dev, m->cfg.n_ctx, err);
+        pthread_mutex_lock(&s->mu); /* status reads kv_bytes */
+        s->kv_bytes += (best->kv ? device_kv_bytes(best->kv) : 0) - freed;
+        pthread_mutex_unlock(&s->mu);
         if (!best->kv) {
             log_warn("no prefix cache: %s", err);
             best->used = 0;
             return NULL;
         }
-        s->kv_bytes += device_kv_bytes(best->kv);
     }
     best->used = 1;
     best->model = r->model;
@@ -346,15 +351,16 @@ static void finish(sched *s, active *a)
     }
     size_t len;
     char *out = reply_completion(&a->r->to, &c, &len);
-    emit(s, out, len);
     if (a->r->seed_given) lru_put(s, a->r, &c);
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->mu); /* counters first: see answer_error */
     s->cnt.completed++;
     s->cnt.prompt_tokens += t->T;
     s->cnt.cached_tokens += t->res.cached_tokens;
     s->cnt.generated_tokens += c.generated_tokens;
     s->cnt.decode_ms += t->res.decode_ms;
     pthread_mutex_unlock(&s->mu);
+    unregister(s, a->r);
+    emit(s, out, len);
     retire(s, a);
 }
 
@@ -509,9 +515,22 @@ static void *thread_main(void *arg)
         pthread_mutex_lock(&s->mu);
         while (!s->stop && !s->pending && !s->act) pthread_cond_wait(&s->cv, &s->mu);
         int stop = s->stop;
-        request *fresh = s->pending;
-        s->pending = s->pending_tail = NULL;
-        s->n_pending = 0;
+        /* take as many new requests as may be active at once; the rest wait
+         * (and count against the queue) */
+        int room = ACTIVE_MAX, n_act = 0;
+        for (active *a = s->act; a; a = a->next) n_act++;
+        room -= n_act;
+        request *fresh = NULL, **tail = &fresh;
+        while (s->pending && (room > 0 || stop || atomic_load(&s->pending->cancel))) {
+            request *r = s->pending;
+            s->pending = r->next;
+            s->n_pending--;
+            room -= !atomic_load(&r->cancel);
+            r->next = NULL;
+            *tail = r;
+            tail = &r->next;
+        }
+        if (!s->pending) s->pending_tail = NULL;
         pthread_mutex_unlock(&s->mu);
         if (stop) {
             for (active *a = s->act; a; a = a->next) atomic_store(&a->r->cancel, CANCEL_SHUTDOWN);
@@ -534,16 +553,21 @@ static void *thread_main(void *arg)
 int sched_submit(sched *s, request *r, char *err)
 {
     r->t_arrive = now_ms();
+    pthread_mutex_lock(&s->mu);
+    if (r->has_buffer) /* a newer request from the same buffer wins, even from the LRU */
+        for (int i = 0; i < s->n_live; i++)
+            if (s->live[i]->has_buffer && s->live[i]->buffer == r->buffer)
+                atomic_store(&s->live[i]->cancel, CANCEL_SUPERSEDED);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
     if (lru_answer(s, r)) {
         request_free(r);
         return 1;
     }
     pthread_mutex_lock(&s->mu);
-    if (r->has_buffer) /* a newer request from the same buffer wins */
-        for (int i = 0; i < s->n_live; i++)
-            if (s->live[i]->has_buffer && s->live[i]->buffer == r->buffer)
-                atomic_store(&s->live[i]->cancel, CANCEL_SUPERSEDED);
-    if (s->n_pending >= s->o.queue_cap || s->n_live >= MAX_LIVE) {
+    int waiting = 0; /* superseded or cancelled requests do not count: they are dead */
+    for (request *q = s->pending; q; q = q->next) waiting += !atomic_load(&q->cancel);
+    if (waiting >= s->o.queue_cap || s->n_live >= MAX_LIVE) {
         s->cnt.busy++;
         pthread_mutex_unlock(&s->mu);
         return errf(err, "busy: %d requests already queued; try again", s->o.queue_cap);

@@ -35,6 +35,17 @@ static void emit_post(void *ud, char *data, size_t len) { rpc_post(ud, data, len
 
 /* ==== Parameters ==== */
 
+/* At most max bytes of p[0..len), not splitting a UTF-8 character. */
+static int utf8_cut(const char *p, size_t len, size_t max)
+{
+    size_t n = len;
+    if (n > max) {
+        n = max;
+        while (n > 0 && ((unsigned char)p[n] & 0xC0) == 0x80) n--;
+    }
+    return (int)n;
+}
+
 static int key_is(const msgpack_object_kv *kv, const char *k)
 {
     return kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(k) &&
@@ -121,7 +132,7 @@ static int complete_field(server *sv, const msgpack_object_kv *kv, request *r, c
         if (v->type != MSGPACK_OBJECT_STR) return errf(err, "model must be a string");
         r->model = sched_model_index(sv->sched, v->via.str.ptr, v->via.str.size);
         if (r->model < 0)
-            return errf(err, "unknown model '%.*s' (see status)", (int)(v->via.str.size > 200 ? 200 : v->via.str.size),
+            return errf(err, "unknown model '%.*s' (see status)", utf8_cut(v->via.str.ptr, v->via.str.size, 200),
                         v->via.str.ptr);
     } else if (key_is(kv, "id")) {
         if (get_int(v, "id", INT64_MIN / 2, INT64_MAX / 2, &r->to.id, err)) return -1;
@@ -281,7 +292,7 @@ static void dispatch(server *sv, const reply_to *to, const msgpack_object *metho
         return end_serving(sv, 0);
     }
     char err[ERR_MAX];
-    int n = method->type == MSGPACK_OBJECT_STR ? (int)(method->via.str.size > 64 ? 64 : method->via.str.size) : 0;
+    int n = method->type == MSGPACK_OBJECT_STR ? utf8_cut(method->via.str.ptr, method->via.str.size, 64) : 0;
     snprintf(err, sizeof err, "unknown method '%.*s'", n, n ? method->via.str.ptr : "");
     if (!to->notify) return send_error(sv, to, err);
     if (str_is(method, "nvim_error_event")) log_warn("Neovim reported an error for a notification");

@@ -79,42 +79,41 @@ static int argmax(const float *x, int n)
 /* "a ranks before b": larger logit, then smaller id (a total order). */
 static int before(const float *l, int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); }
 
-/* Keep the k best ids of logits in idx[0..k), sorted best first. A min-heap
- * of size k over the vocabulary: O(V log k). */
+/* Put v at slot i of the heap idx[0..m) (the worst id at the root) and
+ * move it down until both children rank before it. */
+static void sift_down(const float *l, int *idx, int m, int i, int v)
+{
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= m) break;
+        if (c + 1 < m && before(l, idx[c], idx[c + 1])) c++; /* the worse child */
+        if (!before(l, v, idx[c])) break;
+        idx[i] = idx[c];
+        i = c;
+    }
+    idx[i] = v;
+}
+
+/* Keep the k best ids of logits in idx[0..k), sorted best first. A heap
+ * of size k over the vocabulary, worst at the root: O(V log k). */
 static void top_k(const float *l, int n, int k, int *idx)
 {
     int m = 0;
     for (int v = 0; v < n; v++) {
-        if (m == k && !before(l, v, idx[0])) continue;
-        int i;
         if (m < k) { /* sift up */
-            for (i = m++; i > 0 && before(l, idx[(i - 1) / 2], v); i = (i - 1) / 2)
+            int i = m++;
+            for (; i > 0 && before(l, idx[(i - 1) / 2], v); i = (i - 1) / 2)
                 idx[i] = idx[(i - 1) / 2];
-        } else { /* replace the worst, sift down */
-            for (i = 0;;) {
-                int c = 2 * i + 1;
-                if (c >= m) break;
-                if (c + 1 < m && before(l, idx[c], idx[c + 1])) c++;
-                if (!before(l, v, idx[c])) break;
-                idx[i] = idx[c];
-                i = c;
-            }
+            idx[i] = v;
+        } else if (before(l, v, idx[0])) { /* replace the worst */
+            sift_down(l, idx, m, 0, v);
         }
-        idx[i] = v;
     }
     /* heap sort: repeatedly move the worst to the end */
     for (int end = m - 1; end > 0; end--) {
-        int worst = idx[0], last = idx[end], i = 0;
-        idx[end] = worst;
-        for (;;) {
-            int c = 2 * i + 1;
-            if (c >= end) break;
-            if (c + 1 < end && before(l, idx[c], idx[c + 1])) c++;
-            if (!before(l, last, idx[c])) break;
-            idx[i] = idx[c];
-            i = c;
-        }
-        idx[i] = last;
+        int last = idx[end];
+        idx[end] = idx[0];
+        sift_down(l, idx, end, 0, last);
     }
 }
 

@@ -10,6 +10,7 @@ M.pid = nil
 M.last_error = nil
 M.log = {}
 M.restarts = 0
+M.exiting = false -- set on VimLeavePre: no helper starts after it
 M.on_event = function(_) end -- set by gpt2.init
 
 local cfg
@@ -42,6 +43,9 @@ end
 function M.start()
   if M.chan then
     return true
+  end
+  if M.exiting or vim.v.exiting ~= vim.NIL then
+    return false -- Neovim is quitting: a helper started now would keep it waiting
   end
   if uv.now() < retry_at then
     return false -- backing off after a crash
@@ -107,6 +111,12 @@ function M.stop()
   end
   M.chan, M.pid = nil, nil
   M.state = 'stopped'
+end
+
+-- Stop for good: Neovim is exiting (VimLeavePre).
+function M.shutdown()
+  M.exiting = true
+  M.stop()
 end
 
 -- Restart now (:Gpt2 restart): no backoff.

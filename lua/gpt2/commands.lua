@@ -39,13 +39,35 @@ function M.status()
   return lines
 end
 
+-- The log buffer's name. (A URL-like name keeps Neovim from making it a file
+-- path; 0.7 takes only letters and "-" before "://", so no "gpt2://".)
+M.log_name = 'gpt://log'
+
+-- Show the helper's log in a scratch window: the open one when there is
+-- one, else a new one at the bottom.
 function M.log()
   local client = require('gpt2.client')
-  vim.cmd('botright new')
-  local buf = vim.api.nvim_get_current_buf()
-  vim.bo[buf].buftype = 'nofile'
-  vim.bo[buf].bufhidden = 'wipe'
-  vim.api.nvim_buf_set_name(buf, 'gpt2://log')
+  local buf
+  for _, b in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_get_name(b) == M.log_name then
+      buf = b
+    end
+  end
+  local win = buf and vim.fn.bufwinid(buf) or -1
+  if win ~= -1 then
+    vim.api.nvim_set_current_win(win)
+  else
+    if buf then
+      vim.api.nvim_buf_delete(buf, { force = true })
+    end
+    vim.cmd('botright new')
+    buf = vim.api.nvim_get_current_buf()
+    vim.bo[buf].buftype = 'nofile'
+    vim.bo[buf].bufhidden = 'wipe'
+    vim.bo[buf].swapfile = false
+    vim.api.nvim_buf_set_name(buf, M.log_name)
+  end
+  vim.bo[buf].modifiable = true
   vim.api.nvim_buf_set_lines(buf, 0, -1, false, #client.log > 0 and client.log or { '(the helper has logged nothing yet)' })
   vim.bo[buf].modifiable = false
 end

@@ -23,7 +23,10 @@ local function model_problem(dir)
   end
 end
 
--- Start a helper (or use the running one), ping it and read its status.
+-- Start a helper (or use the running one), ping it, have it load the model
+-- and compute one token (models load on first use, and only then does the
+-- helper know its device), and read its status. Returns status, the
+-- completion (nil on failure) and the completion's error.
 local function handshake(cfg)
   local client = require('gpt2.client')
   local chan, own = client.chan, false
@@ -33,18 +36,26 @@ local function handshake(cfg)
     chan = vim.fn.jobstart(cmd, { rpc = true })
     own = true
     if chan <= 0 then
-      return nil, 'cannot start ' .. cfg.helper
+      return nil, nil, 'cannot start ' .. cfg.helper
     end
   end
   local ok, pong = pcall(vim.rpcrequest, chan, 'ping')
+  local done, res = false, nil
+  if ok and pong == 'pong' then
+    done, res = pcall(vim.rpcrequest, chan, 'complete', { text = 'Hello', n = 1, max_tokens = 1 })
+  end
   local ok2, st = pcall(vim.rpcrequest, chan, 'status')
   if own then
     pcall(vim.fn.jobstop, chan)
   end
   if not ok or pong ~= 'pong' then
-    return nil, 'no answer to ping: ' .. tostring(pong)
+    return nil, nil, 'no answer to ping: ' .. tostring(pong)
   end
-  return ok2 and st or {}
+  st = (ok2 and type(st) == 'table') and st or {}
+  if not done or type(res) ~= 'table' then
+    return st, nil, tostring(res)
+  end
+  return st, res
 end
 
 function M.check()
@@ -89,15 +100,26 @@ function M.check()
   ok('model ' .. cfg.model)
 
   start('gpt2.nvim: handshake')
-  local status, err = handshake(cfg)
+  local status, result, err = handshake(cfg)
   if not status then
     error('helper handshake failed: ' .. err, { 'run :Gpt2 log, or the helper by hand: ' .. cfg.helper .. ' serve --model ' .. cfg.model })
     return
   end
   ok('helper answered ping (gpt2 ' .. tostring(status.version) .. ')')
-  local device = status.device or 'unknown'
+  local m = (status.models or {})[1] or {}
+  if not result then
+    local why = (m.error and m.error ~= '') and m.error or err
+    error('the model does not load or run: ' .. tostring(why), {
+      'check the checkpoint in ' .. cfg.model .. ' (config.json, model.safetensors, vocab.json, merges.txt), or fetch it again with `make weights`',
+      'run the helper by hand: ' .. cfg.helper .. ' complete --model ' .. cfg.model .. ' --prompt Hello',
+    })
+    return
+  end
+  ok(string.format('model loaded and ran%s', m.load_ms and string.format(' (loaded in %.0f ms)', m.load_ms) or ''))
+  local device = result.device or m.device or status.device or 'unknown'
   if device == 'cpu' then
-    warn('device: cpu (no usable GPU): suggestions are computed on the CPU, slower', { 'a CUDA GPU with its driver makes them faster' })
+    local note = (m.device_note and m.device_note ~= '') and m.device_note or 'no usable GPU'
+    warn('device: cpu: ' .. note .. '; suggestions are computed on the CPU, slower', { 'a CUDA GPU with its driver makes them faster' })
   else
     ok('device: ' .. device)
   end

@@ -78,11 +78,21 @@ local function clear()
   ghost.clear()
 end
 
+-- A suggestion as it can be shown and inserted alike: CR LF becomes LF, and
+-- it ends before any other control character (Neovim would draw one as
+-- "^X" in the ghost text; it is never wanted in the buffer).
+local function printable(t)
+  t = t:gsub('\r\n', '\n')
+  local cut = t:find('[%z\1-\8\11-\31\127]')
+  return cut and t:sub(1, cut - 1) or t
+end
+
 -- Non-blank, distinct suggestions in order.
 local function usable(list)
   local out, seen = {}, {}
   for _, t in ipairs(list or {}) do
-    if type(t) == 'string' and t:match('%S') and not seen[t] then
+    t = type(t) == 'string' and printable(t) or nil
+    if t and t:match('%S') and not seen[t] then
       seen[t] = true
       table.insert(out, t)
     end
@@ -166,6 +176,21 @@ function M._on_insert_enter()
   end
 end
 
+-- The suggestions of s that go on after `done` (typed or accepted), with
+-- `done` taken off, and where the shown one is among them.
+local function after(s, done)
+  local items, index = {}, 1
+  for i, t in ipairs(s.items) do
+    if t:sub(1, #done) == done and #t > #done then
+      table.insert(items, t:sub(#done + 1))
+      if i == s.index then
+        index = #items
+      end
+    end
+  end
+  return items, index
+end
+
 -- Typed the next characters of the shown suggestion? Then keep showing the
 -- rest (of every suggestion that agrees) without asking again.
 local function typed_through(buf, row, col)
@@ -182,16 +207,8 @@ local function typed_through(buf, row, col)
   if cur:sub(1, #typed) ~= typed or #cur == #typed then
     return false
   end
-  local items, index = {}, 1
-  for i, t in ipairs(s.items) do
-    if t:sub(1, #typed) == typed and #t > #typed then
-      table.insert(items, t:sub(#typed + 1))
-      if i == s.index then
-        index = #items
-      end
-    end
-  end
-  s.items, s.index, s.col, s.prefix = items, index, col, line:sub(1, col)
+  s.items, s.index = after(s, typed)
+  s.col, s.prefix = col, line:sub(1, col)
   s.tick = vim.api.nvim_buf_get_changedtick(buf)
   render()
   return true
@@ -229,8 +246,13 @@ function M._on_cursor_moved()
   end
 end
 
+-- VimLeavePre: nothing may start a helper from here on (a pending debounce
+-- would, and Neovim would then wait for it to exit).
 function M._on_exit()
-  client.stop()
+  trigger.cancel()
+  S.req = nil
+  clear()
+  client.shutdown()
 end
 
 function M._set_highlights()
@@ -268,17 +290,9 @@ local function accept_piece(piece)
     return M.accept()
   end
   local row, col = insert(s, piece)
-  local items, index = {}, 1
-  for i, t in ipairs(s.items) do
-    if t:sub(1, #piece) == piece and #t > #piece then
-      table.insert(items, t:sub(#piece + 1))
-      if i == s.index then
-        index = #items
-      end
-    end
-  end
   local line = vim.api.nvim_buf_get_lines(s.buf, row, row + 1, false)[1] or ''
-  s.items, s.index, s.row, s.col = items, index, row, col
+  s.items, s.index = after(s, piece)
+  s.row, s.col = row, col
   s.prefix, s.tick = line:sub(1, col), vim.api.nvim_buf_get_changedtick(s.buf)
   render()
   return true
@@ -401,38 +415,70 @@ local ACTIONS = {
   next = M.next, prev = M.prev, dismiss = M.dismiss,
 }
 
--- Do what the key did before gpt2 mapped it.
+-- Do what the key did before gpt2 mapped it: the user's global mapping
+-- (rhs, expr or Lua callback), else the built-in key. The keys go to the
+-- front of the typeahead, so keys typed after this one stay after it.
 local function fallback(key)
   local m = S.fallbacks[key]
-  local keys = key
+  local keys
   if m and m.callback then
     local r = m.callback()
     if m.expr ~= 1 or type(r) ~= 'string' then
       return
     end
     keys = r
+  elseif m and m.expr == 1 then
+    keys = vim.api.nvim_eval(m.rhs or '""')
   elseif m and m.rhs then
-    keys = m.expr == 1 and vim.api.nvim_eval(m.rhs) or m.rhs
+    keys = vim.api.nvim_replace_termcodes(m.rhs, true, false, true)
+  else
+    keys = vim.api.nvim_replace_termcodes(key, true, false, true)
   end
   local remap = m and m.noremap == 0
-  vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(keys, true, false, true), remap and 'mt' or 'nt', false)
+  vim.api.nvim_feedkeys(keys, remap and 'mti' or 'nti', false)
+end
+
+local function same_key(a, b)
+  local t = vim.api.nvim_replace_termcodes
+  return t(a, true, true, true) == t(b, true, true, true)
+end
+
+-- The global insert-mode mapping of key, if any. (nvim_get_keymap, unlike
+-- maparg() on 0.7, gives a Lua callback as a function.)
+local function global_map(key)
+  for _, m in ipairs(vim.api.nvim_get_keymap('i')) do
+    if same_key(m.lhs, key) then
+      return m
+    end
+  end
+end
+
+-- Put back the mapping gpt2 replaced.
+local function restore(key, m)
+  local opts = {
+    noremap = m.noremap == 1, expr = m.expr == 1, silent = m.silent == 1,
+    nowait = m.nowait == 1, script = m.script == 1, desc = m.desc, callback = m.callback,
+  }
+  pcall(vim.api.nvim_set_keymap, 'i', key, m.rhs or '', opts)
 end
 
 local function map_keys(cfg)
   for key in pairs(S.mapped) do
     pcall(vim.keymap.del, 'i', key)
+    if S.fallbacks[key] then
+      restore(key, S.fallbacks[key])
+    end
   end
-  S.mapped = {}
+  S.mapped, S.fallbacks = {}, {}
   if cfg.keymaps == false then
     return
   end
   for action, key in pairs(cfg.keymaps) do
     if key then
-      local prev = vim.fn.maparg(key, 'i', false, true)
-      if prev and prev.desc and prev.desc:match('^gpt2:') then
-        prev = S.fallbacks[key]
+      local prev = global_map(key)
+      if prev and not (prev.desc and prev.desc:match('^gpt2:')) then
+        S.fallbacks[key] = prev
       end
-      S.fallbacks[key] = (prev and next(prev)) and prev or nil
       local fn = action == 'complete' and function()
         M.complete()
       end or function()

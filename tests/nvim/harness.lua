@@ -91,19 +91,24 @@ function H.begin(timeout_ms)
   end)
 end
 
--- Stop every child of the case; true when the case ran past its deadline.
+-- Stop every child of the case. Returns whether the case ran past its
+-- deadline, and a problem found while stopping (or nil).
 function H.finish()
   if watchdog then
     watchdog:stop()
     watchdog:close()
     watchdog = nil
   end
+  local problem
   for _, c in pairs(children) do
-    c:stop()
+    local was_running = not c.exited
+    if not c:stop() and was_running and not timed_out then
+      problem = 'the child Neovim did not exit within 3 s of :qall!'
+    end
   end
   children = {}
   deadline = math.huge
-  return timed_out
+  return timed_out, problem
 end
 
 function H.timed_out()
@@ -210,16 +215,21 @@ function Child:type(text)
   return self:input((text:gsub('<', '<lt>')))
 end
 
+-- :qall! in the child and wait for it to exit. Returns false when it did not
+-- exit within 3 s (then it is stopped by force): Neovim waits on exit for
+-- its jobs, so a helper left running makes quitting hang.
 function Child:stop()
   if self.exited then
-    return
+    return true
   end
   pcall(vim.rpcnotify, self.chan, 'nvim_command', 'qall!')
-  if vim.fn.jobwait({ self.chan }, 3000)[1] == -1 then
+  local quit = vim.fn.jobwait({ self.chan }, 3000)[1] ~= -1
+  if not quit then
     pcall(vim.fn.jobstop, self.chan)
     vim.fn.jobwait({ self.chan }, 2000)
   end
   self.exited = true
+  return quit
 end
 
 -- ==== Setup and state ====
@@ -242,9 +252,16 @@ function Child:setup(opts)
     if not client._test_wrapped then
       local handle = client.on_event
       client.on_event = function(ev)
-        handle(ev)
+        local rec = { kind = 'invalid' }
         if type(ev) == 'table' then
-          table.insert(_G.test_events, { id = ev.id, kind = ev.kind, n = type(ev.suggestions) == 'table' and #ev.suggestions or 0 })
+          rec = { id = ev.id, kind = ev.kind, n = type(ev.suggestions) == 'table' and #ev.suggestions or 0, error = ev.error }
+        end
+        table.insert(_G.test_events, rec)
+        local ok, err = pcall(handle, ev)
+        rec.handled = true
+        if not ok then
+          rec.lua_error = tostring(err)
+          error(err, 0)
         end
       end
       client._test_wrapped = true
@@ -315,12 +332,36 @@ function Child:marks(buf)
   ]], buf)
 end
 
--- What is shown, from the extmark alone: nil, or
+-- What is shown: nil, or
 --   { row, col (0-based), text (first line), hl, counter, counter_hl,
 --     lines (the virt_lines, as strings), full (text and lines joined with
---     newlines), pos (virt_text_pos), n (number of marks) }
+--     newlines), raw, pos (virt_text_pos), n (number of marks), chunks }
+-- Neovim stores virt_text as it draws it (a control character as "^X",
+-- other unprintable characters as "<200e>"); raw is the text itself, which
+-- accepting inserts: require('gpt2').status().suggestion. Every call checks
+-- that the mark shows exactly that (full == raw drawn the way Neovim draws
+-- buffer text, tabs kept).
 function Child:ghost(buf)
-  local marks = self:marks(buf)
+  local r = self:lua([[
+    local buf = ...
+    local ns = vim.api.nvim_create_namespace('gpt2')
+    local marks = vim.api.nvim_buf_get_extmarks(buf or 0, ns, 0, -1, { details = true })
+    local sug = require('gpt2').status().suggestion
+    local drawn
+    if sug then
+      local parts = vim.split(sug, '\t', { plain = true })
+      for i, p in ipairs(parts) do
+        local lines = vim.split(p, '\n', { plain = true })
+        for j, l in ipairs(lines) do
+          lines[j] = vim.fn.strtrans(l)
+        end
+        parts[i] = table.concat(lines, '\n')
+      end
+      drawn = table.concat(parts, '\t')
+    end
+    return { marks = marks, sug = sug, drawn = drawn }
+  ]], buf)
+  local marks = r.marks
   if #marks == 0 then
     return nil
   end
@@ -331,7 +372,7 @@ function Child:ghost(buf)
     row = m[2], col = m[3], pos = d.virt_text_pos, n = #marks,
     text = vt[1] and vt[1][1] or '', hl = vt[1] and vt[1][2],
     counter = vt[2] and vt[2][1], counter_hl = vt[2] and vt[2][2],
-    lines = {}, chunks = vt,
+    lines = {}, chunks = vt, raw = r.sug,
   }
   for _, l in ipairs(d.virt_lines or {}) do
     local s = {}
@@ -341,6 +382,10 @@ function Child:ghost(buf)
     table.insert(g.lines, table.concat(s))
   end
   g.full = table.concat(vim.list_extend({ g.text }, g.lines), '\n')
+  if buf == nil and r.drawn ~= g.full then
+    H.fail(string.format('the mark shows %s but status().suggestion is %s (drawn: %s)',
+      vim.inspect(g.full), vim.inspect(r.sug), vim.inspect(r.drawn)))
+  end
   return g
 end
 
@@ -361,13 +406,49 @@ end
 -- Wait until the helper's reply (final or error) to request id has arrived
 -- and been handled.
 function Child:wait_reply(id, timeout_ms)
-  return H.wait(function()
+  local ok, res = pcall(H.wait, function()
     for _, ev in ipairs(self:events()) do
-      if ev.id == id and (ev.kind == 'final' or ev.kind == 'error') then
+      if ev.lua_error then
+        H.fail('the plugin failed on an event: ' .. ev.lua_error)
+      end
+      if ev.id == id and ev.handled and (ev.kind == 'final' or ev.kind == 'error') then
         return ev
       end
     end
   end, 'the reply to request ' .. tostring(id), timeout_ms)
+  if not ok then
+    local st = self:status()
+    H.fail(tostring(res) .. '; events: ' .. vim.inspect(self:events(), { newline = ' ', indent = '' })
+      .. '; status: ' .. vim.inspect(st, { newline = ' ', indent = '' }) .. '; mode: ' .. self:mode()
+      .. '; log: ' .. table.concat(self:lua("return require('gpt2.client').log"), ' | '))
+  end
+  return res
+end
+
+-- :Gpt2Complete and wait for its reply until one gives a shown suggestion
+-- (for which pred(ghost) holds, when given); returns the ghost. The fixture
+-- model's random weights sometimes end a suggestion at once (eos) or give
+-- fewer distinct ones, so a few tries are allowed.
+function Child:suggest(pred, what, tries)
+  for _ = 1, tries or 6 do
+    local id = self:next_id()
+    self:complete()
+    self:wait_reply(id)
+    local g = self:ghost()
+    if g and (not pred or pred(g)) then
+      return g
+    end
+    self:lua("require('gpt2').dismiss()")
+    self:wait_no_ghost()
+  end
+  H.fail('no suggestion ' .. (what or '') .. ' in ' .. (tries or 6) .. ' requests')
+end
+
+-- A suggestion with three distinct texts (counter "(1/3)").
+function Child:suggest3()
+  return self:suggest(function(g)
+    return g.counter == ' (1/3)'
+  end, 'with three distinct texts')
 end
 
 -- The id the next request will get (requests are numbered from 1).

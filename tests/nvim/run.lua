@@ -68,6 +68,12 @@ end
 local passed, failed, skipped = 0, 0, 0
 local t_suite = H.now()
 
+if vim.fn.executable(H.helper) ~= 1 then
+  out('FAIL suite: ' .. H.helper .. ' is missing: run `make` first')
+  out('0 passed, 1 failed')
+  vim.cmd('cquit 1')
+end
+
 local files = vim.fn.glob(root .. '/tests/nvim/test_*.lua', false, true)
 table.sort(files)
 for _, file in ipairs(files) do
@@ -89,7 +95,10 @@ for _, file in ipairs(files) do
           end
           fn(child)
         end, handler)
-        local late = H.finish()
+        local late, problem = H.finish()
+        if okc and problem then
+          okc, err = false, { msg = problem }
+        end
         local secs = (H.now() - t0) / 1000
         if okc then
           passed = passed + 1
@@ -105,7 +114,7 @@ for _, file in ipairs(files) do
           end
           out('FAIL ' .. name .. ': ' .. msg)
           if vim.env.GPT2_TEST_VERBOSE then
-            for l in err.traceback:gmatch('[^\n]+') do
+            for l in (err.traceback or ''):gmatch('[^\n]+') do
               out('#   ' .. l)
             end
           end
@@ -123,6 +132,10 @@ for _, file in ipairs(files) do
   end
 end
 
+if passed + failed + skipped == 0 and #filters == 0 then
+  failed = failed + 1
+  out('FAIL suite: no test cases found in tests/nvim/test_*.lua')
+end
 out(string.format('# %d cases in %.1f s', passed + failed + skipped, (H.now() - t_suite) / 1000))
 local summary = string.format('%d passed, %d failed', passed, failed)
 if skipped > 0 then

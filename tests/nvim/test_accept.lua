@@ -222,7 +222,7 @@ case('dismiss: leaving insert mode (<Esc>) clears the suggestion', function(c)
   end, 'a suggestion in normal mode', 200)
 end)
 
-case('dismiss: one command with <C-o> (a mode change without InsertLeave) clears it', function(c)
+case('dismiss: one command with <C-o> clears it', function(c)
   c:setup({ auto_trigger = false })
   c:edit({ 'The quick brown fox' })
   c:suggest()

@@ -39,7 +39,7 @@ UNIT_SRC := tests/unit/test_main.c
 all: $(BUILD)/gpt2 $(CUDA_LIB) ## build build/gpt2 (and build/gpt2-cuda.so with nvcc)
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+	@grep -hE '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | sed 's/:.*## /\t/' | expand -t 14
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -113,13 +113,13 @@ fuzz: $(BUILD)/fuzz/fuzz_msg ## fuzz the message decoder for FUZZ_SECONDS (defau
 	    tests/fuzz/corpus > $(BUILD)/fuzz/log 2>&1; rc=$$?; tail -n 5 $(BUILD)/fuzz/log; \
 	    if [ $$rc -eq 0 ]; then echo "fuzz: 1 passed, 0 failed"; else echo "fuzz: 0 passed, 1 failed"; fi; exit $$rc
 
-bench: deps $(BUILD)/gpt2 ## timings on a random gpt2-shaped (124M) checkpoint
+bench: deps $(BUILD)/gpt2 ## timings on a random gpt2-shaped (124M) checkpoint, and a typing session
 	@scripts/bench.sh
 
 weights: ## download a checkpoint: make weights [MODEL=gpt2|gpt2-medium|...]
 	@scripts/fetch-weights.sh $(or $(MODEL),gpt2)
 
-demo: deps $(BUILD)/gpt2 ## complete a sample text with the best model present
+demo: deps $(BUILD)/gpt2 ## open Neovim on a sample text with the plugin and the best model present
 	@scripts/demo.sh
 
 fixtures: ## regenerate the oracle fixtures (needs torch + transformers)

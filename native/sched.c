@@ -400,12 +400,14 @@ static void start(sched *s, request *r)
     a->r = r;
     a->t_start = now_ms();
     if (n == 0) { /* an empty text starts from <|endoftext|> */
-        if (m->cfg.eos < 0 || !(a->tokens = realloc(a->tokens, sizeof(int)))) {
-            a->r = NULL;
+        int *one = m->cfg.eos >= 0 ? realloc(a->tokens, sizeof(int)) : NULL;
+        if (!one) {
             free(a->tokens);
             free(a);
-            return reject(s, r, "empty text and the model has no end-of-text token");
+            return reject(s, r, m->cfg.eos < 0 ? "empty text and the model has no end-of-text token"
+                                                : "out of memory");
         }
+        a->tokens = one;
         a->tokens[n++] = m->cfg.eos;
     }
     a->truncated = window_cut(m, a->tokens, n, m->cfg.n_ctx - r->p.max_tokens);

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 /usr/bin/python3 tests/bench/bench.py "$@"
-/usr/bin/python3 tests/bench/typing.py build/bench/gpt2-124m-f32
+/usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32

@@ -9,7 +9,7 @@ Reported: p50/p95 latency as the client sees it, and the share of prompt
 tokens whose keys/values were reused — with prefix reuse on, and off
 (--cache-slots 0).
 
-usage: typing.py MODEL_DIR [--pauses N] [--threads N]
+usage: typing_session.py MODEL_DIR [--pauses N] [--threads N]
 """
 import argparse
 import os

@@ -65,8 +65,8 @@ device *device_new(const model *m, pool *p, const device_opts *o, char *err)
         snprintf(d->note, sizeof d->note, "no usable GPU (%.400s): running on the CPU", why);
         log_info("%s", d->note);
     }
-    snprintf(d->name, sizeof d->name, "cpu");
-    if (!(d->cpu = fwd_new(m, p, err))) {
+    snprintf(d->name, sizeof d->name, o->cpu_bf16 ? "cpu (bf16)" : "cpu");
+    if (!(d->cpu = fwd_new(m, p, o->cpu_bf16, err))) {
         free(d);
         return NULL;
     }

@@ -59,7 +59,8 @@ static const char *const USAGE =
 #define DEVICE_HELP \
     "  --device D         auto | cpu | cuda (default auto: the GPU when usable)\n" \
     "  --gpu-dtype T      bf16 | fp16: weights on the GPU (default bf16)\n" \
-    "  --gpu-mem-mb N     cap the GPU memory the helper allocates\n"
+    "  --gpu-mem-mb N     cap the GPU memory the helper allocates\n" \
+    "  --cpu-dtype T      fp32 | bf16: matrices the CPU path streams (default fp32)\n"
 
 static const char *const COMPLETE_HELP =
     "usage: gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [options]\n"
@@ -147,7 +148,7 @@ bad:
     return -1;
 }
 
-/* --device (which 0), --gpu-dtype (1), --gpu-mem-mb (2) into d. */
+/* --device (which 0), --gpu-dtype (1), --gpu-mem-mb (2), --cpu-dtype (3) into d. */
 static int device_option(int which, const char *arg, device_opts *d)
 {
     long v;
@@ -159,10 +160,14 @@ static int device_option(int which, const char *arg, device_opts *d)
         if (strcmp(arg, "bf16") && strcmp(arg, "fp16"))
             return usage_error("--gpu-dtype must be bf16 or fp16, not '%s'", arg);
         d->half = !strcmp(arg, "fp16");
-    } else {
+    } else if (which == 2) {
         if (parse_long(arg, 1, 1L << 24, &v))
             return usage_error("--gpu-mem-mb must be a positive number of MiB, not '%s'", arg);
         d->gpu_mem_cap = (size_t)v << 20;
+    } else {
+        if (strcmp(arg, "fp32") && strcmp(arg, "bf16"))
+            return usage_error("--cpu-dtype must be fp32 or bf16, not '%s'", arg);
+        d->cpu_bf16 = !strcmp(arg, "bf16");
     }
     return 0;
 }
@@ -170,7 +175,7 @@ static int device_option(int which, const char *arg, device_opts *d)
 static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
 {
     enum { O_MAXTOK = 256, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_THREADS, O_DEVICE,
-           O_GPUDT, O_GPUMEM, O_ALL, O_OUT };
+           O_GPUDT, O_GPUMEM, O_CPUDT, O_ALL, O_OUT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"tokens", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
@@ -179,7 +184,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
         {"top-p", required_argument, 0, O_TOPP}, {"seed", required_argument, 0, O_SEED},
         {"stop", required_argument, 0, O_STOP}, {"threads", required_argument, 0, O_THREADS},
         {"device", required_argument, 0, O_DEVICE}, {"gpu-dtype", required_argument, 0, O_GPUDT},
-        {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {"all", no_argument, 0, O_ALL},
+        {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {"cpu-dtype", required_argument, 0, O_CPUDT},
+        {"all", no_argument, 0, O_ALL},
         {"out", required_argument, 0, O_OUT}, {0, 0, 0, 0}};
     long v;
     int c;
@@ -229,7 +235,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
                 return usage_error("--threads must be 1..256, not '%s'", optarg);
             o->threads = (int)v;
             break;
-        case O_DEVICE: case O_GPUDT: case O_GPUMEM:
+        case O_DEVICE: case O_GPUDT: case O_GPUMEM: case O_CPUDT:
             if ((v = device_option(c - O_DEVICE, optarg, &o->dev))) return (int)v;
             break;
         case O_ALL: o->all = 1; break;
@@ -520,7 +526,7 @@ static int opt_int(const char *name, const char *v, long lo, long hi, long *out)
 static int cmd_serve(int argc, char **argv)
 {
     enum { O_THREADS = 300, O_QUEUE, O_SLOTS, O_LRU, O_MAXMSG, O_DEPTH, O_LUA, O_LEVEL, O_LOGF,
-           O_DEVICE, O_GPUDT, O_GPUMEM };
+           O_DEVICE, O_GPUDT, O_GPUMEM, O_CPUDT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'},
         {"threads", required_argument, 0, O_THREADS}, {"queue", required_argument, 0, O_QUEUE},
@@ -529,7 +535,8 @@ static int cmd_serve(int argc, char **argv)
         {"max-depth", required_argument, 0, O_DEPTH}, {"lua-handler", required_argument, 0, O_LUA},
         {"log-level", required_argument, 0, O_LEVEL}, {"log-file", required_argument, 0, O_LOGF},
         {"device", required_argument, 0, O_DEVICE}, {"gpu-dtype", required_argument, 0, O_GPUDT},
-        {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {0, 0, 0, 0}};
+        {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {"cpu-dtype", required_argument, 0, O_CPUDT},
+        {0, 0, 0, 0}};
     const char *models[64], *log_file = NULL;
     server_opts o = {.model_dirs = models, .queue_cap = 8, .cache_slots = 4, .lru_size = 32,
                      .max_depth = 16, .max_message = 16u << 20,
@@ -560,7 +567,7 @@ static int cmd_serve(int argc, char **argv)
                 return usage_error("--log-level must be error, warn, info or debug, not '%s'", optarg);
             break;
         case O_LOGF: log_file = optarg; break;
-        case O_DEVICE: case O_GPUDT: case O_GPUMEM:
+        case O_DEVICE: case O_GPUDT: case O_GPUMEM: case O_CPUDT:
             rc = device_option(c - O_DEVICE, optarg, &o.device);
             break;
         case ':': return usage_error("option '%s' needs a value", argv[optind - 1]);

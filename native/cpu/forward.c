@@ -17,11 +17,22 @@
 
 void openblas_set_num_threads(int n);
 
+#define SUB 128 /* bf16 prefill: weight columns widened to fp32 per sgemm */
+
+/* bf16 copies of the matrices a layer streams (HF [in, out] layout kept). */
+typedef struct {
+    uint16_t *qkv, *attn, *fc, *proj;
+} layer16;
+
 struct fwd {
     const model *m;
     pool *pool;
+    int bf16;                               /* matrices in bf16 (fp32 accumulate) */
+    layer16 *w16;
+    uint16_t *wte16;                        /* (V, C) */
     int cap;                                /* rows the buffers hold */
     float *x, *h, *qkv, *att, *fc;          /* (cap, C|C|3C|C|I) */
+    float *wide;                            /* (threads, max(C, I), SUB) for bf16 prefill */
     float *scores;                          /* (threads, score_cap) */
     size_t score_cap;
 };
@@ -56,7 +67,31 @@ static float *kv_row(float *base, const kv_cache *kv, int layer, int pos)
     return base + ((size_t)layer * kv->cap + pos) * kv->n_embd;
 }
 
-fwd *fwd_new(const model *m, pool *p, char *err)
+static uint16_t *to_bf16(const float *w, size_t n)
+{
+    uint16_t *out = xmallocarray(n, sizeof *out);
+    if (out) mv_to_bf16(out, w, n);
+    return out;
+}
+
+/* bf16 copies of every matrix the passes stream. */
+static int make_bf16(fwd *f)
+{
+    const model_cfg *c = &f->m->cfg;
+    size_t C = c->n_embd, I = c->n_inner;
+    if (!(f->w16 = xcalloc(c->n_layer, sizeof *f->w16))) return -1;
+    if (!(f->wte16 = to_bf16(f->m->lm_head, (size_t)c->n_vocab * C))) return -1;
+    for (int l = 0; l < c->n_layer; l++) {
+        const layer_weights *w = &f->m->layers[l];
+        layer16 *d = &f->w16[l];
+        if (!(d->qkv = to_bf16(w->qkv_w, C * 3 * C)) || !(d->attn = to_bf16(w->attn_w, C * C)) ||
+            !(d->fc = to_bf16(w->fc_w, C * I)) || !(d->proj = to_bf16(w->proj_w, I * C)))
+            return -1;
+    }
+    return 0;
+}
+
+fwd *fwd_new(const model *m, pool *p, int bf16, char *err)
 {
     fwd *f = xcalloc(1, sizeof *f);
     if (!f) {
@@ -65,6 +100,12 @@ fwd *fwd_new(const model *m, pool *p, char *err)
     }
     f->m = m;
     f->pool = p;
+    f->bf16 = bf16;
+    if (bf16 && make_bf16(f) < 0) {
+        fwd_free(f);
+        errf(err, "out of memory for the bf16 weights");
+        return NULL;
+    }
     openblas_set_num_threads(1);
     return f;
 }
@@ -77,7 +118,16 @@ void fwd_free(fwd *f)
     free(f->qkv);
     free(f->att);
     free(f->fc);
+    free(f->wide);
     free(f->scores);
+    for (int l = 0; f->w16 && l < f->m->cfg.n_layer; l++) {
+        free(f->w16[l].qkv);
+        free(f->w16[l].attn);
+        free(f->w16[l].fc);
+        free(f->w16[l].proj);
+    }
+    free(f->w16);
+    free(f->wte16);
     free(f);
 }
 
@@ -102,6 +152,9 @@ static int reserve(fwd *f, int rows)
     free(f->scores);
     f->scores = s;
     f->score_cap = sc;
+    if (f->bf16 && !f->wide &&
+        !(f->wide = xmallocarray((size_t)pool_size(f->pool) * (C > I ? C : I) * SUB, sizeof(float))))
+        return -1;
     f->cap = rows;
     return 0;
 }
@@ -137,6 +190,8 @@ static float activate(float x, act_kind k)
 typedef struct {
     float *out;            /* (R, O) */
     const float *x, *w;    /* x (R, I); w (I, O), or (O, I) when trans */
+    const uint16_t *w16;   /* the same weights in bf16, or NULL: then w */
+    float *scratch;        /* (threads, I, SUB): widened bf16 weights */
     const float *bias;     /* (O) or NULL */
     int R, I, O, chunk;
     int trans, accumulate, act;
@@ -145,12 +200,28 @@ typedef struct {
 
 static void gemm_task(void *arg, int task, int thread)
 {
-    (void)thread;
     gemm_job *j = arg;
     int o0 = task * j->chunk, n = j->O - o0 < j->chunk ? j->O - o0 : j->chunk;
-    if (j->R <= MV_MAX_ROWS) { /* decode: stream the weights once */
+    if (j->R <= MV_MAX_ROWS && j->w16) { /* decode: stream the weights once */
+        if (j->trans) mv_out_in_bf16(j->out, j->O, j->x, j->R, j->I, j->w16, o0, o0 + n);
+        else mv_in_out_bf16(j->out, j->O, j->x, j->R, j->I, j->w16, j->O, o0, o0 + n, j->accumulate);
+    } else if (j->R <= MV_MAX_ROWS) {
         if (j->trans) mv_out_in(j->out, j->O, j->x, j->R, j->I, j->w, o0, o0 + n);
         else mv_in_out(j->out, j->O, j->x, j->R, j->I, j->w, j->O, o0, o0 + n, j->accumulate);
+    } else if (j->w16) { /* prefill: widen SUB columns of bf16 weights at a time, sgemm */
+        float *wf = j->scratch + (size_t)thread * j->I * SUB;
+        for (int c0 = o0; c0 < o0 + n; c0 += SUB) {
+            int m = o0 + n - c0 < SUB ? o0 + n - c0 : SUB;
+            if (j->trans) { /* rows c0.. of (O, I): contiguous */
+                mv_from_bf16(wf, j->w16 + (size_t)c0 * j->I, (size_t)m * j->I);
+            } else { /* columns c0.. of (I, O): one run per weight row */
+                for (int i = 0; i < j->I; i++)
+                    mv_from_bf16(wf + (size_t)i * m, j->w16 + (size_t)i * j->O + c0, m);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, j->trans ? CblasTrans : CblasNoTrans, j->R,
+                        m, j->I, 1.0f, j->x, j->I, wf, j->trans ? j->I : m,
+                        j->accumulate ? 1.0f : 0.0f, j->out + c0, j->O);
+        }
     } else {
         const float *w = j->trans ? j->w + (size_t)o0 * j->I : j->w + o0;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, j->trans ? CblasTrans : CblasNoTrans, j->R, n,
@@ -169,6 +240,7 @@ static void gemm_task(void *arg, int task, int thread)
 
 static void gemm(fwd *f, gemm_job *j)
 {
+    j->scratch = f->wide;
     /* Decode (few rows) is bandwidth-bound: one wide contiguous slice per
      * thread streams best. Prefill: a few slices per thread balance load. */
     int tasks = pool_size(f->pool) * (j->R <= MV_MAX_ROWS ? 1 : 4);
@@ -273,7 +345,9 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     int C = c->n_embd;
     for (int r = 0; r < R; r++)
         layernorm(f->h + (size_t)r * C, f->x + (size_t)r * C, w->ln1_w, w->ln1_b, C, c->eps);
-    gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = w->qkv_w, .bias = w->qkv_b, .R = R,
+    const layer16 *w16 = f->w16 ? &f->w16[l] : NULL;
+    gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = w->qkv_w, .w16 = w16 ? w16->qkv : NULL,
+                        .bias = w->qkv_b, .R = R,
                         .I = C, .O = 3 * C});
     for (int r = 0; r < R; r++) { /* store this row's key and value */
         const fwd_row *row = &rows[r];
@@ -287,7 +361,8 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     attn_job job = {f, rows, R, l, scale};
     if (is_block(rows, R)) pool_run(f->pool, attn_block_task, &job, c->n_head);
     else pool_run(f->pool, attn_row_task, &job, R * c->n_head);
-    gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = w->attn_w, .bias = w->attn_b, .R = R,
+    gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = w->attn_w, .w16 = w16 ? w16->attn : NULL,
+                        .bias = w->attn_b, .R = R,
                         .I = C, .O = C, .accumulate = 1});
 }
 
@@ -298,9 +373,12 @@ static void mlp_block(fwd *f, int R, int l)
     int C = c->n_embd, I = c->n_inner;
     for (int r = 0; r < R; r++)
         layernorm(f->h + (size_t)r * C, f->x + (size_t)r * C, w->ln2_w, w->ln2_b, C, c->eps);
-    gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = w->fc_w, .bias = w->fc_b, .R = R, .I = C,
+    const layer16 *w16 = f->w16 ? &f->w16[l] : NULL;
+    gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = w->fc_w, .w16 = w16 ? w16->fc : NULL,
+                        .bias = w->fc_b, .R = R, .I = C,
                         .O = I, .act = 1, .kind = c->act});
-    gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = w->proj_w, .bias = w->proj_b, .R = R,
+    gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = w->proj_w, .w16 = w16 ? w16->proj : NULL,
+                        .bias = w->proj_b, .R = R,
                         .I = I, .O = C, .accumulate = 1});
 }
 
@@ -344,7 +422,8 @@ int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
                   c->eps);
     }
     if (n_out)
-        gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = m->lm_head, .R = n_out, .I = C,
+        gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = m->lm_head, .w16 = f->wte16,
+                            .R = n_out, .I = C,
                             .O = c->n_vocab, .trans = 1});
     return 0;
 }

@@ -35,8 +35,10 @@ typedef struct {
 
 typedef struct fwd fwd;
 
-/* A forward context for model m using the threads of p (both borrowed). */
-fwd *fwd_new(const model *m, pool *p, char *err);
+/* A forward context for model m using the threads of p (both borrowed).
+ * bf16: keep bf16 copies of the matrices and stream those (half the memory
+ * traffic; products still accumulate in fp32). */
+fwd *fwd_new(const model *m, pool *p, int bf16, char *err);
 void fwd_free(fwd *f);
 
 /* Run rows[0..R). For each i < n_out, logits row out_rows[i] goes to

@@ -7,6 +7,9 @@
 #ifndef GPT2_MATVEC_H
 #define GPT2_MATVEC_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #define MV_MAX_ROWS 8
 
 /* out (R, ldo)[:, o0:o1] (+)= x (R, I) @ w (I, ldw)[:, o0:o1]   (HF [in, out]) */
@@ -16,6 +19,18 @@ void mv_in_out(float *out, int ldo, const float *x, int R, int I, const float *w
 /* out (R, ldo)[:, o0:o1] = x (R, I) @ w[o0:o1, :]^T, w (O, I)   (embedding rows) */
 void mv_out_in(float *out, int ldo, const float *x, int R, int I, const float *w, int o0,
                int o1);
+
+/* The same with bf16 weights (the top halves of fp32 values). */
+void mv_in_out_bf16(float *out, int ldo, const float *x, int R, int I, const uint16_t *w,
+                    int ldw, int o0, int o1, int accumulate);
+void mv_out_in_bf16(float *out, int ldo, const float *x, int R, int I, const uint16_t *w,
+                    int o0, int o1);
+
+/* out[0..n) = w widened from bf16 to fp32 (exact). */
+void mv_from_bf16(float *out, const uint16_t *w, size_t n);
+
+/* out[0..n) = x rounded to bf16 (nearest, ties to even; finite inputs). */
+void mv_to_bf16(uint16_t *out, const float *x, size_t n);
 
 /* Dot product of a[0..n) and b[0..n) with 16 independent partial sums. */
 float mv_dot(const float *a, const float *b, int n);

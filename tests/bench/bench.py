@@ -32,11 +32,12 @@ def checkpoint(dtype):
     return out
 
 
-def run_engine(model, prompt, runs, threads=None):
+def run_engine(model, prompt, runs, threads=None, dtype="fp32"):
     rows = []
     for i in range(runs):
         cmd = [GPT2, "complete", "--model", model, "--tokens", ",".join(map(str, prompt)),
-               "-n", "3", "--max-tokens", "24", "--stop", "none", "--seed", str(i)]
+               "-n", "3", "--max-tokens", "24", "--stop", "none", "--seed", str(i),
+               "--device", "cpu", "--cpu-dtype", dtype]
         if threads:
             cmd += ["--threads", str(threads)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -45,6 +46,27 @@ def run_engine(model, prompt, runs, threads=None):
         rows.append((t["prefill_ms"], t["decode_ms"] / t["decode_steps"],
                      t["prefill_ms"] + t["decode_ms"], t["total_ms"]))
     return [statistics.median(col) for col in zip(*rows)]
+
+
+def accuracy(model, prompt):
+    """bf16 against fp32 over every position of the prompt."""
+    import numpy as np
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        path = os.path.join(ROOT, "build", "bench", f"logits-{dtype}.bin")
+        r = json.loads(subprocess.run([GPT2, "logits", "--model", model, "--tokens",
+                                       ",".join(map(str, prompt)), "--all", "--out", path,
+                                       "--device", "cpu", "--cpu-dtype", dtype],
+                                      check=True, capture_output=True, text=True).stdout)
+        out[dtype] = np.fromfile(path, dtype="<f4").reshape(r["rows"], r["vocab"]).astype(np.float64)
+    def logp(x):
+        x = x - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+    p, q = logp(out["fp32"]), logp(out["bf16"])
+    kl = float((np.exp(p) * (p - q)).sum(1).mean())
+    top1 = float((p.argmax(1) == q.argmax(1)).mean())
+    print(f"  bf16 vs fp32 over {p.shape[0]} positions: top-1 agreement {top1 * 100:.1f}%, "
+          f"mean KL {kl:.2e} nats")
 
 
 def reference_python():
@@ -65,16 +87,17 @@ def main():
     model = checkpoint(a.dtype)
     rnd = random.Random(3)
     prompt = [rnd.randrange(50000) for _ in range(256)]
-    print(f"gpt2 (124M-shaped random checkpoint, {a.dtype} file, fp32 compute), "
+    print(f"gpt2 (124M-shaped random checkpoint, {a.dtype} file; weights streamed as fp32 or bf16, fp32 accumulate), "
           f"256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs, {os.cpu_count()} CPUs")
     med = {}
-    for threads in (1, None):
-        p, step, gen, total = run_engine(model, prompt, a.runs, threads)
-        label = f"{threads} thread" if threads else "all threads"
+    for dtype, threads in (("fp32", 1), ("fp32", None), ("bf16", None)):
+        p, step, gen, total = run_engine(model, prompt, a.runs, threads, dtype)
+        label = f"{dtype} {threads} thread" if threads else f"{dtype} all threads"
         med[label] = gen
-        print(f"  engine {label:11s}: prefill {p:7.1f} ms ({256 / p * 1000:6.0f} tok/s)  "
+        print(f"  engine {label:16s}: prefill {p:7.1f} ms ({256 / p * 1000:6.0f} tok/s)  "
               f"decode step (batch 3) {step:6.1f} ms  prefill+decode {gen:7.1f} ms  "
               f"process total {total:7.1f} ms")
+    accuracy(model, prompt)
     py = reference_python()
     if not py:
         print("  SKIP reference: no Python with torch + transformers (run `make fixtures` "
@@ -88,7 +111,8 @@ def main():
         return
     hf = json.loads(ref.stdout)
     print(f"  transformers generate() (torch {hf['torch']}, {hf['threads']} threads, fp32): "
-          f"{hf['median_ms']:7.1f} ms   -> engine is {hf['median_ms'] / med['all threads']:.1f}x faster")
+          f"{hf['median_ms']:7.1f} ms   -> engine (fp32) is "
+          f"{hf['median_ms'] / med['fp32 all threads']:.1f}x faster")
 
 
 if __name__ == "__main__":

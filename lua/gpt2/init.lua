@@ -403,7 +403,9 @@ end
 function M.statusline()
   local st = M.status()
   if st.state == 'running' then
-    return 'gpt2:' .. (st.device or 'ready')
+    -- the helper loads the model on the first request: until its first
+    -- answer a request in flight means the model is loading
+    return 'gpt2:' .. (st.device or (S.req and 'loading' or 'ready'))
   end
   return 'gpt2:' .. st.state
 end

@@ -14,13 +14,16 @@ case('status() and statusline() before and after the first suggestion', function
   H.eq(st.requests, 0, 'requests')
   H.eq(c:lua("return require('gpt2').statusline()"), 'gpt2:stopped', 'statusline before any use')
   c:edit({ 'Hello there' })
+  -- in one call, so no reply can have been handled yet: the model is loading
+  H.eq(c:lua("require('gpt2').complete(); return require('gpt2').statusline()"), 'gpt2:loading',
+    'statusline while the first request is in flight')
   c:suggest()
   st = c:status()
   H.eq(st.state, 'running', 'state')
   H.ok(type(st.helper_pid) == 'number', 'helper_pid: ' .. vim.inspect(st.helper_pid))
   H.eq(st.model, H.model, 'model')
   H.ok(type(st.device) == 'string' and st.device ~= '', 'device: ' .. vim.inspect(st.device))
-  H.eq(st.requests, 1, 'requests')
+  H.eq(st.requests, 2, 'requests (the loading one and the suggestion)')
   H.ok(type(st.last_latency_ms) == 'number' and st.last_latency_ms >= 0, 'last_latency_ms: ' .. vim.inspect(st.last_latency_ms))
   H.eq(st.restarts, 0, 'restarts')
   H.eq(st.suggestion, c:ghost().raw, 'suggestion')

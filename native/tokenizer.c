@@ -186,11 +186,9 @@ out:
     return rc;
 }
 
-static int add_merge(tokenizer *t, const char *line, size_t n, int rank, const char *path,
-                     int lineno, char *err)
+static int add_merge(tokenizer *t, const int inv[512], const char *line, size_t n, int rank,
+                     const char *path, int lineno, char *err)
 {
-    int inv[512];
-    unicode_to_byte(inv);
     const char *sp = memchr(line, ' ', n);
     if (!sp || memchr(sp + 1, ' ', line + n - sp - 1))
         return errf(err, "%s: line %d: expected two tokens separated by one space", path, lineno);
@@ -232,14 +230,15 @@ static int load_merges(tokenizer *t, const char *path, char *err)
     t->merge_mask = pow2_at_least(2 * lines) - 1;
     t->merges = xcalloc(t->merge_mask + 1, sizeof *t->merges);
     int rc = t->merges ? 0 : errf(err, "%s: out of memory", path);
-    int rank = 0, lineno = 0;
+    int rank = 0, lineno = 0, inv[512];
+    unicode_to_byte(inv);
     for (char *p = text; rc == 0 && p < text + len;) {
         char *nl = memchr(p, '\n', text + len - p);
         size_t line_len = nl ? (size_t)(nl - p) : (size_t)(text + len - p), n = line_len;
         lineno++;
         if (n && p[n - 1] == '\r') n--;
         if (n && !(lineno == 1 && !strncmp(p, "#version", 8)))
-            rc = add_merge(t, p, n, rank++, path, lineno, err);
+            rc = add_merge(t, inv, p, n, rank++, path, lineno, err);
         p += line_len + 1;
     }
     free(text);

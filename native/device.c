@@ -65,8 +65,10 @@ device *device_new(const model *m, pool *p, const device_opts *o, char *err)
         snprintf(d->note, sizeof d->note, "no usable GPU (%.400s): running on the CPU", why);
         log_info("%s", d->note);
     }
-    snprintf(d->name, sizeof d->name, o->cpu_bf16 ? "cpu (bf16)" : "cpu");
-    if (!(d->cpu = fwd_new(m, p, o->cpu_bf16, err))) {
+    snprintf(d->name, sizeof d->name, "%s", o->cpu_fmt == FWD_BF16   ? "cpu (bf16)"
+                                            : o->cpu_fmt == FWD_INT8 ? "cpu (int8)"
+                                                                     : "cpu");
+    if (!(d->cpu = fwd_new(m, p, o->cpu_fmt, err))) {
         free(d);
         return NULL;
     }

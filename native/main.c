@@ -60,7 +60,7 @@ static const char *const USAGE =
     "  --device D         auto | cpu | cuda (default auto: the GPU when usable)\n" \
     "  --gpu-dtype T      bf16 | fp16: weights on the GPU (default bf16)\n" \
     "  --gpu-mem-mb N     cap the GPU memory the helper allocates\n" \
-    "  --cpu-dtype T      fp32 | bf16: matrices the CPU path streams (default fp32)\n"
+    "  --cpu-dtype T      fp32 | bf16 | int8: matrices the CPU path streams (default fp32)\n"
 
 static const char *const COMPLETE_HELP =
     "usage: gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [options]\n"
@@ -165,9 +165,9 @@ static int device_option(int which, const char *arg, device_opts *d)
             return usage_error("--gpu-mem-mb must be a positive number of MiB, not '%s'", arg);
         d->gpu_mem_cap = (size_t)v << 20;
     } else {
-        if (strcmp(arg, "fp32") && strcmp(arg, "bf16"))
-            return usage_error("--cpu-dtype must be fp32 or bf16, not '%s'", arg);
-        d->cpu_bf16 = !strcmp(arg, "bf16");
+        if (strcmp(arg, "fp32") && strcmp(arg, "bf16") && strcmp(arg, "int8"))
+            return usage_error("--cpu-dtype must be fp32, bf16 or int8, not '%s'", arg);
+        d->cpu_fmt = !strcmp(arg, "bf16") ? FWD_BF16 : !strcmp(arg, "int8") ? FWD_INT8 : FWD_FP32;
     }
     return 0;
 }

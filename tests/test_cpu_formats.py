@@ -1,11 +1,15 @@
-"""The CPU path's bf16 weight format against fp32 (the oracle-checked path).
+"""The CPU path's compact weight formats against fp32 (the oracle-checked path).
 
-bf16 keeps 8 significant bits of each weight; products still accumulate in
-fp32. Bounds (measured here: ~99% top-1 agreement, max |diff| ~1% of the
-largest |logit| on the random fixtures): top-1 agreement >= 97% and
-max |diff| <= 3% of the row's largest |logit|, over every position (the
-prefill GEMM path) and over the last positions of the oracle cases (the
-decode matrix-vector path).
+bf16 keeps 8 significant bits of each weight; int8 is symmetric with one
+scale per output channel (per vocabulary row for the embedding); products
+accumulate in fp32 either way. Bounds, over every position (the prefill GEMM
+path) and over the last positions of the oracle cases (the decode
+matrix-vector path), with what was measured on these random fixtures:
+  bf16: top-1 agreement >= 97% (measured 98.4-100%), max |diff| <= 3% of
+        the row's largest |logit| (measured <= 1.2%);
+  int8: top-1 agreement >= 90% (measured ~95%), max |diff| <= 6% (~2.8%).
+A checkpoint stored as BF16 must give the fp32 path's logits in bf16, up to
+summation order (the prefill GEMM is blocked differently).
 """
 import json
 import os
@@ -33,41 +37,52 @@ def logits(model, tokens, dtype, out=None):
     return np.array(json.loads(r.stdout), dtype=np.float32)[None, :]
 
 
-def check(ref, got, label):
+BOUNDS = {"bf16": (0.97, 0.03), "int8": (0.90, 0.06)}
+
+
+def check(ref, got, label, dtype):
     top1 = float((ref.argmax(1) == got.argmax(1)).mean())
     rel = float((np.abs(ref - got).max(1) / np.abs(ref).max(1)).max())
-    print(f"{label}: {ref.shape[0]} rows, top-1 agreement {top1 * 100:.1f}%, "
+    print(f"{label} {dtype}: {ref.shape[0]} rows, top-1 agreement {top1 * 100:.1f}%, "
           f"max |diff| {rel * 100:.2f}% of max|logit|")
-    assert top1 >= 0.97, f"{label}: top-1 agreement {top1:.3f}"
-    assert rel <= 0.03, f"{label}: max |diff| {rel:.4f}"
+    want_top1, want_rel = BOUNDS[dtype]
+    assert top1 >= want_top1, f"{label}: top-1 agreement {top1:.3f}"
+    assert rel <= want_rel, f"{label}: max |diff| {rel:.4f}"
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("name", NAMES)
-def test_bf16_every_position(name, tmp_path):
+def test_every_position(name, dtype, tmp_path):
     model = os.path.join(MODELS, name)
     cfg = json.load(open(os.path.join(model, "config.json")))
     n = min(120, cfg.get("n_positions", cfg.get("n_ctx")))
     toks = np.random.default_rng(5).integers(0, cfg["vocab_size"], n).tolist()
-    check(logits(model, toks, "fp32", str(tmp_path / "a.bin")),
-          logits(model, toks, "bf16", str(tmp_path / "b.bin")), f"{name} all positions")
+    ref = logits(model, toks, "fp32", str(tmp_path / "a.bin"))
+    got = logits(model, toks, dtype, str(tmp_path / "b.bin"))
+    check(ref, got, f"{name} all positions", dtype)
+    if name == "tiny-bf16" and dtype == "bf16":  # lossless: only the summation order differs
+        rel = float((np.abs(ref - got).max(1) / np.abs(ref).max(1)).max())
+        assert rel < 1e-5, f"BF16 weights must stream losslessly (max rel diff {rel:.2e})"
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("name", NAMES)
-def test_bf16_last_position(name):
+def test_last_position(name, dtype):
     model = os.path.join(MODELS, name)
     cases = json.load(open(os.path.join(ROOT, "tests", "fixtures", "oracle", name + ".json")))["cases"]
     ref = np.concatenate([logits(model, c["tokens"], "fp32") for c in cases])
-    got = np.concatenate([logits(model, c["tokens"], "bf16") for c in cases])
-    check(ref, got, f"{name} last positions")
+    got = np.concatenate([logits(model, c["tokens"], dtype) for c in cases])
+    check(ref, got, f"{name} last positions", dtype)
 
 
-def test_bf16_completion_runs_and_is_reported():
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_completion_runs_and_is_reported(dtype):
     r = subprocess.run([GPT2, "complete", "--model", os.path.join(MODELS, "tiny-f32"), "--prompt",
-                        "Hello world", "--cpu-dtype", "bf16", "--device", "cpu", "--seed", "1",
+                        "Hello world", "--cpu-dtype", dtype, "--device", "cpu", "--seed", "1",
                         "--stop", "none"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["device"] == "cpu (bf16)" and all(len(t) == 24 for t in out["tokens"])
+    assert out["device"] == f"cpu ({dtype})" and all(len(t) == 24 for t in out["tokens"])
 
 
 def test_bad_cpu_dtype_is_a_usage_error():

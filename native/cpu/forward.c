@@ -17,22 +17,28 @@
 
 void openblas_set_num_threads(int n);
 
-#define SUB 128 /* bf16 prefill: weight columns widened to fp32 per sgemm */
+#define SUB 128 /* compact formats: weight columns widened to fp32 per prefill sgemm */
 
-/* bf16 copies of the matrices a layer streams (HF [in, out] layout kept). */
+/* A compact copy of a matrix the passes stream (HF [in, out] layout kept):
+ * bf16, or int8 with fp32 scales per output column (per row for wte). */
 typedef struct {
-    uint16_t *qkv, *attn, *fc, *proj;
-} layer16;
+    void *w;
+    float *scale;
+} qmat;
+
+typedef struct {
+    qmat qkv, attn, fc, proj;
+} layerq;
 
 struct fwd {
     const model *m;
     pool *pool;
-    int bf16;                               /* matrices in bf16 (fp32 accumulate) */
-    layer16 *w16;
-    uint16_t *wte16;                        /* (V, C) */
+    int fmt;                                /* FWD_FP32 | FWD_BF16 | FWD_INT8 */
+    layerq *wq;                             /* compact copies (NULL for fp32) */
+    qmat wte;                               /* (V, C) */
     int cap;                                /* rows the buffers hold */
     float *x, *h, *qkv, *att, *fc;          /* (cap, C|C|3C|C|I) */
-    float *wide;                            /* (threads, max(C, I), SUB) for bf16 prefill */
+    float *wide;                            /* (threads, max(C, I), SUB): widened weights */
     float *scores;                          /* (threads, score_cap) */
     size_t score_cap;
 };
@@ -67,31 +73,50 @@ static float *kv_row(float *base, const kv_cache *kv, int layer, int pos)
     return base + ((size_t)layer * kv->cap + pos) * kv->n_embd;
 }
 
-static uint16_t *to_bf16(const float *w, size_t n)
+/* The compact copy of w: (rows, cols) row-major; cols_scaled: int8 scales
+ * per column ([in, out] matrices) rather than per row (the embedding). */
+static int compact(qmat *q, const float *w, size_t rows, size_t cols, int fmt, int cols_scaled)
 {
-    uint16_t *out = xmallocarray(n, sizeof *out);
-    if (out) mv_to_bf16(out, w, n);
-    return out;
+    size_t n = rows * cols;
+    if (fmt == FWD_BF16) {
+        if (!(q->w = xmallocarray(n, sizeof(uint16_t)))) return -1;
+        mv_to_bf16(q->w, w, n);
+        return 0;
+    }
+    q->w = xmallocarray(n, 1);
+    q->scale = xmallocarray(cols_scaled ? cols : rows, sizeof(float));
+    if (!q->w || !q->scale) return -1;
+    if (cols_scaled) mv_quantize_cols(q->w, q->scale, w, (int)rows, (int)cols);
+    else mv_quantize_rows(q->w, q->scale, w, (int)rows, (int)cols);
+    return 0;
 }
 
-/* bf16 copies of every matrix the passes stream. */
-static int make_bf16(fwd *f)
+static void qfree(qmat *q)
+{
+    free(q->w);
+    free(q->scale);
+}
+
+/* Compact copies of every matrix the passes stream. */
+static int make_compact(fwd *f)
 {
     const model_cfg *c = &f->m->cfg;
     size_t C = c->n_embd, I = c->n_inner;
-    if (!(f->w16 = xcalloc(c->n_layer, sizeof *f->w16))) return -1;
-    if (!(f->wte16 = to_bf16(f->m->lm_head, (size_t)c->n_vocab * C))) return -1;
+    if (!(f->wq = xcalloc(c->n_layer, sizeof *f->wq))) return -1;
+    if (compact(&f->wte, f->m->lm_head, c->n_vocab, C, f->fmt, 0) < 0) return -1;
     for (int l = 0; l < c->n_layer; l++) {
         const layer_weights *w = &f->m->layers[l];
-        layer16 *d = &f->w16[l];
-        if (!(d->qkv = to_bf16(w->qkv_w, C * 3 * C)) || !(d->attn = to_bf16(w->attn_w, C * C)) ||
-            !(d->fc = to_bf16(w->fc_w, C * I)) || !(d->proj = to_bf16(w->proj_w, I * C)))
+        layerq *d = &f->wq[l];
+        if (compact(&d->qkv, w->qkv_w, C, 3 * C, f->fmt, 1) ||
+            compact(&d->attn, w->attn_w, C, C, f->fmt, 1) ||
+            compact(&d->fc, w->fc_w, C, I, f->fmt, 1) ||
+            compact(&d->proj, w->proj_w, I, C, f->fmt, 1))
             return -1;
     }
     return 0;
 }
 
-fwd *fwd_new(const model *m, pool *p, int bf16, char *err)
+fwd *fwd_new(const model *m, pool *p, int fmt, char *err)
 {
     fwd *f = xcalloc(1, sizeof *f);
     if (!f) {
@@ -100,10 +125,10 @@ fwd *fwd_new(const model *m, pool *p, int bf16, char *err)
     }
     f->m = m;
     f->pool = p;
-    f->bf16 = bf16;
-    if (bf16 && make_bf16(f) < 0) {
+    f->fmt = fmt;
+    if (fmt != FWD_FP32 && make_compact(f) < 0) {
         fwd_free(f);
-        errf(err, "out of memory for the bf16 weights");
+        errf(err, "out of memory for the %s weights", fmt == FWD_BF16 ? "bf16" : "int8");
         return NULL;
     }
     openblas_set_num_threads(1);
@@ -120,14 +145,14 @@ void fwd_free(fwd *f)
     free(f->fc);
     free(f->wide);
     free(f->scores);
-    for (int l = 0; f->w16 && l < f->m->cfg.n_layer; l++) {
-        free(f->w16[l].qkv);
-        free(f->w16[l].attn);
-        free(f->w16[l].fc);
-        free(f->w16[l].proj);
+    for (int l = 0; f->wq && l < f->m->cfg.n_layer; l++) {
+        qfree(&f->wq[l].qkv);
+        qfree(&f->wq[l].attn);
+        qfree(&f->wq[l].fc);
+        qfree(&f->wq[l].proj);
     }
-    free(f->w16);
-    free(f->wte16);
+    free(f->wq);
+    qfree(&f->wte);
     free(f);
 }
 
@@ -152,7 +177,7 @@ static int reserve(fwd *f, int rows)
     free(f->scores);
     f->scores = s;
     f->score_cap = sc;
-    if (f->bf16 && !f->wide &&
+    if (f->fmt != FWD_FP32 && !f->wide &&
         !(f->wide = xmallocarray((size_t)pool_size(f->pool) * (C > I ? C : I) * SUB, sizeof(float))))
         return -1;
     f->cap = rows;
@@ -190,34 +215,57 @@ static float activate(float x, act_kind k)
 typedef struct {
     float *out;            /* (R, O) */
     const float *x, *w;    /* x (R, I); w (I, O), or (O, I) when trans */
-    const uint16_t *w16;   /* the same weights in bf16, or NULL: then w */
-    float *scratch;        /* (threads, I, SUB): widened bf16 weights */
+    const qmat *q;         /* the same weights compacted (fmt), or NULL: then w */
+    int fmt;
+    float *scratch;        /* (threads, I, SUB): widened compact weights */
     const float *bias;     /* (O) or NULL */
     int R, I, O, chunk;
     int trans, accumulate, act;
     act_kind kind;
 } gemm_job;
 
+/* Columns c0..c0+m of the job's compact weights as fp32 into wf: (I, m)
+ * for [in, out] matrices, (m, I) for the embedding (trans). */
+static void widen(const gemm_job *j, float *wf, int c0, int m)
+{
+    const qmat *q = j->q;
+    if (j->trans) { /* rows c0.. of (O, I): contiguous */
+        for (int v = 0; v < m; v++) {
+            size_t at = (size_t)(c0 + v) * j->I;
+            if (j->fmt == FWD_BF16) mv_from_bf16(wf + (size_t)v * j->I, (const uint16_t *)q->w + at, j->I);
+            else mv_from_i8(wf + (size_t)v * j->I, (const int8_t *)q->w + at, &q->scale[c0 + v], j->I, 0);
+        }
+        return;
+    }
+    for (int i = 0; i < j->I; i++) { /* one run per weight row */
+        size_t at = (size_t)i * j->O + c0;
+        if (j->fmt == FWD_BF16) mv_from_bf16(wf + (size_t)i * m, (const uint16_t *)q->w + at, m);
+        else mv_from_i8(wf + (size_t)i * m, (const int8_t *)q->w + at, q->scale + c0, m, 1);
+    }
+}
+
 static void gemm_task(void *arg, int task, int thread)
 {
     gemm_job *j = arg;
     int o0 = task * j->chunk, n = j->O - o0 < j->chunk ? j->O - o0 : j->chunk;
-    if (j->R <= MV_MAX_ROWS && j->w16) { /* decode: stream the weights once */
-        if (j->trans) mv_out_in_bf16(j->out, j->O, j->x, j->R, j->I, j->w16, o0, o0 + n);
-        else mv_in_out_bf16(j->out, j->O, j->x, j->R, j->I, j->w16, j->O, o0, o0 + n, j->accumulate);
+    if (j->R <= MV_MAX_ROWS && j->q) { /* decode: stream the weights once */
+        if (j->fmt == FWD_BF16 && j->trans)
+            mv_out_in_bf16(j->out, j->O, j->x, j->R, j->I, j->q->w, o0, o0 + n);
+        else if (j->fmt == FWD_BF16)
+            mv_in_out_bf16(j->out, j->O, j->x, j->R, j->I, j->q->w, j->O, o0, o0 + n, j->accumulate);
+        else if (j->trans)
+            mv_out_in_i8(j->out, j->O, j->x, j->R, j->I, j->q->w, j->q->scale, o0, o0 + n);
+        else
+            mv_in_out_i8(j->out, j->O, j->x, j->R, j->I, j->q->w, j->q->scale, j->O, o0, o0 + n,
+                         j->accumulate);
     } else if (j->R <= MV_MAX_ROWS) {
         if (j->trans) mv_out_in(j->out, j->O, j->x, j->R, j->I, j->w, o0, o0 + n);
         else mv_in_out(j->out, j->O, j->x, j->R, j->I, j->w, j->O, o0, o0 + n, j->accumulate);
-    } else if (j->w16) { /* prefill: widen SUB columns of bf16 weights at a time, sgemm */
+    } else if (j->q) { /* prefill: widen SUB columns of compact weights at a time, sgemm */
         float *wf = j->scratch + (size_t)thread * j->I * SUB;
         for (int c0 = o0; c0 < o0 + n; c0 += SUB) {
             int m = o0 + n - c0 < SUB ? o0 + n - c0 : SUB;
-            if (j->trans) { /* rows c0.. of (O, I): contiguous */
-                mv_from_bf16(wf, j->w16 + (size_t)c0 * j->I, (size_t)m * j->I);
-            } else { /* columns c0.. of (I, O): one run per weight row */
-                for (int i = 0; i < j->I; i++)
-                    mv_from_bf16(wf + (size_t)i * m, j->w16 + (size_t)i * j->O + c0, m);
-            }
+            widen(j, wf, c0, m);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, j->trans ? CblasTrans : CblasNoTrans, j->R,
                         m, j->I, 1.0f, j->x, j->I, wf, j->trans ? j->I : m,
                         j->accumulate ? 1.0f : 0.0f, j->out + c0, j->O);
@@ -241,6 +289,7 @@ static void gemm_task(void *arg, int task, int thread)
 static void gemm(fwd *f, gemm_job *j)
 {
     j->scratch = f->wide;
+    j->fmt = f->fmt;
     /* Decode (few rows) is bandwidth-bound: one wide contiguous slice per
      * thread streams best. Prefill: a few slices per thread balance load. */
     int tasks = pool_size(f->pool) * (j->R <= MV_MAX_ROWS ? 1 : 4);
@@ -345,8 +394,8 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     int C = c->n_embd;
     for (int r = 0; r < R; r++)
         layernorm(f->h + (size_t)r * C, f->x + (size_t)r * C, w->ln1_w, w->ln1_b, C, c->eps);
-    const layer16 *w16 = f->w16 ? &f->w16[l] : NULL;
-    gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = w->qkv_w, .w16 = w16 ? w16->qkv : NULL,
+    const layerq *wq = f->wq ? &f->wq[l] : NULL;
+    gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = w->qkv_w, .q = wq ? &wq->qkv : NULL,
                         .bias = w->qkv_b, .R = R,
                         .I = C, .O = 3 * C});
     for (int r = 0; r < R; r++) { /* store this row's key and value */
@@ -361,7 +410,7 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     attn_job job = {f, rows, R, l, scale};
     if (is_block(rows, R)) pool_run(f->pool, attn_block_task, &job, c->n_head);
     else pool_run(f->pool, attn_row_task, &job, R * c->n_head);
-    gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = w->attn_w, .w16 = w16 ? w16->attn : NULL,
+    gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = w->attn_w, .q = wq ? &wq->attn : NULL,
                         .bias = w->attn_b, .R = R,
                         .I = C, .O = C, .accumulate = 1});
 }
@@ -373,11 +422,11 @@ static void mlp_block(fwd *f, int R, int l)
     int C = c->n_embd, I = c->n_inner;
     for (int r = 0; r < R; r++)
         layernorm(f->h + (size_t)r * C, f->x + (size_t)r * C, w->ln2_w, w->ln2_b, C, c->eps);
-    const layer16 *w16 = f->w16 ? &f->w16[l] : NULL;
-    gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = w->fc_w, .w16 = w16 ? w16->fc : NULL,
+    const layerq *wq = f->wq ? &f->wq[l] : NULL;
+    gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = w->fc_w, .q = wq ? &wq->fc : NULL,
                         .bias = w->fc_b, .R = R, .I = C,
                         .O = I, .act = 1, .kind = c->act});
-    gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = w->proj_w, .w16 = w16 ? w16->proj : NULL,
+    gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = w->proj_w, .q = wq ? &wq->proj : NULL,
                         .bias = w->proj_b, .R = R,
                         .I = I, .O = C, .accumulate = 1});
 }
@@ -422,7 +471,8 @@ int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
                   c->eps);
     }
     if (n_out)
-        gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = m->lm_head, .w16 = f->wte16,
+        gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = m->lm_head,
+                            .q = f->fmt != FWD_FP32 ? &f->wte : NULL,
                             .R = n_out, .I = C,
                             .O = c->n_vocab, .trans = 1});
     return 0;

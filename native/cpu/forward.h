@@ -35,10 +35,14 @@ typedef struct {
 
 typedef struct fwd fwd;
 
+/* Weight formats the CPU path can stream. */
+enum { FWD_FP32, FWD_BF16, FWD_INT8 };
+
 /* A forward context for model m using the threads of p (both borrowed).
- * bf16: keep bf16 copies of the matrices and stream those (half the memory
- * traffic; products still accumulate in fp32). */
-fwd *fwd_new(const model *m, pool *p, int bf16, char *err);
+ * fmt bf16 / int8: keep compact copies of the matrices and stream those
+ * (half / a quarter of the memory traffic; products still accumulate in
+ * fp32). int8 is symmetric with one scale per output channel. */
+fwd *fwd_new(const model *m, pool *p, int fmt, char *err);
 void fwd_free(fwd *f);
 
 /* Run rows[0..R). For each i < n_out, logits row out_rows[i] goes to

@@ -26,6 +26,21 @@ void mv_in_out_bf16(float *out, int ldo, const float *x, int R, int I, const uin
 void mv_out_in_bf16(float *out, int ldo, const float *x, int R, int I, const uint16_t *w,
                     int o0, int o1);
 
+/* The same with int8 weights: w[i][o] = q[i][o] * scale[o] (in_out), or
+ * w[o][i] = q[o][i] * scale[o] (out_in). */
+void mv_in_out_i8(float *out, int ldo, const float *x, int R, int I, const int8_t *w,
+                  const float *scale, int ldw, int o0, int o1, int accumulate);
+void mv_out_in_i8(float *out, int ldo, const float *x, int R, int I, const int8_t *w,
+                  const float *scale, int o0, int o1);
+
+/* Symmetric int8 with one scale per column of w (I, O), or per row of w
+ * (rows, cols): the largest |w| of the group maps to 127. */
+void mv_quantize_cols(int8_t *q, float *scale, const float *w, int I, int O);
+void mv_quantize_rows(int8_t *q, float *scale, const float *w, int rows, int cols);
+
+/* out[i] = q[i] * scale[per_element ? i : 0] for i < n. */
+void mv_from_i8(float *out, const int8_t *q, const float *scale, size_t n, int per_element);
+
 /* out[0..n) = w widened from bf16 to fp32 (exact). */
 void mv_from_bf16(float *out, const uint16_t *w, size_t n);
 

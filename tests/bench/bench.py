@@ -49,24 +49,27 @@ def run_engine(model, prompt, runs, threads=None, dtype="fp32"):
 
 
 def accuracy(model, prompt):
-    """bf16 against fp32 over every position of the prompt."""
+    """bf16 and int8 against fp32 over every position of the prompt."""
     import numpy as np
     out = {}
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("fp32", "bf16", "int8"):
         path = os.path.join(ROOT, "build", "bench", f"logits-{dtype}.bin")
         r = json.loads(subprocess.run([GPT2, "logits", "--model", model, "--tokens",
                                        ",".join(map(str, prompt)), "--all", "--out", path,
                                        "--device", "cpu", "--cpu-dtype", dtype],
                                       check=True, capture_output=True, text=True).stdout)
         out[dtype] = np.fromfile(path, dtype="<f4").reshape(r["rows"], r["vocab"]).astype(np.float64)
+
     def logp(x):
         x = x - x.max(1, keepdims=True)
         return x - np.log(np.exp(x).sum(1, keepdims=True))
-    p, q = logp(out["fp32"]), logp(out["bf16"])
-    kl = float((np.exp(p) * (p - q)).sum(1).mean())
-    top1 = float((p.argmax(1) == q.argmax(1)).mean())
-    print(f"  bf16 vs fp32 over {p.shape[0]} positions: top-1 agreement {top1 * 100:.1f}%, "
-          f"mean KL {kl:.2e} nats")
+    p = logp(out["fp32"])
+    for dtype in ("bf16", "int8"):
+        q = logp(out[dtype])
+        kl = float((np.exp(p) * (p - q)).sum(1).mean())
+        top1 = float((p.argmax(1) == q.argmax(1)).mean())
+        print(f"  {dtype} vs fp32 over {p.shape[0]} positions: top-1 agreement {top1 * 100:.1f}%, "
+              f"mean KL {kl:.2e} nats")
 
 
 def reference_python():
@@ -90,7 +93,7 @@ def main():
     print(f"gpt2 (124M-shaped random checkpoint, {a.dtype} file; weights streamed as fp32 or bf16, fp32 accumulate), "
           f"256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs, {os.cpu_count()} CPUs")
     med = {}
-    for dtype, threads in (("fp32", 1), ("fp32", None), ("bf16", None)):
+    for dtype, threads in (("fp32", 1), ("fp32", None), ("bf16", None), ("int8", None)):
         p, step, gen, total = run_engine(model, prompt, a.runs, threads, dtype)
         label = f"{dtype} {threads} thread" if threads else f"{dtype} all threads"
         med[label] = gen

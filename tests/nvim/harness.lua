@@ -35,6 +35,17 @@ local deadline = math.huge
 local watchdog = nil
 local timed_out = false
 
+-- A test file's list of cases and the function that adds one:
+--   local T, case = H.suite()
+--   case('name', function(c) ... end, { timeout = ms })
+--   return T
+function H.suite()
+  local T = {}
+  return T, function(name, fn, opts)
+    table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
+  end
+end
+
 function H.now()
   return uv.hrtime() / 1e6
 end

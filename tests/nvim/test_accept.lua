@@ -1,9 +1,6 @@
 -- Accepting (all, a word, a line), undo, dismissing and typing through.
 local H = require('harness')
-local T = {}
-local function case(name, fn, opts)
-  table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
-end
+local T, case = H.suite()
 
 -- Lines after inserting text at (row, col) (0-based) of lines, and the cursor
 -- ({ row 1-based, col }) right after the inserted text.

@@ -1,9 +1,6 @@
 -- status(), statusline(), :Gpt2 status / log and command completion.
 local H = require('harness')
-local T = {}
-local function case(name, fn, opts)
-  table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
-end
+local T, case = H.suite()
 
 case('status() and statusline() before and after the first suggestion', function(c)
   c:setup({ auto_trigger = false })

@@ -1,9 +1,6 @@
 -- Replies that come too late, and the helper process dying or restarting.
 local H = require('harness')
-local T = {}
-local function case(name, fn, opts)
-  table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
-end
+local T, case = H.suite()
 local uv = vim.uv or vim.loop
 
 -- Run code in the child right after :Gpt2Complete, in the same rpc call, so

@@ -2,9 +2,9 @@
 -- option, API function, command, subcommand, key and highlight group.
 -- These run in the runner's own Neovim (no child, no helper).
 local H = require('harness')
-local T = {}
-local function case(name, fn)
-  table.insert(T, { name = name, fn = fn, child = false })
+local T, add = H.suite()
+local function case(name, fn) -- no child Neovim for these
+  add(name, fn, { child = false })
 end
 
 local DOC = H.root .. '/doc/gpt2.txt'

@@ -1,9 +1,6 @@
 -- Where suggestions are on: filetypes, b:gpt2_enabled, :Gpt2 enable/disable/toggle.
 local H = require('harness')
-local T = {}
-local function case(name, fn, opts)
-  table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
-end
+local T, case = H.suite()
 
 -- Nothing shown for ms after asking (typing, then :Gpt2Complete), and no
 -- request sent.

@@ -1,9 +1,6 @@
 -- :checkhealth gpt2, read from the health buffer in the child.
 local H = require('harness')
-local T = {}
-local function case(name, fn, opts)
-  table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
-end
+local T, case = H.suite()
 
 local function health(c)
   return c:lua([[

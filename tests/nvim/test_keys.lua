@@ -1,9 +1,6 @@
 -- Keys: what <Tab> and the others do when nothing is shown; keymaps option.
 local H = require('harness')
-local T = {}
-local function case(name, fn, opts)
-  table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
-end
+local T, case = H.suite()
 
 case('<Tab> with nothing shown inserts a tab (noexpandtab)', function(c)
   c:setup({ auto_trigger = false })

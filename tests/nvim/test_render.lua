@@ -1,9 +1,6 @@
 -- How a suggestion is drawn: overlay / eol / inline, virtual lines.
 local H = require('harness')
-local T = {}
-local function case(name, fn, opts)
-  table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
-end
+local T, case = H.suite()
 
 local function has_inline(c)
   return c:lua("return vim.fn.has('nvim-0.10')") == 1

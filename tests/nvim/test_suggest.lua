@@ -1,9 +1,6 @@
 -- Asking for suggestions (manual and automatic) and cycling through them.
 local H = require('harness')
-local T = {}
-local function case(name, fn, opts)
-  table.insert(T, vim.tbl_extend('force', opts or {}, { name = name, fn = fn }))
-end
+local T, case = H.suite()
 
 case('manual trigger: :Gpt2Complete shows ghost text and a counter', function(c)
   c:setup({ auto_trigger = false })

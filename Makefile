@@ -28,7 +28,7 @@ CUDA_LIB := $(if $(NVCC),$(BUILD)/gpt2-cuda.so)
 
 SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
        native/sampler.c native/generate.c native/cpu/pool.c native/cpu/forward.c \
-       native/cpu/matvec.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
+       native/cpu/ops.c native/cpu/packed.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
        native/sched.c native/server.c native/device.c native/gpu.c
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c
@@ -62,6 +62,9 @@ $(BUILD)/gpt2-cuda.so: $(BUILD)/cuda.o $(KERNELS:native/kernels/%.cu=$(BUILD)/ke
 	$(CC) -shared -o $@ $^ -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 
 $(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench_cpu: $(OBJ) $(BUILD)/tests/bench/bench_cpu.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 # The same helper under AddressSanitizer + UndefinedBehaviorSanitizer.
@@ -113,7 +116,7 @@ fuzz: $(BUILD)/fuzz/fuzz_msg ## fuzz the message decoder for FUZZ_SECONDS (defau
 	    tests/fuzz/corpus > $(BUILD)/fuzz/log 2>&1; rc=$$?; tail -n 5 $(BUILD)/fuzz/log; \
 	    if [ $$rc -eq 0 ]; then echo "fuzz: 1 passed, 0 failed"; else echo "fuzz: 0 passed, 1 failed"; fi; exit $$rc
 
-bench: deps $(BUILD)/gpt2 ## timings on a random gpt2-shaped (124M) checkpoint, and a typing session
+bench: deps $(BUILD)/gpt2 $(BUILD)/bench_cpu ## timings on a random gpt2-shaped (124M) checkpoint, and a typing session
 	@scripts/bench.sh
 
 weights: ## download a checkpoint: make weights [MODEL=gpt2|gpt2-medium|...]

@@ -11,7 +11,7 @@
 
 /* The most rows one forward pass takes (a prefill chunk, a decode batch):
  * the GPU preallocates its activations for this many. */
-#define GEN_ROWS_MAX 256
+#define GEN_ROWS_MAX FWD_ROWS_MAX
 
 typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } device_choice;
 

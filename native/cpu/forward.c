@@ -7,7 +7,8 @@
  * [in, out], which is exactly the row-major B of out = x @ W.
  */
 #include "forward.h"
-#include "matvec.h"
+#include "ops.h"
+#include "packed.h"
 
 #include <cblas.h>
 #undef I /* OpenBLAS pulls in <complex.h>, whose I would shadow our names */
@@ -17,25 +18,20 @@
 
 void openblas_set_num_threads(int n);
 
-#define SUB 128 /* compact formats: weight columns widened to fp32 per prefill sgemm */
+#define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
 
-/* A compact copy of a matrix the passes stream (HF [in, out] layout kept):
- * bf16, or int8 with fp32 scales per output column (per row for wte). */
+/* Every matrix the passes stream, packed (packed.h) in the context's format. */
 typedef struct {
-    void *w;
-    float *scale;
-} qmat;
-
-typedef struct {
-    qmat qkv, attn, fc, proj;
-} layerq;
+    pmat qkv, attn, fc, proj;
+} layerp;
 
 struct fwd {
     const model *m;
     pool *pool;
     int fmt;                                /* FWD_FP32 | FWD_BF16 | FWD_INT8 */
-    layerq *wq;                             /* compact copies (NULL for fp32) */
-    qmat wte;                               /* (V, C) */
+    layerp *wp;                             /* per layer */
+    pmat wte;                               /* the tied embedding as (C, V) */
+    pk_act act;                             /* int8: the current product's input */
     int cap;                                /* rows the buffers hold */
     float *x, *h, *qkv, *att, *fc;          /* (cap, C|C|3C|C|I) */
     float *wide;                            /* (threads, max(C, I), SUB): widened weights */
@@ -73,44 +69,19 @@ static float *kv_row(float *base, const kv_cache *kv, int layer, int pos)
     return base + ((size_t)layer * kv->cap + pos) * kv->n_embd;
 }
 
-/* The compact copy of w: (rows, cols) row-major; cols_scaled: int8 scales
- * per column ([in, out] matrices) rather than per row (the embedding). */
-static int compact(qmat *q, const float *w, size_t rows, size_t cols, int fmt, int cols_scaled)
-{
-    size_t n = rows * cols;
-    if (fmt == FWD_BF16) {
-        if (!(q->w = xmallocarray(n, sizeof(uint16_t)))) return -1;
-        mv_to_bf16(q->w, w, n);
-        return 0;
-    }
-    q->w = xmallocarray(n, 1);
-    q->scale = xmallocarray(cols_scaled ? cols : rows, sizeof(float));
-    if (!q->w || !q->scale) return -1;
-    if (cols_scaled) mv_quantize_cols(q->w, q->scale, w, (int)rows, (int)cols);
-    else mv_quantize_rows(q->w, q->scale, w, (int)rows, (int)cols);
-    return 0;
-}
-
-static void qfree(qmat *q)
-{
-    free(q->w);
-    free(q->scale);
-}
-
-/* Compact copies of every matrix the passes stream. */
-static int make_compact(fwd *f)
+static int pack_all(fwd *f, char *err)
 {
     const model_cfg *c = &f->m->cfg;
-    size_t C = c->n_embd, I = c->n_inner;
-    if (!(f->wq = xcalloc(c->n_layer, sizeof *f->wq))) return -1;
-    if (compact(&f->wte, f->m->lm_head, c->n_vocab, C, f->fmt, 0) < 0) return -1;
+    int C = c->n_embd, I = c->n_inner, fmt = f->fmt;
+    if (!(f->wp = xcalloc(c->n_layer, sizeof *f->wp))) return errf(err, "out of memory");
+    if (pk_pack(&f->wte, f->m->lm_head, C, c->n_vocab, 1, fmt, err)) return -1;
     for (int l = 0; l < c->n_layer; l++) {
         const layer_weights *w = &f->m->layers[l];
-        layerq *d = &f->wq[l];
-        if (compact(&d->qkv, w->qkv_w, C, 3 * C, f->fmt, 1) ||
-            compact(&d->attn, w->attn_w, C, C, f->fmt, 1) ||
-            compact(&d->fc, w->fc_w, C, I, f->fmt, 1) ||
-            compact(&d->proj, w->proj_w, I, C, f->fmt, 1))
+        layerp *d = &f->wp[l];
+        if (pk_pack(&d->qkv, w->qkv_w, C, 3 * C, 0, fmt, err) ||
+            pk_pack(&d->attn, w->attn_w, C, C, 0, fmt, err) ||
+            pk_pack(&d->fc, w->fc_w, C, I, 0, fmt, err) ||
+            pk_pack(&d->proj, w->proj_w, I, C, 0, fmt, err))
             return -1;
     }
     return 0;
@@ -126,9 +97,10 @@ fwd *fwd_new(const model *m, pool *p, int fmt, char *err)
     f->m = m;
     f->pool = p;
     f->fmt = fmt;
-    if (fmt != FWD_FP32 && make_compact(f) < 0) {
+    char why[ERR_MAX];
+    if (pack_all(f, why) < 0) {
         fwd_free(f);
-        errf(err, "out of memory for the %s weights", fmt == FWD_BF16 ? "bf16" : "int8");
+        errf(err, "%s weights: %s", fmt == FWD_BF16 ? "bf16" : fmt == FWD_INT8 ? "int8" : "fp32", why);
         return NULL;
     }
     openblas_set_num_threads(1);
@@ -145,14 +117,15 @@ void fwd_free(fwd *f)
     free(f->fc);
     free(f->wide);
     free(f->scores);
-    for (int l = 0; f->wq && l < f->m->cfg.n_layer; l++) {
-        qfree(&f->wq[l].qkv);
-        qfree(&f->wq[l].attn);
-        qfree(&f->wq[l].fc);
-        qfree(&f->wq[l].proj);
+    for (int l = 0; f->wp && l < f->m->cfg.n_layer; l++) {
+        pk_free(&f->wp[l].qkv);
+        pk_free(&f->wp[l].attn);
+        pk_free(&f->wp[l].fc);
+        pk_free(&f->wp[l].proj);
     }
-    free(f->wq);
-    qfree(&f->wte);
+    free(f->wp);
+    pk_free(&f->wte);
+    pk_act_free(&f->act);
     free(f);
 }
 
@@ -177,9 +150,10 @@ static int reserve(fwd *f, int rows)
     free(f->scores);
     f->scores = s;
     f->score_cap = sc;
-    if (f->fmt != FWD_FP32 && !f->wide &&
+    if (!f->wide &&
         !(f->wide = xmallocarray((size_t)pool_size(f->pool) * (C > I ? C : I) * SUB, sizeof(float))))
         return -1;
+    if (f->fmt == FWD_INT8 && pk_act_reserve(&f->act, rows, (int)(C > I ? C : I)) < 0) return -1;
     f->cap = rows;
     return 0;
 }
@@ -214,90 +188,73 @@ static float activate(float x, act_kind k)
 
 typedef struct {
     float *out;            /* (R, O) */
-    const float *x, *w;    /* x (R, I); w (I, O), or (O, I) when trans */
-    const qmat *q;         /* the same weights compacted (fmt), or NULL: then w */
-    int fmt;
-    float *scratch;        /* (threads, I, SUB): widened compact weights */
+    const float *x;        /* (R, I) */
+    const pmat *w;         /* (I, O) */
+    const pk_act *q;       /* x quantized, for int8 weights */
+    float *scratch;        /* (threads, I, SUB): widened tiles */
     const float *bias;     /* (O) or NULL */
-    int R, I, O, chunk;
-    int trans, accumulate, act;
+    int R, I, O, tiles;    /* tiles: per task */
+    int accumulate, act;
     act_kind kind;
 } gemm_job;
-
-/* Columns c0..c0+m of the job's compact weights as fp32 into wf: (I, m)
- * for [in, out] matrices, (m, I) for the embedding (trans). */
-static void widen(const gemm_job *j, float *wf, int c0, int m)
-{
-    const qmat *q = j->q;
-    if (j->trans) { /* rows c0.. of (O, I): contiguous */
-        for (int v = 0; v < m; v++) {
-            size_t at = (size_t)(c0 + v) * j->I;
-            if (j->fmt == FWD_BF16) mv_from_bf16(wf + (size_t)v * j->I, (const uint16_t *)q->w + at, j->I);
-            else mv_from_i8(wf + (size_t)v * j->I, (const int8_t *)q->w + at, &q->scale[c0 + v], j->I, 0);
-        }
-        return;
-    }
-    for (int i = 0; i < j->I; i++) { /* one run per weight row */
-        size_t at = (size_t)i * j->O + c0;
-        if (j->fmt == FWD_BF16) mv_from_bf16(wf + (size_t)i * m, (const uint16_t *)q->w + at, m);
-        else mv_from_i8(wf + (size_t)i * m, (const int8_t *)q->w + at, q->scale + c0, m, 1);
-    }
-}
 
 static void gemm_task(void *arg, int task, int thread)
 {
     gemm_job *j = arg;
-    int o0 = task * j->chunk, n = j->O - o0 < j->chunk ? j->O - o0 : j->chunk;
-    if (j->R <= MV_MAX_ROWS && j->q) { /* decode: stream the weights once */
-        if (j->fmt == FWD_BF16 && j->trans)
-            mv_out_in_bf16(j->out, j->O, j->x, j->R, j->I, j->q->w, o0, o0 + n);
-        else if (j->fmt == FWD_BF16)
-            mv_in_out_bf16(j->out, j->O, j->x, j->R, j->I, j->q->w, j->O, o0, o0 + n, j->accumulate);
-        else if (j->trans)
-            mv_out_in_i8(j->out, j->O, j->x, j->R, j->I, j->q->w, j->q->scale, o0, o0 + n);
-        else
-            mv_in_out_i8(j->out, j->O, j->x, j->R, j->I, j->q->w, j->q->scale, j->O, o0, o0 + n,
-                         j->accumulate);
-    } else if (j->R <= MV_MAX_ROWS) {
-        if (j->trans) mv_out_in(j->out, j->O, j->x, j->R, j->I, j->w, o0, o0 + n);
-        else mv_in_out(j->out, j->O, j->x, j->R, j->I, j->w, j->O, o0, o0 + n, j->accumulate);
-    } else if (j->q) { /* prefill: widen SUB columns of compact weights at a time, sgemm */
+    int t0 = task * j->tiles, t1 = t0 + j->tiles < j->w->tiles ? t0 + j->tiles : j->w->tiles;
+    if (t0 >= t1) return;
+    int o0 = t0 * PK_TILE, n = (t1 * PK_TILE < j->O ? t1 * PK_TILE : j->O) - o0;
+    if (j->R <= MV_MAX_ROWS || (j->w->fmt == PK_I8 && pk_vnni())) {
+        /* decode streams the tiles once; int8 products stay exact in int32 */
+        pk_matmul(j->w, j->out, j->O, j->x, j->I, j->q, j->R, t0, t1, j->accumulate);
+    } else { /* prefill: widen a few tiles to fp32, then sgemm */
         float *wf = j->scratch + (size_t)thread * j->I * SUB;
-        for (int c0 = o0; c0 < o0 + n; c0 += SUB) {
-            int m = o0 + n - c0 < SUB ? o0 + n - c0 : SUB;
-            widen(j, wf, c0, m);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, j->trans ? CblasTrans : CblasNoTrans, j->R,
-                        m, j->I, 1.0f, j->x, j->I, wf, j->trans ? j->I : m,
-                        j->accumulate ? 1.0f : 0.0f, j->out + c0, j->O);
+        for (int t = t0; t < t1; t += SUB / PK_TILE) {
+            int te = t + SUB / PK_TILE < t1 ? t + SUB / PK_TILE : t1;
+            for (int u = t; u < te; u++) pk_widen(j->w, u, wf + (u - t) * PK_TILE, SUB);
+            int c0 = t * PK_TILE, m = (te * PK_TILE < j->O ? te * PK_TILE : j->O) - c0;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->R, m, j->I, 1.0f, j->x,
+                        j->I, wf, SUB, j->accumulate ? 1.0f : 0.0f, j->out + c0, j->O);
         }
-    } else {
-        const float *w = j->trans ? j->w + (size_t)o0 * j->I : j->w + o0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, j->trans ? CblasTrans : CblasNoTrans, j->R, n,
-                    j->I, 1.0f, j->x, j->I, w, j->trans ? j->I : j->O,
-                    j->accumulate ? 1.0f : 0.0f, j->out + o0, j->O);
     }
     if (!j->bias && !j->act) return;
     for (int r = 0; r < j->R; r++) {
         float *o = j->out + (size_t)r * j->O + o0;
         if (j->bias)
             for (int i = 0; i < n; i++) o[i] += j->bias[o0 + i];
-        if (j->act)
+        if (j->act && j->kind == ACT_GELU_TANH) mv_gelu_tanh(o, n);
+        else if (j->act)
             for (int i = 0; i < n; i++) o[i] = activate(o[i], j->kind);
     }
 }
 
+typedef struct {
+    pk_act *a;
+    const float *x;
+    int R, I, rows;
+} quant_job;
+
+static void quant_task(void *arg, int task, int thread)
+{
+    quant_job *j = arg;
+    int r0 = task * j->rows, r1 = r0 + j->rows < j->R ? r0 + j->rows : j->R;
+    pk_act_quantize(j->a, j->x, r0, r1, j->I, j->I);
+}
+
+/* out = x @ w (+ bias, activation); reserve() made the room. */
 static void gemm(fwd *f, gemm_job *j)
 {
     j->scratch = f->wide;
-    j->fmt = f->fmt;
-    /* Decode (few rows) is bandwidth-bound: one wide contiguous slice per
-     * thread streams best. Prefill: a few slices per thread balance load. */
+    if (j->w->fmt == PK_I8) { /* quantize the input once for every task */
+        quant_job q = {&f->act, j->x, j->R, j->I, (j->R + 4 * pool_size(f->pool) - 1) / (4 * pool_size(f->pool))};
+        pool_run(f->pool, quant_task, &q, (j->R + q.rows - 1) / q.rows);
+        j->q = &f->act;
+    }
+    /* Decode (few rows) is bandwidth-bound: one contiguous run of tiles per
+     * thread streams best. Prefill: a few runs per thread balance load. */
     int tasks = pool_size(f->pool) * (j->R <= MV_MAX_ROWS ? 1 : 4);
-    int chunk = (j->O + tasks - 1) / tasks;
-    chunk = (chunk + 15) & ~15;
-    if (chunk < 64) chunk = 64;
-    j->chunk = chunk;
-    pool_run(f->pool, gemm_task, j, (j->O + chunk - 1) / chunk);
+    j->tiles = (j->w->tiles + tasks - 1) / tasks;
+    pool_run(f->pool, gemm_task, j, (j->w->tiles + j->tiles - 1) / j->tiles);
 }
 
 /* ==== Attention ==== */
@@ -307,17 +264,11 @@ typedef struct {
     const fwd_row *rows;
     int R, layer;
     float scale;
+    int groups;                      /* decode: runs of rows sharing a context */
+    int start[FWD_ROWS_MAX], len[FWD_ROWS_MAX];
 } attn_job;
 
-/* Key or value row of context position p for a row: ctx0 first, then own. */
-static const float *ctx_row(const fwd_row *row, int value, int layer, int p)
-{
-    const kv_cache *kv = p < row->len0 ? row->ctx0 : row->own;
-    int at = p < row->len0 ? p : p - row->len0;
-    return kv_row(value ? kv->v : kv->k, kv, layer, at);
-}
-
-/* Softmax of s[0..n) in place; returns nothing, s sums to 1. */
+/* Softmax of s[0..n) in place. */
 static void softmax(float *s, int n)
 {
     float max = -INFINITY, sum = 0;
@@ -327,21 +278,49 @@ static void softmax(float *s, int n)
     for (int p = 0; p < n; p++) s[p] *= inv;
 }
 
-/* One (row, head): decode rows, each with its own context. */
-static void attn_row_task(void *arg, int task, int thread)
+/* One (group of decode rows sharing a context, head): the shared keys and
+ * values are read once for the whole group. */
+static void attn_rows_task(void *arg, int task, int thread)
 {
     attn_job *j = arg;
     const model_cfg *c = &j->f->m->cfg;
-    int C = c->n_embd, H = c->n_head, hd = C / H, r = task / H, h = task % H;
-    const fwd_row *row = &j->rows[r];
-    const float *q = j->f->qkv + (size_t)r * 3 * C + h * hd;
-    float *s = j->f->scores + (size_t)thread * j->f->score_cap;
-    float *out = j->f->att + (size_t)r * C + h * hd;
-    int n = row->len0 + row->own_at + 1;
-    for (int p = 0; p < n; p++) s[p] = mv_dot(q, ctx_row(row, 0, j->layer, p) + h * hd, hd) * j->scale;
-    softmax(s, n);
-    memset(out, 0, hd * sizeof *out);
-    for (int p = 0; p < n; p++) mv_axpy(out, s[p], ctx_row(row, 1, j->layer, p) + h * hd, hd);
+    int C = c->n_embd, H = c->n_head, hd = C / H, g = task / H, h = task % H;
+    const fwd_row *r0 = &j->rows[j->start[g]];
+    mv_attn a = {.R = j->len[g], .hd = hd, .ld = C, .n0 = r0->len0, .scale = j->scale,
+                 .s = j->f->scores + (size_t)thread * j->f->score_cap};
+    if (r0->len0) {
+        a.k0 = kv_row(r0->ctx0->k, r0->ctx0, j->layer, 0) + h * hd;
+        a.v0 = kv_row(r0->ctx0->v, r0->ctx0, j->layer, 0) + h * hd;
+    }
+    for (int i = 0; i < a.R; i++) {
+        int r = j->start[g] + i;
+        const fwd_row *row = &j->rows[r];
+        a.q[i] = j->f->qkv + (size_t)r * 3 * C + h * hd;
+        a.out[i] = j->f->att + (size_t)r * C + h * hd;
+        a.k1[i] = kv_row(row->own->k, row->own, j->layer, 0) + h * hd;
+        a.v1[i] = kv_row(row->own->v, row->own, j->layer, 0) + h * hd;
+        a.n1[i] = row->own_at + 1;
+    }
+    mv_attend(&a);
+}
+
+/* Cut decode rows into runs of at most MV_ATTN_ROWS that share a context. */
+static void group_rows(attn_job *j)
+{
+    j->groups = 0;
+    for (int r = 0; r < j->R; r++) {
+        const fwd_row *a = &j->rows[r];
+        int g = j->groups - 1;
+        if (g >= 0 && j->len[g] < MV_ATTN_ROWS) {
+            const fwd_row *b = &j->rows[j->start[g]];
+            if (a->len0 == b->len0 && (a->ctx0 == b->ctx0 || !a->len0)) {
+                j->len[g]++;
+                continue;
+            }
+        }
+        j->start[j->groups] = r;
+        j->len[j->groups++] = 1;
+    }
 }
 
 /* One head over all rows of a prompt chunk (rows at consecutive positions of
@@ -394,9 +373,8 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     int C = c->n_embd;
     for (int r = 0; r < R; r++)
         layernorm(f->h + (size_t)r * C, f->x + (size_t)r * C, w->ln1_w, w->ln1_b, C, c->eps);
-    const layerq *wq = f->wq ? &f->wq[l] : NULL;
-    gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = w->qkv_w, .q = wq ? &wq->qkv : NULL,
-                        .bias = w->qkv_b, .R = R,
+    const layerp *wp = &f->wp[l];
+    gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = &wp->qkv, .bias = w->qkv_b, .R = R,
                         .I = C, .O = 3 * C});
     for (int r = 0; r < R; r++) { /* store this row's key and value */
         const fwd_row *row = &rows[r];
@@ -407,11 +385,14 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     }
     float scale = c->scale_attn ? 1.0f / sqrtf((float)(C / c->n_head)) : 1.0f;
     if (c->scale_inv_layer) scale /= (float)(l + 1);
-    attn_job job = {f, rows, R, l, scale};
-    if (is_block(rows, R)) pool_run(f->pool, attn_block_task, &job, c->n_head);
-    else pool_run(f->pool, attn_row_task, &job, R * c->n_head);
-    gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = w->attn_w, .q = wq ? &wq->attn : NULL,
-                        .bias = w->attn_b, .R = R,
+    attn_job job = {.f = f, .rows = rows, .R = R, .layer = l, .scale = scale};
+    if (is_block(rows, R)) {
+        pool_run(f->pool, attn_block_task, &job, c->n_head);
+    } else { /* decode rows (R <= MV_MAX_ROWS: see is_block) */
+        group_rows(&job);
+        pool_run(f->pool, attn_rows_task, &job, job.groups * c->n_head);
+    }
+    gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = &wp->attn, .bias = w->attn_b, .R = R,
                         .I = C, .O = C, .accumulate = 1});
 }
 
@@ -422,12 +403,10 @@ static void mlp_block(fwd *f, int R, int l)
     int C = c->n_embd, I = c->n_inner;
     for (int r = 0; r < R; r++)
         layernorm(f->h + (size_t)r * C, f->x + (size_t)r * C, w->ln2_w, w->ln2_b, C, c->eps);
-    const layerq *wq = f->wq ? &f->wq[l] : NULL;
-    gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = w->fc_w, .q = wq ? &wq->fc : NULL,
-                        .bias = w->fc_b, .R = R, .I = C,
+    const layerp *wp = &f->wp[l];
+    gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = &wp->fc, .bias = w->fc_b, .R = R, .I = C,
                         .O = I, .act = 1, .kind = c->act});
-    gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = w->proj_w, .q = wq ? &wq->proj : NULL,
-                        .bias = w->proj_b, .R = R,
+    gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = &wp->proj, .bias = w->proj_b, .R = R,
                         .I = I, .O = C, .accumulate = 1});
 }
 
@@ -454,6 +433,7 @@ int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
     const model *m = f->m;
     const model_cfg *c = &m->cfg;
     int C = c->n_embd;
+    if (R < 1 || R > FWD_ROWS_MAX) return errf(err, "internal error: %d rows in one pass", R);
     if (check_rows(c, rows, R, err) < 0) return -1;
     if (reserve(f, R) < 0) return errf(err, "out of memory for %d rows of activations", R);
     for (int r = 0; r < R; r++) {
@@ -471,9 +451,7 @@ int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
                   c->eps);
     }
     if (n_out)
-        gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = m->lm_head,
-                            .q = f->fmt != FWD_FP32 ? &f->wte : NULL,
-                            .R = n_out, .I = C,
-                            .O = c->n_vocab, .trans = 1});
+        gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = &f->wte, .R = n_out, .I = C,
+                            .O = c->n_vocab});
     return 0;
 }

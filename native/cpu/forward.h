@@ -35,6 +35,9 @@ typedef struct {
 
 typedef struct fwd fwd;
 
+/* The most rows one fwd_run takes. */
+#define FWD_ROWS_MAX 256
+
 /* Weight formats the CPU path can stream. */
 enum { FWD_FP32, FWD_BF16, FWD_INT8 };
 

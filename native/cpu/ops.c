@@ -1,0 +1,127 @@
+/* ops.c - see ops.h.
+ *
+ * Written with GNU vector extensions, so each target_clones variant gets its
+ * own width (one zmm, two ymm or four xmm per 16 floats). No fast-math: the
+ * order of every sum is the one written here.
+ */
+#include "ops.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi" /* vectors in always_inline helpers only */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define AI static inline __attribute__((always_inline))
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+typedef int32_t i16v __attribute__((vector_size(64)));
+
+AI float hsum(v16 v)
+{
+    v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+AI float dot(const float *q, const float *k, int hd)
+{
+    v16 acc = {0};
+    int i = 0;
+    for (; i + 16 <= hd; i += 16) acc += *(const v16u *)(q + i) * *(const v16u *)(k + i);
+    float t = hsum(acc);
+    for (; i < hd; i++) t += q[i] * k[i];
+    return t;
+}
+
+AI void axpy(float *out, float w, const float *v, int hd)
+{
+    int i = 0;
+    for (; i + 16 <= hd; i += 16) *(v16u *)(out + i) += w * *(const v16u *)(v + i);
+    for (; i < hd; i++) out[i] += w * v[i];
+}
+
+CLONES
+void mv_attend(const mv_attn *a)
+{
+    int R = a->R, hd = a->hd, n0 = a->n0, S = 0;
+    for (int r = 0; r < R; r++) S = a->n1[r] > S ? a->n1[r] : S;
+    S += n0; /* scores row stride */
+    for (int p = 0; p < n0; p++) { /* shared keys: each read once for all rows */
+        const float *k = a->k0 + (size_t)p * a->ld;
+        for (int r = 0; r < R; r++) a->s[(size_t)r * S + p] = dot(a->q[r], k, hd) * a->scale;
+    }
+    for (int r = 0; r < R; r++) {
+        float *s = a->s + (size_t)r * S;
+        int n = n0 + a->n1[r];
+        for (int p = 0; p < a->n1[r]; p++)
+            s[n0 + p] = dot(a->q[r], a->k1[r] + (size_t)p * a->ld, hd) * a->scale;
+        float max = -INFINITY, sum = 0;
+        for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
+        for (int p = 0; p < n; p++) sum += s[p] = expf(s[p] - max);
+        float inv = 1.0f / sum;
+        for (int p = 0; p < n; p++) s[p] *= inv;
+        memset(a->out[r], 0, hd * sizeof(float));
+    }
+    for (int p = 0; p < n0; p++) { /* shared values: each read once for all rows */
+        const float *v = a->v0 + (size_t)p * a->ld;
+        for (int r = 0; r < R; r++) axpy(a->out[r], a->s[(size_t)r * S + p], v, hd);
+    }
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < a->n1[r]; p++)
+            axpy(a->out[r], a->s[(size_t)r * S + n0 + p], a->v1[r] + (size_t)p * a->ld, hd);
+}
+
+/* The lanes of a where mask is set, else of b. */
+AI v16 blend(i16v mask, v16 a, v16 b) { return (v16)(((i16v)a & mask) | ((i16v)b & ~mask)); }
+
+/* expf for x in [-87, 88] (the callers clamp): 2^n * p(r), r = x - n ln2 in
+ * [-ln2/2, ln2/2] (ln2 in two parts, the first exact in few bits), p the
+ * degree-7 Taylor polynomial (error within 2 ulp). */
+AI v16 vexp(v16 x)
+{
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    v16 n = (x * 1.44269504088896341f + shifter) - shifter;
+    v16 r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    v16 p = (v16){0} + 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    i16v e = (__builtin_convertvector(n, i16v) + 127) << 23;
+    return p * (v16)e;
+}
+
+CLONES
+void mv_gelu_tanh(float *x, int n)
+{
+    const float c = 0.7978845608028654f;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v16 v = *(v16u *)(x + i);
+        v16 t = -2.0f * c * (v + 0.044715f * v * v * v);
+        t = blend(t < -87.0f, (v16){0} - 87.0f, t);
+        t = blend(t > 88.0f, (v16){0} + 88.0f, t);
+        *(v16u *)(x + i) = v / (1.0f + vexp(t));
+    }
+    for (; i < n; i++) {
+        float t = -2.0f * c * (x[i] + 0.044715f * x[i] * x[i] * x[i]);
+        t = t < -87.0f ? -87.0f : t > 88.0f ? 88.0f : t;
+        x[i] = x[i] / (1.0f + mv_exp(t));
+    }
+}
+
+float mv_exp(float x)
+{
+    v16 v = {x};
+    return vexp(v)[0];
+}

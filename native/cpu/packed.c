@@ -1,0 +1,438 @@
+/* packed.c - see packed.h.
+ *
+ * Tile layouts (PK_TILE = 64 columns, c below):
+ *   fp32 / bf16: [K][64] values.
+ *   int8: per group g of 32 inputs, 8 quads of inputs [8][64 c][4 k] bytes
+ *         (what one vpdpbusd consumes: 4 consecutive inputs of 16 columns
+ *         per 64-byte load), then [64] fp32 scales; 2304 bytes per group.
+ *
+ * The float kernels keep R x 64 sums in registers (GNU vectors, one
+ * target_clones variant per SIMD width); the int8 kernel sums each group in
+ * int32 and adds it, scaled, to fp32 sums in the same order on every path,
+ * so the VNNI and portable loops agree exactly.
+ */
+#include "packed.h"
+
+#include "../common.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi" /* vectors in always_inline helpers only */
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define AI static inline __attribute__((always_inline))
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef uint32_t v16w __attribute__((vector_size(64)));
+
+#define QUADS (PK_GROUP / 4)
+#define GROUP_W (QUADS * PK_TILE * 4)            /* weight bytes of a group: 2048 */
+#define GROUP_BYTES (GROUP_W + PK_TILE * 4)      /* + the scales: 2304 */
+#define RB_F 4 /* rows per pass, float kernels: 16 sums + 4 weights in registers */
+#define RB_Q 3 /* int8: 12 fp32 sums + 12 int32 sums + 4 weights */
+
+int pk_force_generic;
+
+/* ==== Packing ==== */
+
+static float weight(const float *w, int K, int N, int out_in, int k, int n)
+{
+    return out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n];
+}
+
+static uint16_t to_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); /* nearest, ties to even */
+}
+
+static float from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void pack_tile(const pmat *p, const float *w, int out_in, int t)
+{
+    unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+    int K = p->K, N = p->N;
+    for (int c = 0; c < PK_TILE; c++) {
+        int n = t * PK_TILE + c;
+        if (p->fmt != PK_I8) {
+            for (int k = 0; k < K; k++) {
+                float v = n < N ? weight(w, K, N, out_in, k, n) : 0.0f;
+                if (p->fmt == PK_F32) ((float *)tp)[(size_t)k * PK_TILE + c] = v;
+                else ((uint16_t *)tp)[(size_t)k * PK_TILE + c] = to_bf16(v);
+            }
+            continue;
+        }
+        for (int g = 0; g < p->groups; g++) {
+            unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
+            float m = 0, v[PK_GROUP];
+            for (int i = 0; i < PK_GROUP; i++) {
+                int k = g * PK_GROUP + i;
+                v[i] = n < N && k < K ? weight(w, K, N, out_in, k, n) : 0.0f;
+                m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
+            }
+            float s = m / 127.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+            for (int i = 0; i < PK_GROUP; i++) {
+                long q = lrintf(v[i] * inv);
+                gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] = (unsigned char)((q > 127 ? 127 : q < -127 ? -127 : q) + 128);
+            }
+            memcpy(gp + GROUP_W + c * sizeof(float), &s, sizeof s);
+        }
+    }
+}
+
+int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *err)
+{
+    memset(p, 0, sizeof *p);
+    size_t n = (size_t)K * N;
+    for (size_t i = 0; fmt == PK_I8 && i < n; i++) /* NaN has no int8 scale */
+        if (!isfinite(w[i])) return errf(err, "a weight is not finite (index %zu)", i);
+    p->fmt = fmt;
+    p->K = K;
+    p->N = N;
+    p->tiles = (N + PK_TILE - 1) / PK_TILE;
+    p->groups = (K + PK_GROUP - 1) / PK_GROUP;
+    p->tile_bytes = fmt == PK_I8 ? (size_t)p->groups * GROUP_BYTES
+                                 : (size_t)K * PK_TILE * (fmt == PK_F32 ? 4 : 2);
+    size_t bytes = p->tile_bytes * p->tiles;
+    if (!(p->data = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
+        return errf(err, "out of memory (%zu MB of packed weights)", bytes >> 20);
+    for (int t = 0; t < p->tiles; t++) pack_tile(p, w, out_in, t);
+    return 0;
+}
+
+void pk_free(pmat *p)
+{
+    free(p->data);
+    p->data = NULL;
+}
+
+size_t pk_bytes(const pmat *p) { return p->tile_bytes * p->tiles; }
+
+void pk_widen(const pmat *p, int t, float *dst, int ldd)
+{
+    const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+    for (int k = 0; k < p->K; k++) {
+        float *d = dst + (size_t)k * ldd;
+        if (p->fmt == PK_F32) {
+            memcpy(d, tp + (size_t)k * PK_TILE * 4, PK_TILE * sizeof(float));
+        } else if (p->fmt == PK_BF16) {
+            const uint16_t *s = (const uint16_t *)tp + (size_t)k * PK_TILE;
+            for (int c = 0; c < PK_TILE; c++) d[c] = from_bf16(s[c]);
+        } else {
+            const unsigned char *gp = tp + (size_t)(k / PK_GROUP) * GROUP_BYTES;
+            const unsigned char *q = gp + (k % PK_GROUP / 4) * PK_TILE * 4 + k % 4;
+            const float *s = (const float *)(gp + GROUP_W);
+            for (int c = 0; c < PK_TILE; c++) d[c] = (float)((int)q[c * 4] - 128) * s[c];
+        }
+    }
+}
+
+/* ==== Activations for int8 ==== */
+
+int pk_act_reserve(pk_act *a, int R, int K)
+{
+    int G = (K + PK_GROUP - 1) / PK_GROUP;
+    if (R <= a->cap_rows && G <= a->cap_groups) return 0;
+    pk_act_free(a);
+    a->q = xmallocarray((size_t)R * G * PK_GROUP, 1);
+    a->scale = xmallocarray((size_t)R * G, sizeof(float));
+    a->sum = xmallocarray((size_t)R * G, sizeof(int32_t));
+    if (!a->q || !a->scale || !a->sum) {
+        pk_act_free(a);
+        return -1;
+    }
+    a->cap_rows = R;
+    a->cap_groups = G;
+    return 0;
+}
+
+/* One group of n <= PK_GROUP inputs: q (PK_GROUP, zero padded), its scale
+ * and sum. Rounding is to nearest even, as lrintf and cvtps2dq both do. */
+static void quantize_group(const float *x, int n, int8_t *q, float *scale, int32_t *sum)
+{
+    float m = 0;
+    for (int i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    float inv = m > 0 ? 127.0f / m : 0.0f;
+    int32_t s = 0;
+    for (int i = 0; i < PK_GROUP; i++) {
+        long v = i < n ? lrintf(x[i] * inv) : 0;
+        q[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        s += q[i];
+    }
+    *scale = m / 127.0f;
+    *sum = s;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void quantize_row_avx512(const float *x, int K, int8_t *q, float *scale, int32_t *sum)
+{
+    int G = K / PK_GROUP; /* whole groups; the caller does a partial last one */
+    for (int g = 0; g < G; g++) {
+        __m512 a = _mm512_loadu_ps(x + g * PK_GROUP), b = _mm512_loadu_ps(x + g * PK_GROUP + 16);
+        float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        float inv = m > 0 ? 127.0f / m : 0.0f;
+        __m512 vi = _mm512_set1_ps(inv);
+        __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, vi)), qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vi));
+        const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+        qa = _mm512_min_epi32(_mm512_max_epi32(qa, lo), hi);
+        qb = _mm512_min_epi32(_mm512_max_epi32(qb, lo), hi);
+        _mm_storeu_si128((__m128i *)(q + g * PK_GROUP), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(q + g * PK_GROUP + 16), _mm512_cvtepi32_epi8(qb));
+        scale[g] = m / 127.0f;
+        sum[g] = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    }
+}
+#endif
+
+void pk_act_quantize(pk_act *a, const float *x, int r0, int r1, int K, int ldx)
+{
+    int G = (K + PK_GROUP - 1) / PK_GROUP;
+    for (int r = r0; r < r1; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        int8_t *q = a->q + (size_t)r * G * PK_GROUP;
+        float *sc = a->scale + (size_t)r * G;
+        int32_t *sm = a->sum + (size_t)r * G;
+        int g = 0;
+#if defined(__x86_64__)
+        if (pk_vnni()) {
+            quantize_row_avx512(xr, K, q, sc, sm);
+            g = K / PK_GROUP;
+        }
+#endif
+        for (; g < G; g++) {
+            int k0 = g * PK_GROUP;
+            quantize_group(xr + k0, K - k0 < PK_GROUP ? K - k0 : PK_GROUP, q + (size_t)g * PK_GROUP,
+                           &sc[g], &sm[g]);
+        }
+    }
+}
+
+void pk_act_free(pk_act *a)
+{
+    free(a->q);
+    free(a->scale);
+    free(a->sum);
+    memset(a, 0, sizeof *a);
+}
+
+/* ==== Stores ==== */
+
+/* out[r][0..n) (+)= acc[r] for the R rows of one tile. */
+AI void store_tile(float *out, int ldo, v16 acc[][4], const int R, int n, int accumulate)
+{
+    for (int r = 0; r < R; r++) {
+        float *o = out + (size_t)r * ldo;
+        if (n == PK_TILE) {
+            for (int j = 0; j < 4; j++) {
+                v16 v = acc[r][j];
+                if (accumulate) v += *(v16u *)(o + 16 * j);
+                *(v16u *)(o + 16 * j) = v;
+            }
+        } else {
+            for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[r][c / 16][c % 16];
+        }
+    }
+}
+
+/* ==== fp32 / bf16 ==== */
+
+AI v16 load_w(const unsigned char *tp, size_t i, const int fmt)
+{
+    if (fmt == PK_F32) return *(const v16 *)((const float *)tp + i);
+    v16w u = __builtin_convertvector(*(const v16h *)((const uint16_t *)tp + i), v16w) << 16;
+    return (v16)u;
+}
+
+AI void float_tile(const unsigned char *tp, int K, float *out, int ldo, const float *x, int ldx,
+                   const int R, int n, int accumulate, const int fmt)
+{
+    v16 acc[RB_F][4];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = (v16){0};
+    for (int k = 0; k < K; k++) {
+        v16 w[4];
+        for (int j = 0; j < 4; j++) w[j] = load_w(tp, (size_t)k * PK_TILE + 16 * j, fmt);
+        for (int r = 0; r < R; r++) {
+            float xv = x[(size_t)r * ldx + k];
+            for (int j = 0; j < 4; j++) acc[r][j] += xv * w[j];
+        }
+    }
+    store_tile(out, ldo, acc, R, n, accumulate);
+}
+
+AI void float_tiles(const pmat *p, float *out, int ldo, const float *x, int ldx, int R, int t0,
+                    int t1, int accumulate, const int fmt)
+{
+    for (int t = t0; t < t1; t++) {
+        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
+        for (int r = 0; r < R; r += RB_F) {
+            const float *xr = x + (size_t)r * ldx;
+            float *o = out + (size_t)r * ldo + c0;
+            switch (R - r < RB_F ? R - r : RB_F) { /* constant row counts: sums in registers */
+            case 1: float_tile(tp, p->K, o, ldo, xr, ldx, 1, n, accumulate, fmt); break;
+            case 2: float_tile(tp, p->K, o, ldo, xr, ldx, 2, n, accumulate, fmt); break;
+            case 3: float_tile(tp, p->K, o, ldo, xr, ldx, 3, n, accumulate, fmt); break;
+            default: float_tile(tp, p->K, o, ldo, xr, ldx, 4, n, accumulate, fmt); break;
+            }
+        }
+    }
+}
+
+CLONES
+static void f32_tiles(const pmat *p, float *out, int ldo, const float *x, int ldx, int R, int t0,
+                      int t1, int accumulate)
+{
+    float_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate, PK_F32);
+}
+
+CLONES
+static void bf16_tiles(const pmat *p, float *out, int ldo, const float *x, int ldx, int R,
+                       int t0, int t1, int accumulate)
+{
+    float_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate, PK_BF16);
+}
+
+/* ==== int8 ==== */
+
+/* Portable: the same sums in the same order as the VNNI kernel. */
+CLONES
+static void i8_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
+                             int t1, int accumulate)
+{
+    int G = p->groups;
+    for (int t = t0; t < t1; t++) {
+        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
+        for (int r = 0; r < R; r++) {
+            float acc[PK_TILE] = {0};
+            for (int g = 0; g < G; g++) {
+                const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
+                const int8_t *xq = a->q + ((size_t)r * G + g) * PK_GROUP;
+                const float *ws = (const float *)(gp + GROUP_W);
+                float xs = a->scale[(size_t)r * G + g];
+                int32_t base = -128 * a->sum[(size_t)r * G + g];
+                for (int c = 0; c < PK_TILE; c++) {
+                    int32_t s = base;
+                    for (int i = 0; i < PK_GROUP; i++)
+                        s += (int32_t)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] * xq[i];
+                    acc[c] = fmaf((float)s, ws[c] * xs, acc[c]);
+                }
+            }
+            float *o = out + (size_t)r * ldo + c0;
+            for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[c];
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, const pk_act *a, int r0, const int R,
+                         float *out, int ldo, int n, int accumulate)
+{
+    __m512 acc[RB_Q][4];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
+        __m512i is[RB_Q][4];
+        for (int r = 0; r < R; r++) {
+            __m512i base = _mm512_set1_epi32(-128 * a->sum[(size_t)(r0 + r) * G + g]);
+            for (int j = 0; j < 4; j++) is[r][j] = base;
+        }
+        for (int q = 0; q < QUADS; q++) {
+            __m512i w[4];
+            for (int j = 0; j < 4; j++) w[j] = _mm512_load_si512(gp + q * PK_TILE * 4 + 64 * j);
+            for (int r = 0; r < R; r++) {
+                int32_t x4;
+                memcpy(&x4, a->q + ((size_t)(r0 + r) * G + g) * PK_GROUP + 4 * q, sizeof x4);
+                __m512i xb = _mm512_set1_epi32(x4);
+                for (int j = 0; j < 4; j++) is[r][j] = _mm512_dpbusd_epi32(is[r][j], w[j], xb);
+            }
+        }
+        const float *ws = (const float *)(gp + GROUP_W);
+        for (int r = 0; r < R; r++) {
+            __m512 xs = _mm512_set1_ps(a->scale[(size_t)(r0 + r) * G + g]);
+            for (int j = 0; j < 4; j++)
+                acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[r][j]),
+                                            _mm512_mul_ps(_mm512_load_ps(ws + 16 * j), xs), acc[r][j]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float *o = out + (size_t)(r0 + r) * ldo;
+        if (n == PK_TILE) {
+            for (int j = 0; j < 4; j++) {
+                __m512 v = acc[r][j];
+                if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(o + 16 * j), v);
+                _mm512_storeu_ps(o + 16 * j, v);
+            }
+        } else {
+            float tmp[PK_TILE];
+            for (int j = 0; j < 4; j++) _mm512_storeu_ps(tmp + 16 * j, acc[r][j]);
+            for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + tmp[c];
+        }
+    }
+}
+
+VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
+                               int t1, int accumulate)
+{
+    for (int t = t0; t < t1; t++) {
+        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
+        for (int r = 0; r < R; r += RB_Q) {
+            switch (R - r < RB_Q ? R - r : RB_Q) {
+            case 1: i8_tile_vnni(tp, p->groups, a, r, 1, out + c0, ldo, n, accumulate); break;
+            case 2: i8_tile_vnni(tp, p->groups, a, r, 2, out + c0, ldo, n, accumulate); break;
+            default: i8_tile_vnni(tp, p->groups, a, r, 3, out + c0, ldo, n, accumulate); break;
+            }
+        }
+    }
+}
+
+int pk_vnni(void)
+{
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    }
+    return has && !pk_force_generic;
+}
+#else
+int pk_vnni(void) { return 0; }
+#endif
+
+void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, const pk_act *a,
+               int R, int t0, int t1, int accumulate)
+{
+    switch (p->fmt) {
+    case PK_F32: f32_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate); break;
+    case PK_BF16: bf16_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate); break;
+    default:
+#if defined(__x86_64__)
+        if (pk_vnni()) {
+            i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate);
+            break;
+        }
+#endif
+        i8_tiles_generic(p, out, ldo, a, R, t0, t1, accumulate);
+    }
+}

@@ -1,0 +1,71 @@
+/* packed.h - weight matrices repacked at load for the CPU's products.
+ *
+ * A matrix W (K inputs, N outputs) is cut into tiles of PK_TILE output
+ * columns; each tile is stored contiguously, input by input, so a product
+ * with a few rows (decode) streams the matrix once, front to back, while
+ * the tile's results stay in vector registers for its whole length. The
+ * tied embedding (stored [vocab, C]) is repacked the same way, so the
+ * logits take the same path as every other product.
+ *
+ * Formats, chosen at load:
+ *   fp32  the weights as they are;
+ *   bf16  the top halves of the fp32 values, widened exactly in registers;
+ *   int8  per group of PK_GROUP inputs and output column one fp32 scale
+ *         (the group's largest |w| maps to 127), stored offset by +128 as
+ *         unsigned bytes. Activations are quantized per row and group the
+ *         same way (pk_act), so each group's dot product is exact in int32
+ *         (AVX-512 VNNI vpdpbusd where present) and is scaled once.
+ * Padding (inputs to a whole group, outputs to a whole tile) is zero.
+ */
+#ifndef GPT2_PACKED_H
+#define GPT2_PACKED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PK_TILE 64
+#define PK_GROUP 32
+
+enum { PK_F32, PK_BF16, PK_I8 };
+
+typedef struct {
+    int fmt, K, N, tiles, groups; /* groups: int8 scale groups per column */
+    size_t tile_bytes;
+    unsigned char *data;          /* tiles back to back, 64-byte aligned */
+} pmat;
+
+/* Rows of activations quantized for the int8 products. */
+typedef struct {
+    int cap_rows, cap_groups;
+    int8_t *q;       /* (rows, groups * PK_GROUP) */
+    float *scale;    /* (rows, groups) */
+    int32_t *sum;    /* (rows, groups): sum of q over the group */
+} pk_act;
+
+/* Pack w: (K, N) row-major, or (N, K) when out_in. 0, or -1 when out of
+ * memory or, for int8, when a weight is not finite (err says which). */
+int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *err);
+void pk_free(pmat *p);
+size_t pk_bytes(const pmat *p);
+
+/* Room for R rows of K inputs (0, or -1 when out of memory); then quantize
+ * rows r0..r1 of x (leading dimension ldx) for pk_matmul on an int8 matrix
+ * (rows may be split among threads). */
+int pk_act_reserve(pk_act *a, int R, int K);
+void pk_act_quantize(pk_act *a, const float *x, int r0, int r1, int K, int ldx);
+void pk_act_free(pk_act *a);
+
+/* out (R, ldo)[:, columns of tiles t0..t1) (+)= x (R, ldx) @ W. int8
+ * matrices read a (quantized from x by pk_act_quantize) instead of x. */
+void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, const pk_act *a,
+               int R, int t0, int t1, int accumulate);
+
+/* Tile t as fp32 (K, PK_TILE) into dst with leading dimension ldd. */
+void pk_widen(const pmat *p, int t, float *dst, int ldd);
+
+/* Whether the int8 product runs on AVX-512 VNNI here; force_generic makes
+ * pk_matmul use the portable loops (the unit test compares the two). */
+int pk_vnni(void);
+extern int pk_force_generic;
+
+#endif

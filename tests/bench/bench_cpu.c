@@ -1,0 +1,205 @@
+/* bench_cpu.c - the CPU engine's figures for `make bench`, measured directly
+ * on the forward pass (no process start, no sampling):
+ *
+ *   bandwidth  streaming read of a buffer far larger than the caches, by all
+ *              threads of the pool at once (the same pool the engine uses);
+ *   floor      bytes the decode step must stream (every matrix once, in the
+ *              format given, plus the tied embedding for the logits) divided
+ *              by that bandwidth;
+ *   decode     one batched step at batch 1 and 3 after a shared context;
+ *   prefill    a cold prompt of 128 and 512 tokens (logits of the last one).
+ *
+ * Prints one JSON object; tests/bench/bench.py formats it.
+ * usage: bench_cpu MODEL_DIR FORMAT(fp32|bf16|int8) [--context N] [--steps N] [--threads N]
+ */
+#define _GNU_SOURCE
+#include "../../native/device.h"
+#include "../../native/cpu/packed.h"
+#include "../../native/generate.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v16 __attribute__((vector_size(64)));
+
+typedef struct {
+    const v16 *buf;
+    size_t n, chunk;
+    v16 *sums;
+} read_job;
+
+static void read_task(void *arg, int task, int thread)
+{
+    read_job *j = arg;
+    size_t a = (size_t)task * j->chunk, b = a + j->chunk < j->n ? a + j->chunk : j->n;
+    v16 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    for (size_t i = a; i + 4 <= b; i += 4) {
+        s0 += j->buf[i];
+        s1 += j->buf[i + 1];
+        s2 += j->buf[i + 2];
+        s3 += j->buf[i + 3];
+    }
+    j->sums[task] = s0 + s1 + s2 + s3;
+}
+
+/* Best of several streaming reads of 1 GiB, in GB/s. */
+static double bandwidth(pool *p)
+{
+    size_t bytes = (size_t)1 << 30, n = bytes / sizeof(v16);
+    v16 *buf = aligned_alloc(64, bytes);
+    if (!buf) return 0;
+    memset(buf, 1, bytes);
+    int tasks = pool_size(p);
+    v16 sums[256];
+    read_job j = {buf, n, (n + tasks - 1) / tasks, sums};
+    double best = 0;
+    for (int rep = 0; rep < 7; rep++) {
+        double t0 = now_ms();
+        pool_run(p, read_task, &j, tasks);
+        double gbs = bytes / ((now_ms() - t0) * 1e6);
+        if (gbs > best) best = gbs;
+    }
+    volatile float sink = sums[0][0];
+    (void)sink;
+    free(buf);
+    return best;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Bytes of a packed (K, N) matrix (packed.h): whole tiles, int8 with its
+ * per-group scales. */
+static double packed_bytes(double K, double N, int fmt)
+{
+    double tiles = ceil(N / PK_TILE), groups = ceil(K / PK_GROUP);
+    if (fmt == FWD_INT8) return tiles * groups * (PK_GROUP * PK_TILE + PK_TILE * 4);
+    return tiles * PK_TILE * K * (fmt == FWD_FP32 ? 4 : 2);
+}
+
+/* Bytes one decode step streams: every layer matrix and the embedding for
+ * the logits, as packed. */
+static double step_bytes(const model_cfg *c, int fmt)
+{
+    double C = c->n_embd, I = c->n_inner;
+    double layer = packed_bytes(C, 3 * C, fmt) + packed_bytes(C, C, fmt) +
+                   packed_bytes(C, I, fmt) + packed_bytes(I, C, fmt);
+    return c->n_layer * layer + packed_bytes(C, c->n_vocab, fmt);
+}
+
+static int fail(const char *err)
+{
+    fprintf(stderr, "bench_cpu: %s\n", err);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_cpu MODEL_DIR fp32|bf16|int8 [--context N] [--steps N] [--threads N]\n");
+        return 2;
+    }
+    int fmt = !strcmp(argv[2], "bf16") ? FWD_BF16 : !strcmp(argv[2], "int8") ? FWD_INT8 : FWD_FP32;
+    int context = 256, steps = 40, threads = 0;
+    for (int i = 3; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--context")) context = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+    }
+    char err[ERR_MAX];
+    model *m = model_load(argv[1], err);
+    if (!m) return fail(err);
+    device_opts o = {.choice = DEVICE_CPU, .cpu_fmt = fmt};
+    engine *e = engine_new(m, threads, &o, err);
+    if (!e) return fail(err);
+    const model_cfg *c = &m->cfg;
+    if (context < 1 || context + steps + 1 > c->n_ctx || steps < 1) return fail("bad --context/--steps");
+
+    double bw = bandwidth(e->pool), bytes = step_bytes(c, fmt);
+    float *logits = malloc((size_t)3 * c->n_vocab * sizeof(float));
+    int *toks = malloc(512 * sizeof(int));
+    if (!logits || !toks) return fail("out of memory");
+    uint64_t r = 88172645463325252ull;
+    for (int i = 0; i < 512; i++) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        toks[i] = (int)(r % (uint64_t)(c->n_vocab - 1));
+    }
+
+    /* prefill: cold prompts, chunked as generation chunks them */
+    int lens[2] = {128, 512};
+    double prefill_ms[2];
+    fwd_row *rows = calloc(GEN_PREFILL_CHUNK, sizeof *rows);
+    for (int k = 0; k < 2; k++) {
+        int T = lens[k] < c->n_ctx ? lens[k] : c->n_ctx;
+        double t[5];
+        for (int rep = 0; rep < 5; rep++) {
+            kv_cache *kv = device_kv_new(e->dev, T, err);
+            if (!kv) return fail(err);
+            double t0 = now_ms();
+            for (int from = 0; from < T; from += GEN_PREFILL_CHUNK) {
+                int R = T - from < GEN_PREFILL_CHUNK ? T - from : GEN_PREFILL_CHUNK, last = R - 1;
+                for (int i = 0; i < R; i++)
+                    rows[i] = (fwd_row){.token = toks[from + i], .own = kv, .own_at = from + i};
+                if (device_run(e->dev, rows, R, &last, from + R == T, logits, 0, err) < 0) return fail(err);
+            }
+            t[rep] = now_ms() - t0;
+            device_kv_free(e->dev, kv);
+        }
+        prefill_ms[k] = median(t, 5);
+    }
+
+    /* decode: a shared context, then batch 1 and 3 with their own caches */
+    kv_cache *prefix = device_kv_new(e->dev, context, err);
+    if (!prefix) return fail(err);
+    for (int from = 0; from < context; from += GEN_PREFILL_CHUNK) {
+        int R = context - from < GEN_PREFILL_CHUNK ? context - from : GEN_PREFILL_CHUNK;
+        for (int i = 0; i < R; i++)
+            rows[i] = (fwd_row){.token = toks[(from + i) % 512], .own = prefix, .own_at = from + i};
+        if (device_run(e->dev, rows, R, NULL, 0, NULL, 0, err) < 0) return fail(err);
+    }
+    double step_ms[2];
+    int batch[2] = {1, 3};
+    double *t = malloc(steps * sizeof *t);
+    for (int k = 0; k < 2; k++) {
+        int B = batch[k], out[3] = {0, 1, 2};
+        kv_cache *own[3];
+        for (int b = 0; b < B; b++)
+            if (!(own[b] = device_kv_new(e->dev, steps + 1, err))) return fail(err);
+        for (int s = -1; s < steps; s++) { /* one warm-up step */
+            int at = s < 0 ? 0 : s;
+            for (int b = 0; b < B; b++)
+                rows[b] = (fwd_row){.token = toks[(at * 3 + b) % 512], .ctx0 = prefix,
+                                    .len0 = context, .own = own[b], .own_at = at};
+            double t0 = now_ms();
+            if (device_run(e->dev, rows, B, out, B, logits, 0, err) < 0) return fail(err);
+            if (s >= 0) t[s] = now_ms() - t0;
+        }
+        step_ms[k] = median(t, steps);
+        for (int b = 0; b < B; b++) device_kv_free(e->dev, own[b]);
+    }
+    device_kv_free(e->dev, prefix);
+    double floor_ms = bytes / (bw * 1e6);
+    printf("{\"format\": \"%s\", \"threads\": %d, \"bandwidth_gbs\": %.2f, \"step_bytes\": %.0f, "
+           "\"floor_ms\": %.3f, \"context\": %d, \"steps\": %d, \"step1_ms\": %.3f, "
+           "\"step3_ms\": %.3f, \"prefill128_ms\": %.2f, \"prefill512_ms\": %.2f}\n",
+           argv[2], pool_size(e->pool), bw, bytes, floor_ms, context, steps, step_ms[0],
+           step_ms[1], prefill_ms[0], prefill_ms[1]);
+    free(t);
+    free(rows);
+    free(toks);
+    free(logits);
+    engine_free(e);
+    model_free(m);
+    return 0;
+}

@@ -64,6 +64,7 @@ $(BUILD)/gpt2-cuda.so: $(BUILD)/cuda.o $(KERNELS:native/kernels/%.cu=$(BUILD)/ke
 $(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tests/bench/bench_cpu.o: CFLAGS += -O3
 $(BUILD)/bench_cpu: $(OBJ) $(BUILD)/tests/bench/bench_cpu.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 

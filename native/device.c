@@ -105,6 +105,7 @@ kv_cache *device_kv_new(device *d, int cap, char *err)
     kv->cap = cap;
     kv->n_layer = d->m->cfg.n_layer;
     kv->n_embd = d->m->cfg.n_embd;
+    kv->n_head = d->m->cfg.n_head;
     if (!(kv->gpu = d->api->kv_new(d->gpu, cap, err))) {
         free(kv);
         return NULL;

@@ -53,6 +53,7 @@ kv_cache *kv_new(const model_cfg *c, int cap)
     kv->cap = cap;
     kv->n_layer = c->n_layer;
     kv->n_embd = c->n_embd;
+    kv->n_head = c->n_head;
     return kv;
 }
 
@@ -64,9 +65,12 @@ void kv_free(kv_cache *kv)
     free(kv);
 }
 
-static float *kv_row(float *base, const kv_cache *kv, int layer, int pos)
+/* Keys or values of one head of one layer: cap rows of head-size floats,
+ * so attention streams a head's context contiguously. */
+static float *kv_head(float *base, const kv_cache *kv, int layer, int head)
 {
-    return base + ((size_t)layer * kv->cap + pos) * kv->n_embd;
+    int hd = kv->n_embd / kv->n_head;
+    return base + ((size_t)layer * kv->n_head + head) * kv->cap * hd;
 }
 
 static int pack_all(fwd *f, char *err)
@@ -286,19 +290,19 @@ static void attn_rows_task(void *arg, int task, int thread)
     const model_cfg *c = &j->f->m->cfg;
     int C = c->n_embd, H = c->n_head, hd = C / H, g = task / H, h = task % H;
     const fwd_row *r0 = &j->rows[j->start[g]];
-    mv_attn a = {.R = j->len[g], .hd = hd, .ld = C, .n0 = r0->len0, .scale = j->scale,
+    mv_attn a = {.R = j->len[g], .hd = hd, .ld = hd, .n0 = r0->len0, .scale = j->scale,
                  .s = j->f->scores + (size_t)thread * j->f->score_cap};
     if (r0->len0) {
-        a.k0 = kv_row(r0->ctx0->k, r0->ctx0, j->layer, 0) + h * hd;
-        a.v0 = kv_row(r0->ctx0->v, r0->ctx0, j->layer, 0) + h * hd;
+        a.k0 = kv_head(r0->ctx0->k, r0->ctx0, j->layer, h);
+        a.v0 = kv_head(r0->ctx0->v, r0->ctx0, j->layer, h);
     }
     for (int i = 0; i < a.R; i++) {
         int r = j->start[g] + i;
         const fwd_row *row = &j->rows[r];
         a.q[i] = j->f->qkv + (size_t)r * 3 * C + h * hd;
         a.out[i] = j->f->att + (size_t)r * C + h * hd;
-        a.k1[i] = kv_row(row->own->k, row->own, j->layer, 0) + h * hd;
-        a.v1[i] = kv_row(row->own->v, row->own, j->layer, 0) + h * hd;
+        a.k1[i] = kv_head(row->own->k, row->own, j->layer, h);
+        a.v1[i] = kv_head(row->own->v, row->own, j->layer, h);
         a.n1[i] = row->own_at + 1;
     }
     mv_attend(&a);
@@ -337,9 +341,9 @@ static void attn_block_task(void *arg, int h, int thread)
     const kv_cache *own = r0->own;
     if (L0) /* S[:, 0:L0] = Q K0^T */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, L0, hd, j->scale, q, 3 * C,
-                    kv_row(r0->ctx0->k, r0->ctx0, j->layer, 0) + h * hd, C, 0, S, N);
+                    kv_head(r0->ctx0->k, r0->ctx0, j->layer, h), hd, 0, S, N);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, N - L0, hd, j->scale, q, 3 * C,
-                kv_row(own->k, own, j->layer, 0) + h * hd, C, 0, S + L0, N);
+                kv_head(own->k, own, j->layer, h), hd, 0, S + L0, N);
     for (int r = 0; r < R; r++) { /* causal: row r sees N - R + r + 1 positions */
         int n = N - R + r + 1;
         softmax(S + (size_t)r * N, n);
@@ -348,9 +352,9 @@ static void attn_block_task(void *arg, int h, int thread)
     float *out = j->f->att + h * hd;
     if (L0)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, L0, 1.0f, S, N,
-                    kv_row(r0->ctx0->v, r0->ctx0, j->layer, 0) + h * hd, C, 0, out, C);
+                    kv_head(r0->ctx0->v, r0->ctx0, j->layer, h), hd, 0, out, C);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, N - L0, 1.0f, S + L0, N,
-                kv_row(own->v, own, j->layer, 0) + h * hd, C, L0 ? 1.0f : 0.0f, out, C);
+                kv_head(own->v, own, j->layer, h), hd, L0 ? 1.0f : 0.0f, out, C);
 }
 
 /* Rows form one prompt chunk: same caches, consecutive positions. */
@@ -376,12 +380,16 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     const layerp *wp = &f->wp[l];
     gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = &wp->qkv, .bias = w->qkv_b, .R = R,
                         .I = C, .O = 3 * C});
-    for (int r = 0; r < R; r++) { /* store this row's key and value */
+    int H = c->n_head, hd = C / H;
+    for (int r = 0; r < R; r++) { /* store this row's key and value, head by head */
         const fwd_row *row = &rows[r];
-        memcpy(kv_row(row->own->k, row->own, l, row->own_at), f->qkv + (size_t)r * 3 * C + C,
-               C * sizeof(float));
-        memcpy(kv_row(row->own->v, row->own, l, row->own_at),
-               f->qkv + (size_t)r * 3 * C + 2 * C, C * sizeof(float));
+        const float *k = f->qkv + (size_t)r * 3 * C + C, *v = k + C;
+        for (int h = 0; h < H; h++) {
+            memcpy(kv_head(row->own->k, row->own, l, h) + (size_t)row->own_at * hd, k + h * hd,
+                   hd * sizeof(float));
+            memcpy(kv_head(row->own->v, row->own, l, h) + (size_t)row->own_at * hd, v + h * hd,
+                   hd * sizeof(float));
+        }
     }
     float scale = c->scale_attn ? 1.0f / sqrtf((float)(C / c->n_head)) : 1.0f;
     if (c->scale_inv_layer) scale /= (float)(l + 1);

@@ -11,10 +11,11 @@
 #include "../model.h"
 #include "pool.h"
 
-/* Keys and values of `cap` positions for every layer: k, v (n_layer, cap, C). */
+/* Keys and values of `cap` positions for every layer and head:
+ * k, v (n_layer, n_head, cap, C / n_head). */
 typedef struct {
     float *k, *v;          /* host memory (CPU path); NULL on a GPU */
-    int cap, n_layer, n_embd;
+    int cap, n_layer, n_embd, n_head;
     void *gpu;             /* the backend's handle (gpu_kv) when on a GPU */
 } kv_cache;
 

@@ -46,35 +46,57 @@ AI void axpy(float *out, float w, const float *v, int hd)
     for (; i < hd; i++) out[i] += w * v[i];
 }
 
+/* Row r of a: scores into s, softmax, weighted values. HDV > 0: the head is
+ * HDV whole vectors of 16, held in registers; 0: any size. The context's
+ * keys and values stay in L2 between the rows of a call. */
+AI void attend_row(const mv_attn *a, int r, float *s, const int HDV)
+{
+    int hd = a->hd, n0 = a->n0, n = n0 + a->n1[r];
+    const float *q = a->q[r];
+    v16 qv[4];
+    for (int v = 0; v < HDV; v++) qv[v] = *(const v16u *)(q + 16 * v);
+    for (int p = 0; p < n; p++) {
+        const float *k = p < n0 ? a->k0 + (size_t)p * a->ld : a->k1[r] + (size_t)(p - n0) * a->ld;
+        if (HDV) {
+            v16 acc = qv[0] * *(const v16u *)k;
+            for (int v = 1; v < HDV; v++) acc += qv[v] * *(const v16u *)(k + 16 * v);
+            s[p] = hsum(acc) * a->scale;
+        } else {
+            s[p] = dot(q, k, hd) * a->scale;
+        }
+    }
+    float max = -INFINITY, sum = 0;
+    for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
+    for (int p = 0; p < n; p++) sum += s[p] = expf(s[p] - max);
+    float inv = 1.0f / sum;
+    for (int p = 0; p < n; p++) s[p] *= inv;
+    float *out = a->out[r];
+    if (HDV) {
+        v16 o[4] = {{0}};
+        for (int p = 0; p < n; p++) {
+            const float *v = p < n0 ? a->v0 + (size_t)p * a->ld : a->v1[r] + (size_t)(p - n0) * a->ld;
+            for (int u = 0; u < HDV; u++) o[u] += s[p] * *(const v16u *)(v + 16 * u);
+        }
+        for (int u = 0; u < HDV; u++) *(v16u *)(out + 16 * u) = o[u];
+    } else {
+        memset(out, 0, hd * sizeof(float));
+        for (int p = 0; p < n; p++)
+            axpy(out, s[p], p < n0 ? a->v0 + (size_t)p * a->ld : a->v1[r] + (size_t)(p - n0) * a->ld, hd);
+    }
+}
+
 CLONES
 void mv_attend(const mv_attn *a)
 {
-    int R = a->R, hd = a->hd, n0 = a->n0, S = 0;
-    for (int r = 0; r < R; r++) S = a->n1[r] > S ? a->n1[r] : S;
-    S += n0; /* scores row stride */
-    for (int p = 0; p < n0; p++) { /* shared keys: each read once for all rows */
-        const float *k = a->k0 + (size_t)p * a->ld;
-        for (int r = 0; r < R; r++) a->s[(size_t)r * S + p] = dot(a->q[r], k, hd) * a->scale;
+    for (int r = 0; r < a->R; r++) {
+        switch (a->hd) { /* GPT-2's sizes all have 64-float heads */
+        case 16: attend_row(a, r, a->s, 1); break;
+        case 32: attend_row(a, r, a->s, 2); break;
+        case 48: attend_row(a, r, a->s, 3); break;
+        case 64: attend_row(a, r, a->s, 4); break;
+        default: attend_row(a, r, a->s, 0); break;
+        }
     }
-    for (int r = 0; r < R; r++) {
-        float *s = a->s + (size_t)r * S;
-        int n = n0 + a->n1[r];
-        for (int p = 0; p < a->n1[r]; p++)
-            s[n0 + p] = dot(a->q[r], a->k1[r] + (size_t)p * a->ld, hd) * a->scale;
-        float max = -INFINITY, sum = 0;
-        for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
-        for (int p = 0; p < n; p++) sum += s[p] = expf(s[p] - max);
-        float inv = 1.0f / sum;
-        for (int p = 0; p < n; p++) s[p] *= inv;
-        memset(a->out[r], 0, hd * sizeof(float));
-    }
-    for (int p = 0; p < n0; p++) { /* shared values: each read once for all rows */
-        const float *v = a->v0 + (size_t)p * a->ld;
-        for (int r = 0; r < R; r++) axpy(a->out[r], a->s[(size_t)r * S + p], v, hd);
-    }
-    for (int r = 0; r < R; r++)
-        for (int p = 0; p < a->n1[r]; p++)
-            axpy(a->out[r], a->s[(size_t)r * S + n0 + p], a->v1[r] + (size_t)p * a->ld, hd);
 }
 
 /* The lanes of a where mask is set, else of b. */

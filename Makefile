@@ -61,7 +61,7 @@ $(BUILD)/cuda.o: native/cuda.c native/gpu.h native/kernels/kernels.h native/mode
 $(BUILD)/gpt2-cuda.so: $(BUILD)/cuda.o $(KERNELS:native/kernels/%.cu=$(BUILD)/kernels/%.o)
 	$(CC) -shared -o $@ $^ -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 
-$(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o
+$(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o $(BUILD)/tests/unit/test_kernels.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/bench/bench_cpu.o: CFLAGS += -O3

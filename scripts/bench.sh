@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # bench.sh - `make bench`: figures, never pass/fail on time.
-#   1. the CLI on a random gpt2-shaped (124M) checkpoint, with the same
-#      workload through transformers when it is installed;
-#   2. a typing session through `gpt2 serve`, prefix reuse on and off.
+#   1. kernels, floor and the CLI on a random gpt2-shaped (124M) checkpoint in
+#      each weight format, with the same workload through transformers when
+#      it is installed;
+#   2. a typing session through `gpt2 serve` in each format (fp32 also
+#      without prefix reuse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 /usr/bin/python3 tests/bench/bench.py "$@"
-/usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32
+/usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype int8 bf16 --no-off
+/usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype fp32

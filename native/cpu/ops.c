@@ -46,6 +46,53 @@ AI void axpy(float *out, float w, const float *v, int hd)
     for (; i < hd; i++) out[i] += w * v[i];
 }
 
+/* The lanes of a where mask is set, else of b. */
+AI v16 blend(i16v mask, v16 a, v16 b) { return (v16)(((i16v)a & mask) | ((i16v)b & ~mask)); }
+
+/* expf for x in [-87, 88] (the callers clamp): 2^n * p(r), r = x - n ln2 in
+ * [-ln2/2, ln2/2] (ln2 in two parts, the first exact in few bits), p the
+ * degree-7 Taylor polynomial (error within 2 ulp). */
+AI v16 vexp(v16 x)
+{
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    v16 n = (x * 1.44269504088896341f + shifter) - shifter;
+    v16 r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    v16 p = (v16){0} + 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    i16v e = (__builtin_convertvector(n, i16v) + 127) << 23;
+    return p * (v16)e;
+}
+
+/* s[0..n) = softmax(s), the exponentials vectorised (within 2 ulp). */
+AI void softmax(float *s, int n)
+{
+    float max = -INFINITY, sum = 0;
+    for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
+    int p = 0;
+    v16 acc = {0};
+    for (; p + 16 <= n; p += 16) {
+        v16 t = *(v16u *)(s + p) - max;
+        t = blend(t < -87.0f, (v16){0} - 87.0f, t); /* exp(-87) is 1.6e-38: nothing next to 1 */
+        t = vexp(t);
+        *(v16u *)(s + p) = t;
+        acc += t;
+    }
+    sum = hsum(acc);
+    for (; p < n; p++) {
+        float t = s[p] - max;
+        sum += s[p] = vexp((v16){t < -87.0f ? -87.0f : t})[0];
+    }
+    float inv = 1.0f / sum;
+    for (p = 0; p < n; p++) s[p] *= inv;
+}
+
 /* Row r of a: scores into s, softmax, weighted values. HDV > 0: the head is
  * HDV whole vectors of 16, held in registers; 0: any size. The context's
  * keys and values stay in L2 between the rows of a call. */
@@ -65,11 +112,7 @@ AI void attend_row(const mv_attn *a, int r, float *s, const int HDV)
             s[p] = dot(q, k, hd) * a->scale;
         }
     }
-    float max = -INFINITY, sum = 0;
-    for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
-    for (int p = 0; p < n; p++) sum += s[p] = expf(s[p] - max);
-    float inv = 1.0f / sum;
-    for (int p = 0; p < n; p++) s[p] *= inv;
+    softmax(s, n);
     float *out = a->out[r];
     if (HDV) {
         v16 o[4] = {{0}};
@@ -97,30 +140,6 @@ void mv_attend(const mv_attn *a)
         default: attend_row(a, r, a->s, 0); break;
         }
     }
-}
-
-/* The lanes of a where mask is set, else of b. */
-AI v16 blend(i16v mask, v16 a, v16 b) { return (v16)(((i16v)a & mask) | ((i16v)b & ~mask)); }
-
-/* expf for x in [-87, 88] (the callers clamp): 2^n * p(r), r = x - n ln2 in
- * [-ln2/2, ln2/2] (ln2 in two parts, the first exact in few bits), p the
- * degree-7 Taylor polynomial (error within 2 ulp). */
-AI v16 vexp(v16 x)
-{
-    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    v16 n = (x * 1.44269504088896341f + shifter) - shifter;
-    v16 r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    v16 p = (v16){0} + 1.0f / 5040;
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    i16v e = (__builtin_convertvector(n, i16v) + 127) << 23;
-    return p * (v16)e;
 }
 
 CLONES

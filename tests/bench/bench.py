@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""CPU benchmark of the gpt2 CLI on a random checkpoint shaped like gpt2 (124M).
+"""CPU benchmark on a random checkpoint shaped like gpt2 (124M). Figures only:
+nothing here asserts a time.
 
-Prints figures; asserts nothing about time. The workload is the one the
-engine issue fixed as the baseline: a 256-token prompt, n=3 continuations of
-24 new tokens (no stop rule, so every run decodes all 24). Then the same
-workload through Hugging Face transformers' generate() on the same checkpoint,
-when a Python with torch + transformers is available (GPT2_REF_PYTHON, or the
-.venv-oracle that `make fixtures` creates); otherwise a SKIP line says why.
+1. Per weight format (fp32, bf16, int8), from build/bench_cpu: the memory
+   bandwidth measured in the same run, the floor of a decode step (the bytes
+   it must stream / that bandwidth), the decode step at batch 1 and 3 (after
+   a 256-token context) and its ratio to the floor, and cold prefill of 128
+   and 512 tokens.
+2. End to end through the CLI: a 256-token prompt, n=3 continuations of 24
+   new tokens (no stop rule, so every run decodes all 24), process included.
+3. The accuracy of bf16 and int8 against fp32 over every position of a text.
+4. The same generate workload and a 512-token forward pass through Hugging
+   Face transformers on the same CPU and checkpoint (GPT2_REF_PYTHON, or the
+   .venv-oracle that `make fixtures` creates; otherwise a SKIP line says why),
+   and the ratios.
 
 usage: bench.py [--runs N] [--dtype f32|f16|bf16]
 """
@@ -20,6 +27,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GPT2 = os.environ.get("GPT2_BIN", os.path.join(ROOT, "build", "gpt2"))
+BENCH_CPU = os.path.join(ROOT, "build", "bench_cpu")
+FORMATS = ("fp32", "bf16", "int8")
 
 
 def checkpoint(dtype):
@@ -72,6 +81,25 @@ def accuracy(model, prompt):
               f"mean KL {kl:.2e} nats")
 
 
+def kernels(model):
+    out = {}
+    for dtype in FORMATS:
+        r = subprocess.run([BENCH_CPU, model, dtype, "--context", "256", "--steps", "40"],
+                           check=True, capture_output=True, text=True)
+        out[dtype] = json.loads(r.stdout)
+    return out
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def reference_python():
     cands = [os.environ.get("GPT2_REF_PYTHON"), os.path.join(ROOT, ".venv-oracle", "bin", "python")]
     for py in filter(None, cands):
@@ -90,14 +118,29 @@ def main():
     model = checkpoint(a.dtype)
     rnd = random.Random(3)
     prompt = [rnd.randrange(50000) for _ in range(256)]
-    print(f"gpt2 (124M-shaped random checkpoint, {a.dtype} file; weights streamed as fp32 or bf16, fp32 accumulate), "
-          f"256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs, {os.cpu_count()} CPUs")
+    print(f"gpt2 (124M-shaped random checkpoint, {a.dtype} file) on {cpu_name()}, "
+          f"{os.cpu_count()} CPUs")
+
+    k = kernels(model)
+    print("decode step after a 256-token context (median of 40) and cold prefill; floor = bytes "
+          "streamed per step / bandwidth measured in this run")
+    print(f"  {'format':6s} {'bytes/step':>10s} {'bandwidth':>10s} {'floor':>8s} {'batch 1':>8s} "
+          f"{'ratio':>6s} {'batch 3':>8s} {'ratio':>6s}  {'prefill 128':>20s}  {'prefill 512':>20s}")
+    for dtype in FORMATS:
+        r = k[dtype]
+        print(f"  {dtype:6s} {r['step_bytes'] / 1e6:7.0f} MB {r['bandwidth_gbs']:6.1f} GB/s "
+              f"{r['floor_ms']:5.2f} ms {r['step1_ms']:5.2f} ms {r['step1_ms'] / r['floor_ms']:5.2f}x "
+              f"{r['step3_ms']:5.2f} ms {r['step3_ms'] / r['floor_ms']:5.2f}x  "
+              f"{r['prefill128_ms']:6.1f} ms {128e3 / r['prefill128_ms']:5.0f} tok/s  "
+              f"{r['prefill512_ms']:6.1f} ms {512e3 / r['prefill512_ms']:5.0f} tok/s")
+
+    print(f"`gpt2 complete`: 256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs")
     med = {}
     for dtype, threads in (("fp32", 1), ("fp32", None), ("bf16", None), ("int8", None)):
         p, step, gen, total = run_engine(model, prompt, a.runs, threads, dtype)
         label = f"{dtype} {threads} thread" if threads else f"{dtype} all threads"
         med[label] = gen
-        print(f"  engine {label:16s}: prefill {p:7.1f} ms ({256 / p * 1000:6.0f} tok/s)  "
+        print(f"  {label:16s}: prefill {p:7.1f} ms ({256 / p * 1000:6.0f} tok/s)  "
               f"decode step (batch 3) {step:6.1f} ms  prefill+decode {gen:7.1f} ms  "
               f"process total {total:7.1f} ms")
     accuracy(model, prompt)
@@ -113,9 +156,13 @@ def main():
         print("  SKIP reference: transformers run failed:", ref.stderr.strip().splitlines()[-1:])
         return
     hf = json.loads(ref.stdout)
-    print(f"  transformers generate() (torch {hf['torch']}, {hf['threads']} threads, fp32): "
-          f"{hf['median_ms']:7.1f} ms   -> engine (fp32) is "
-          f"{hf['median_ms'] / med['fp32 all threads']:.1f}x faster")
+    print(f"transformers (torch {hf['torch']}, {hf['threads']} threads, fp32) on the same checkpoint:")
+    print(f"  generate() 3 x 24 from 256 tokens: {hf['median_ms']:7.1f} ms -> engine is "
+          + ", ".join(f"{hf['median_ms'] / med[f'{d} all threads']:.1f}x ({d})" for d in FORMATS)
+          + " faster (prefill+decode)")
+    print(f"  forward over a cold 512-token prompt: {hf['prefill512_ms']:7.1f} ms -> engine is "
+          + ", ".join(f"{hf['prefill512_ms'] / k[d]['prefill512_ms']:.1f}x ({d})" for d in FORMATS)
+          + " faster")
 
 
 if __name__ == "__main__":

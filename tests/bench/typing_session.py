@@ -9,7 +9,7 @@ Reported: p50/p95 latency as the client sees it, and the share of prompt
 tokens whose keys/values were reused — with prefix reuse on, and off
 (--cache-slots 0).
 
-usage: typing_session.py MODEL_DIR [--pauses N] [--threads N]
+usage: typing_session.py MODEL_DIR [--pauses N] [--threads N] [--cpu-dtype F ...] [--no-off]
 """
 import argparse
 import os
@@ -82,14 +82,21 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--pauses", type=int, default=30)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--cpu-dtype", nargs="+", default=["fp32"])
+    ap.add_argument("--no-off", action="store_true", help="skip the run without prefix reuse")
     a = ap.parse_args()
     extra = ["--threads", str(a.threads)] if a.threads else []
     print(f"typing session: {a.pauses} pauses, 3 x 24 tokens, stop=line, "
-          f"model {os.path.basename(a.model)}")
-    for label, more in (("prefix reuse on ", []), ("prefix reuse off", ["--cache-slots", "0"])):
-        p50, p95, ratio, avg_prompt = session(a.model, a.pauses, extra + more)
-        print(f"  {label}: p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  cached tokens {ratio * 100:5.1f}% "
-              f"(avg prompt {avg_prompt:.0f} tokens)")
+          f"model {os.path.basename(a.model)}, through `gpt2 serve` (p50/p95 as the client sees them)")
+    for dtype in a.cpu_dtype:
+        runs = [("prefix reuse on ", [])]
+        if not a.no_off:
+            runs.append(("prefix reuse off", ["--cache-slots", "0"]))
+        for label, more in runs:
+            p50, p95, ratio, avg_prompt = session(a.model, a.pauses,
+                                                  extra + more + ["--cpu-dtype", dtype, "--device", "cpu"])
+            print(f"  {dtype:4s} {label}: p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  cached tokens "
+                  f"{ratio * 100:5.1f}% (avg prompt {avg_prompt:.0f} tokens)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 /* test_main.c - C unit tests for the pieces below the CLI: UTF-8 helpers,
  * the tokenizer's decode and streaming guarantees, the sampler and the stop
- * rules. The oracle comparisons (ids, logits, greedy text against Hugging
+ * rules; test_kernels.c adds the CPU kernels. The oracle comparisons (ids, logits, greedy text against Hugging
  * Face) live in tests/test_oracle.py and run through the real binary.
  *
  * usage: test_unit TOKENIZER_DIR   (prints "N passed, N failed" last)
@@ -16,6 +16,8 @@
 #include <string.h>
 
 static int passed, failed;
+
+void kernel_tests(int *passed, int *failed); /* test_kernels.c */
 
 #define CHECK(cond, ...)                                                   \
     do {                                                                   \
@@ -236,6 +238,7 @@ int main(int argc, char **argv)
     test_rng();
     test_sampling();
     test_stop();
+    kernel_tests(&passed, &failed);
     tokenizer *t = tok_load(vocab, merges, err);
     CHECK(t != NULL, "load: %s", err);
     if (t) {

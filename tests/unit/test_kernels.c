@@ -1,0 +1,229 @@
+/* test_kernels.c - the CPU kernels against plain reference loops: packed
+ * products in every format and shape class (tails of tiles and of int8
+ * groups, 1..MV_MAX_ROWS rows), the VNNI int8 path against the portable one
+ * (bit for bit), decode attention for every head-size path, and the
+ * vectorised GELU / exponential. Called from test_main.c.
+ */
+#include "../../native/common.h"
+#include "../../native/cpu/ops.h"
+#include "../../native/cpu/packed.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void kernel_tests(int *passed, int *failed);
+
+static int *P, *F;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (cond) {                                                        \
+            (*P)++;                                                        \
+        } else {                                                           \
+            (*F)++;                                                        \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fputc('\n', stderr);                                           \
+        }                                                                  \
+    } while (0)
+
+static uint64_t seed = 0x9E3779B97F4A7C15ull;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+    return (float)((seed >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
+}
+
+static float bf16_round(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* Max |got - want| over max |want|, both (R, N). */
+static double rel_err(const float *got, const double *want, size_t n)
+{
+    double d = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs(got[i] - want[i]));
+        m = fmax(m, fabs(want[i]));
+    }
+    return d / m;
+}
+
+static void test_products(int K, int N, int out_in)
+{
+    char err[ERR_MAX];
+    int R = MV_MAX_ROWS;
+    float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * R * K);
+    float *got = malloc(sizeof(float) * R * N), *gen = malloc(sizeof(float) * R * N);
+    double *want = malloc(sizeof(double) * R * N);
+    float *wide = malloc(sizeof(float) * K * PK_TILE);
+    for (int i = 0; i < K * N; i++) w[i] = frand() * (i % 7 == 0 ? 4.0f : 0.3f); /* uneven groups */
+    for (int i = 0; i < R * K; i++) x[i] = frand();
+    for (int fmt = PK_F32; fmt <= PK_I8; fmt++) {
+        pmat p;
+        pk_act a = {0};
+        CHECK(pk_pack(&p, w, K, N, out_in, fmt, err) == 0, "pack: %s", err);
+        /* widened tiles are the weights the format keeps */
+        double werr = 0;
+        for (int t = 0; t < p.tiles; t++) {
+            pk_widen(&p, t, wide, PK_TILE);
+            for (int k = 0; k < K; k++)
+                for (int c = 0; c < PK_TILE && t * PK_TILE + c < N; c++) {
+                    int n = t * PK_TILE + c;
+                    float ref = out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n];
+                    werr = fmax(werr, fabs(wide[(size_t)k * PK_TILE + c] - ref));
+                }
+        }
+        double wtol = fmt == PK_F32 ? 0 : fmt == PK_BF16 ? 4.0 / 256 : 4.0 / 254 + 1e-6;
+        CHECK(werr <= wtol, "fmt %d K %d N %d: widened weights off by %g", fmt, K, N, werr);
+        for (int rows = 1; rows <= R; rows++) {
+            if (fmt == PK_I8) {
+                CHECK(pk_act_reserve(&a, rows, K) == 0, "act");
+                pk_act_quantize(&a, x, 0, rows, K, K);
+            }
+            /* reference: the kept weights (and int8 activations) in double */
+            for (int r = 0; r < rows; r++)
+                for (int n = 0; n < N; n++) {
+                    double s = 0;
+                    for (int k = 0; k < K; k++) {
+                        float wv = out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n];
+                        double xv = x[(size_t)r * K + k];
+                        if (fmt == PK_BF16) wv = bf16_round(wv);
+                        if (fmt == PK_I8) {
+                            int t = n / PK_TILE, g = k / PK_GROUP;
+                            pk_widen(&p, t, wide, PK_TILE);
+                            wv = wide[(size_t)k * PK_TILE + n % PK_TILE];
+                            xv = a.q[((size_t)r * p.groups + g) * PK_GROUP + k % PK_GROUP] *
+                                 (double)a.scale[(size_t)r * p.groups + g];
+                        }
+                        s += wv * xv;
+                    }
+                    want[(size_t)r * N + n] = s + 1.0; /* accumulate onto 1 */
+                }
+            for (int i = 0; i < rows * N; i++) got[i] = 1.0f;
+            pk_matmul(&p, got, N, x, K, &a, rows, 0, p.tiles, 1);
+            double e = rel_err(got, want, (size_t)rows * N);
+            CHECK(e < 1e-5, "fmt %d K %d N %d rows %d out_in %d: rel err %g", fmt, K, N, rows,
+                  out_in, e);
+            if (fmt == PK_I8) { /* the portable loops give the same bits */
+                for (int i = 0; i < rows * N; i++) gen[i] = 1.0f;
+                pk_force_generic = 1;
+                pk_matmul(&p, gen, N, x, K, &a, rows, 0, p.tiles, 1);
+                pk_force_generic = 0;
+                CHECK(!memcmp(gen, got, sizeof(float) * rows * N),
+                      "int8 K %d N %d rows %d: VNNI and portable loops differ", K, N, rows);
+            }
+        }
+        /* a split over tile ranges writes the same as one call */
+        for (int i = 0; i < N; i++) gen[i] = got[i] = 0;
+        pk_matmul(&p, got, N, x, K, &a, 1, 0, p.tiles, 0);
+        pk_matmul(&p, gen, N, x, K, &a, 1, 0, p.tiles / 2, 0);
+        pk_matmul(&p, gen, N, x, K, &a, 1, p.tiles / 2, p.tiles, 0);
+        CHECK(!memcmp(gen, got, sizeof(float) * N), "fmt %d: tile ranges", fmt);
+        pk_free(&p);
+        pk_act_free(&a);
+    }
+    free(w), free(x), free(got), free(gen), free(want), free(wide);
+}
+
+static void test_pack_rejects_nan(void)
+{
+    char err[ERR_MAX] = "";
+    float w[64 * 3];
+    for (int i = 0; i < 64 * 3; i++) w[i] = 0.5f;
+    w[77] = NAN;
+    pmat p;
+    CHECK(pk_pack(&p, w, 64, 3, 0, PK_I8, err) == -1 && strstr(err, "not finite"), "%s", err);
+    CHECK(pk_pack(&p, w, 64, 3, 0, PK_BF16, err) == 0, "bf16 keeps NaN as NaN: %s", err);
+    pk_free(&p);
+}
+
+static void test_attention(int hd, int R, int n0)
+{
+    int ld = hd, n1[MV_ATTN_ROWS], maxn = 0;
+    float *k0 = malloc(sizeof(float) * (n0 + 1) * ld), *v0 = malloc(sizeof(float) * (n0 + 1) * ld);
+    float *q[MV_ATTN_ROWS], *k1[MV_ATTN_ROWS], *v1[MV_ATTN_ROWS], *out[MV_ATTN_ROWS];
+    for (int i = 0; i < n0 * ld; i++) k0[i] = frand(), v0[i] = frand();
+    mv_attn a = {.R = R, .hd = hd, .ld = ld, .k0 = k0, .v0 = v0, .n0 = n0, .scale = 0.37f};
+    for (int r = 0; r < R; r++) {
+        n1[r] = 1 + r * 3;
+        maxn = n1[r] > maxn ? n1[r] : maxn;
+        q[r] = malloc(sizeof(float) * hd);
+        out[r] = malloc(sizeof(float) * hd);
+        k1[r] = malloc(sizeof(float) * n1[r] * ld);
+        v1[r] = malloc(sizeof(float) * n1[r] * ld);
+        for (int i = 0; i < hd; i++) q[r][i] = 3 * frand();
+        for (int i = 0; i < n1[r] * ld; i++) k1[r][i] = frand(), v1[r][i] = frand();
+        a.q[r] = q[r], a.out[r] = out[r], a.k1[r] = k1[r], a.v1[r] = v1[r], a.n1[r] = n1[r];
+    }
+    float *s = malloc(sizeof(float) * (n0 + maxn));
+    a.s = s;
+    mv_attend(&a);
+    double worst = 0;
+    for (int r = 0; r < R; r++) {
+        int n = n0 + n1[r];
+        double *sc = malloc(sizeof(double) * n), max = -INFINITY, sum = 0;
+        for (int p = 0; p < n; p++) {
+            const float *k = p < n0 ? k0 + (size_t)p * ld : k1[r] + (size_t)(p - n0) * ld;
+            double d = 0;
+            for (int i = 0; i < hd; i++) d += (double)q[r][i] * k[i];
+            sc[p] = d * 0.37f;
+            max = fmax(max, sc[p]);
+        }
+        for (int p = 0; p < n; p++) sum += sc[p] = exp(sc[p] - max);
+        for (int i = 0; i < hd; i++) {
+            double o = 0;
+            for (int p = 0; p < n; p++)
+                o += sc[p] / sum * (p < n0 ? v0[(size_t)p * ld + i] : v1[r][(size_t)(p - n0) * ld + i]);
+            worst = fmax(worst, fabs(o - out[r][i]));
+        }
+        free(sc);
+        free(q[r]), free(out[r]), free(k1[r]), free(v1[r]);
+    }
+    CHECK(worst < 2e-6, "attention hd %d R %d n0 %d: off by %g", hd, R, n0, worst);
+    free(s), free(k0), free(v0);
+}
+
+static void test_gelu(void)
+{
+    double worst = 0, worst_exp = 0;
+    float xs[200];
+    for (int i = 0; i < 200; i++) xs[i] = i < 180 ? (i - 90) * 0.11f + frand() * 0.01f : frand() * 1e4f;
+    xs[0] = 0, xs[1] = -0.0f, xs[2] = 1e-30f, xs[3] = -200, xs[4] = 200;
+    float y[200];
+    memcpy(y, xs, sizeof y);
+    mv_gelu_tanh(y, 200);
+    for (int i = 0; i < 200; i++) {
+        double x = xs[i], want = 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+        worst = fmax(worst, fabs(y[i] - want) / fmax(1.0, fabs(want)));
+    }
+    for (float x = -87; x < 88; x += 0.37f)
+        worst_exp = fmax(worst_exp, fabs(mv_exp(x) - exp(x)) / exp(x));
+    CHECK(worst < 1e-6, "gelu off by %g", worst);
+    CHECK(worst_exp < 3e-7, "exp off by %g (relative)", worst_exp);
+}
+
+void kernel_tests(int *passed, int *failed)
+{
+    P = passed, F = failed;
+    if (!pk_vnni()) printf("SKIP int8 VNNI-vs-portable comparison: this CPU has no AVX-512 VNNI\n");
+    int shapes[][2] = {{32, 64}, {45, 70}, {96, 200}, {768, 130}, {200, 17}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        for (int out_in = 0; out_in < 2; out_in++) test_products(shapes[i][0], shapes[i][1], out_in);
+    test_pack_rejects_nan();
+    int hds[] = {8, 12, 16, 32, 48, 64, 80};
+    for (size_t i = 0; i < sizeof hds / sizeof *hds; i++)
+        for (int R = 1; R <= MV_ATTN_ROWS; R++) {
+            test_attention(hds[i], R, 0);
+            test_attention(hds[i], R, 37);
+        }
+    test_gelu();
+}

@@ -11,7 +11,7 @@ PYTHON  ?= /usr/bin/python3
 BUILD   := build
 PKGS    := openblas libpcre2-8 libcjson libuv msgpack
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter -pthread -MMD -MP
+CFLAGS  += -std=c11 -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-psabi -pthread -MMD -MP
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  = $(PKG_LIBS) -lm -pthread -ldl
@@ -69,7 +69,7 @@ $(BUILD)/bench_cpu: $(OBJ) $(BUILD)/tests/bench/bench_cpu.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 # The same helper under AddressSanitizer + UndefinedBehaviorSanitizer.
-ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -Wno-psabi
 $(BUILD)/asan/gpt2: $(SRC) native/main.c $(wildcard native/*.h native/cpu/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -Wall -pthread $(ASAN_FLAGS) $(PKG_CFLAGS) -o $@ $(SRC) native/main.c $(LDLIBS)

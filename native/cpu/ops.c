@@ -6,7 +6,6 @@
  */
 #include "ops.h"
 
-#pragma GCC diagnostic ignored "-Wpsabi" /* vectors in always_inline helpers only */
 
 #include <math.h>
 #include <stdint.h>

@@ -15,7 +15,6 @@
 
 #include "../common.h"
 
-#pragma GCC diagnostic ignored "-Wpsabi" /* vectors in always_inline helpers only */
 
 #if defined(__x86_64__)
 #include <immintrin.h>

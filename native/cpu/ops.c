@@ -11,14 +11,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define AI static inline __attribute__((always_inline))
+#include "simd.h"
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
-typedef int32_t i16v __attribute__((vector_size(64)));
 
 AI float hsum(v16 v)
 {

@@ -23,11 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define AI static inline __attribute__((always_inline))
+#include "simd.h"
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
 typedef uint16_t v16h __attribute__((vector_size(32)));
 typedef uint32_t v16w __attribute__((vector_size(64)));
 

@@ -1,10 +1,12 @@
 /* forward.c - GPT-2 on the CPU (see forward.h).
  *
  * Per layer: x += attn(ln_1(x)) ; x += mlp(ln_2(x)), then ln_f and logits
- * through the tied embedding. Matrix products go through OpenBLAS sgemm on
- * column slices run by our own pool (OpenBLAS itself is kept single-threaded
- * so two thread systems never fight over the cores). HF's Conv1D weights are
- * [in, out], which is exactly the row-major B of out = x @ W.
+ * through the tied embedding. Every matrix is repacked at load (packed.h) in
+ * the context's format. Products of a few rows (decode, the logits) stream
+ * the tiles once; prompt chunks widen a few tiles at a time for OpenBLAS
+ * sgemm, except int8, whose exact int32 kernel serves every row count. Our
+ * own pool splits the tiles among threads (OpenBLAS itself is kept
+ * single-threaded so two thread systems never fight over the cores).
  */
 #include "forward.h"
 #include "ops.h"

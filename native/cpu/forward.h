@@ -43,9 +43,10 @@ typedef struct fwd fwd;
 enum { FWD_FP32, FWD_BF16, FWD_INT8 };
 
 /* A forward context for model m using the threads of p (both borrowed).
- * fmt bf16 / int8: keep compact copies of the matrices and stream those
- * (half / a quarter of the memory traffic; products still accumulate in
- * fp32). int8 is symmetric with one scale per output channel. */
+ * Its matrices are packed copies in format fmt (packed.h): fp32; bf16 (half
+ * the memory traffic, widened exactly); int8 (a bit over a quarter: one
+ * scale per 32 inputs of each output, activations quantized the same way,
+ * exact int32 group sums). Products accumulate in fp32. */
 fwd *fwd_new(const model *m, pool *p, int fmt, char *err);
 void fwd_free(fwd *f);
 

@@ -177,17 +177,23 @@ static void layernorm(float *out, const float *x, const float *w, const float *b
     for (int i = 0; i < C; i++) out[i] = (x[i] - m) * rstd * w[i] + b[i];
 }
 
-static float activate(float x, act_kind k)
+/* o[0..n) = act(o): GPT-2's own GELU vectorised, the others per value. */
+static void activate(float *o, int n, act_kind k)
 {
-    switch (k) {
-    case ACT_GELU_TANH:
-        return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-    case ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case ACT_RELU: return x > 0 ? x : 0;
-    case ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
-    case ACT_SILU: return x / (1.0f + expf(-x));
+    if (k == ACT_GELU_TANH) {
+        mv_gelu_tanh(o, n);
+        return;
     }
-    return x;
+    for (int i = 0; i < n; i++) {
+        float x = o[i];
+        switch (k) {
+        case ACT_GELU_TANH: break; /* above */
+        case ACT_GELU_ERF: o[i] = 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); break;
+        case ACT_RELU: o[i] = x > 0 ? x : 0; break;
+        case ACT_QUICK_GELU: o[i] = x / (1.0f + expf(-1.702f * x)); break;
+        case ACT_SILU: o[i] = x / (1.0f + expf(-x)); break;
+        }
+    }
 }
 
 /* ==== Matrix products ==== */
@@ -228,9 +234,7 @@ static void gemm_task(void *arg, int task, int thread)
         float *o = j->out + (size_t)r * j->O + o0;
         if (j->bias)
             for (int i = 0; i < n; i++) o[i] += j->bias[o0 + i];
-        if (j->act && j->kind == ACT_GELU_TANH) mv_gelu_tanh(o, n);
-        else if (j->act)
-            for (int i = 0; i < n; i++) o[i] = activate(o[i], j->kind);
+        if (j->act) activate(o, n, j->kind);
     }
 }
 
@@ -253,7 +257,8 @@ static void gemm(fwd *f, gemm_job *j)
     j->scratch = f->wide;
     if (j->w->fmt == PK_I8) { /* quantize the input once for every task */
         quant_job q = {&f->act, j->x, j->R, j->I, (j->R + 4 * pool_size(f->pool) - 1) / (4 * pool_size(f->pool))};
-        pool_run(f->pool, quant_task, &q, (j->R + q.rows - 1) / q.rows);
+        if (j->R <= MV_MAX_ROWS) pk_act_quantize(&f->act, j->x, 0, j->R, j->I, j->I); /* no sync for a few rows */
+        else pool_run(f->pool, quant_task, &q, (j->R + q.rows - 1) / q.rows);
         j->q = &f->act;
     }
     /* Decode (few rows) is bandwidth-bound: one contiguous run of tiles per
@@ -273,16 +278,6 @@ typedef struct {
     int groups;                      /* decode: runs of rows sharing a context */
     int start[FWD_ROWS_MAX], len[FWD_ROWS_MAX];
 } attn_job;
-
-/* Softmax of s[0..n) in place. */
-static void softmax(float *s, int n)
-{
-    float max = -INFINITY, sum = 0;
-    for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
-    for (int p = 0; p < n; p++) sum += s[p] = expf(s[p] - max);
-    float inv = 1.0f / sum;
-    for (int p = 0; p < n; p++) s[p] *= inv;
-}
 
 /* One (group of decode rows sharing a context, head): the shared keys and
  * values are read once for the whole group. */
@@ -348,7 +343,7 @@ static void attn_block_task(void *arg, int h, int thread)
                 kv_head(own->k, own, j->layer, h), hd, 0, S + L0, N);
     for (int r = 0; r < R; r++) { /* causal: row r sees N - R + r + 1 positions */
         int n = N - R + r + 1;
-        softmax(S + (size_t)r * N, n);
+        mv_softmax(S + (size_t)r * N, n);
         memset(S + (size_t)r * N + n, 0, (size_t)(N - n) * sizeof *S);
     }
     float *out = j->f->att + h * hd;

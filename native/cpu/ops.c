@@ -65,8 +65,8 @@ AI v16 vexp(v16 x)
     return p * (v16)e;
 }
 
-/* s[0..n) = softmax(s), the exponentials vectorised (within 2 ulp). */
-AI void softmax(float *s, int n)
+CLONES
+void mv_softmax(float *s, int n)
 {
     float max = -INFINITY, sum = 0;
     for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
@@ -107,7 +107,7 @@ AI void attend_row(const mv_attn *a, int r, float *s, const int HDV)
             s[p] = dot(q, k, hd) * a->scale;
         }
     }
-    softmax(s, n);
+    mv_softmax(s, n);
     float *out = a->out[r];
     if (HDV) {
         v16 o[4] = {{0}};

@@ -31,6 +31,9 @@ typedef struct {
 
 void mv_attend(const mv_attn *a);
 
+/* s[0..n) = softmax(s), the exponentials vectorised (within 2 ulp of expf). */
+void mv_softmax(float *s, int n);
+
 /* x[0..n) = gelu_tanh(x) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3):
  * the tanh form of GELU rewritten with one exponential (a polynomial within
  * 2 ulp of expf). */

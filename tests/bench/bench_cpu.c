@@ -12,6 +12,7 @@
  *
  * Prints one JSON object; tests/bench/bench.py formats it.
  * usage: bench_cpu MODEL_DIR FORMAT(fp32|bf16|int8) [--context N] [--steps N] [--threads N]
+ *                  [--prefill 0]   (0: decode only, for a profiler)
  */
 #define _GNU_SOURCE
 #include "../../native/device.h"
@@ -110,11 +111,12 @@ int main(int argc, char **argv)
         return 2;
     }
     int fmt = !strcmp(argv[2], "bf16") ? FWD_BF16 : !strcmp(argv[2], "int8") ? FWD_INT8 : FWD_FP32;
-    int context = 256, steps = 40, threads = 0;
+    int context = 256, steps = 40, threads = 0, skip_prefill = 0;
     for (int i = 3; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--context")) context = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--prefill")) skip_prefill = !atoi(argv[i + 1]); /* 0: decode only, to profile */
     }
     char err[ERR_MAX];
     model *m = model_load(argv[1], err);
@@ -142,6 +144,8 @@ int main(int argc, char **argv)
     double prefill_ms[2];
     fwd_row *rows = calloc(GEN_PREFILL_CHUNK, sizeof *rows);
     for (int k = 0; k < 2; k++) {
+        prefill_ms[k] = 0;
+        if (skip_prefill) continue;
         int T = lens[k] < c->n_ctx ? lens[k] : c->n_ctx;
         double t[5];
         for (int rep = 0; rep < 5; rep++) {

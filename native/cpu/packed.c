@@ -1,7 +1,10 @@
 /* packed.c - see packed.h.
  *
  * Tile layouts (PK_TILE = 64 columns, c below):
- *   fp32 / bf16: [K][64] values.
+ *   fp32: [K][64] values.
+ *   bf16: [K/2][64 c][2 k] (K rounded up to even): each 32-bit word holds
+ *         inputs 2i and 2i+1 of one column, so a word widens to two fp32
+ *         weights with one shift and one mask, no conversion.
  *   int8: per group g of 32 inputs, 8 quads of inputs [8][64 c][4 k] bytes
  *         (what one vpdpbusd consumes: 4 consecutive inputs of 16 columns
  *         per 64-byte load), then [64] fp32 scales; 2304 bytes per group.
@@ -25,7 +28,6 @@
 
 #include "simd.h"
 
-typedef uint16_t v16h __attribute__((vector_size(32)));
 typedef uint32_t v16w __attribute__((vector_size(64)));
 
 #define QUADS (PK_GROUP / 4)
@@ -37,6 +39,9 @@ typedef uint32_t v16w __attribute__((vector_size(64)));
 int pk_force_generic;
 
 /* ==== Packing ==== */
+
+/* Where weight (k, c) of a bf16 tile is: its pair of inputs, then which. */
+static size_t bf16_at(int k, int c) { return ((size_t)(k / 2) * PK_TILE + c) * 2 + (k & 1); }
 
 static float weight(const float *w, int K, int N, int out_in, int k, int n)
 {
@@ -68,7 +73,7 @@ static void pack_tile(const pmat *p, const float *w, int out_in, int t)
             for (int k = 0; k < K; k++) {
                 float v = n < N ? weight(w, K, N, out_in, k, n) : 0.0f;
                 if (p->fmt == PK_F32) ((float *)tp)[(size_t)k * PK_TILE + c] = v;
-                else ((uint16_t *)tp)[(size_t)k * PK_TILE + c] = to_bf16(v);
+                else ((uint16_t *)tp)[bf16_at(k, c)] = to_bf16(v);
             }
             continue;
         }
@@ -102,10 +107,12 @@ int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *er
     p->tiles = (N + PK_TILE - 1) / PK_TILE;
     p->groups = (K + PK_GROUP - 1) / PK_GROUP;
     p->tile_bytes = fmt == PK_I8 ? (size_t)p->groups * GROUP_BYTES
-                                 : (size_t)K * PK_TILE * (fmt == PK_F32 ? 4 : 2);
+                   : fmt == PK_F32 ? (size_t)K * PK_TILE * 4
+                                   : (size_t)(K + 1) / 2 * 2 * PK_TILE * 2;
     size_t bytes = p->tile_bytes * p->tiles;
     if (!(p->data = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
         return errf(err, "out of memory (%zu MB of packed weights)", bytes >> 20);
+    memset(p->data, 0, bytes); /* padding (bf16's odd last input, tile tails) is zero */
     for (int t = 0; t < p->tiles; t++) pack_tile(p, w, out_in, t);
     return 0;
 }
@@ -126,8 +133,7 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd)
         if (p->fmt == PK_F32) {
             memcpy(d, tp + (size_t)k * PK_TILE * 4, PK_TILE * sizeof(float));
         } else if (p->fmt == PK_BF16) {
-            const uint16_t *s = (const uint16_t *)tp + (size_t)k * PK_TILE;
-            for (int c = 0; c < PK_TILE; c++) d[c] = from_bf16(s[c]);
+            for (int c = 0; c < PK_TILE; c++) d[c] = from_bf16(((const uint16_t *)tp)[bf16_at(k, c)]);
         } else {
             const unsigned char *gp = tp + (size_t)(k / PK_GROUP) * GROUP_BYTES;
             const unsigned char *q = gp + (k % PK_GROUP / 4) * PK_TILE * 4 + k % 4;
@@ -247,25 +253,42 @@ AI void store_tile(float *out, int ldo, v16 acc[][4], const int R, int n, int ac
 
 /* ==== fp32 / bf16 ==== */
 
-AI v16 load_w(const unsigned char *tp, size_t i, const int fmt)
-{
-    if (fmt == PK_F32) return *(const v16 *)((const float *)tp + i);
-    v16w u = __builtin_convertvector(*(const v16h *)((const uint16_t *)tp + i), v16w) << 16;
-    return (v16)u;
-}
-
+/* out[r][0..64) (+)= x[r] @ tile for R rows, sums in registers. fp32: one
+ * input per pass; bf16: a pair of inputs per 32-bit word (even: the low
+ * half shifted up, odd: the high half masked), summed in input order. */
 AI void float_tile(const unsigned char *tp, int K, float *out, int ldo, const float *x, int ldx,
                    const int R, int n, int accumulate, const int fmt)
 {
     v16 acc[RB_F][4];
     for (int r = 0; r < R; r++)
         for (int j = 0; j < 4; j++) acc[r][j] = (v16){0};
-    for (int k = 0; k < K; k++) {
-        v16 w[4];
-        for (int j = 0; j < 4; j++) w[j] = load_w(tp, (size_t)k * PK_TILE + 16 * j, fmt);
-        for (int r = 0; r < R; r++) {
-            float xv = x[(size_t)r * ldx + k];
-            for (int j = 0; j < 4; j++) acc[r][j] += xv * w[j];
+    if (fmt == PK_F32) {
+        for (int k = 0; k < K; k++) {
+            v16 w[4];
+            for (int j = 0; j < 4; j++) w[j] = *(const v16 *)((const float *)tp + (size_t)k * PK_TILE + 16 * j);
+            for (int r = 0; r < R; r++) {
+                float xv = x[(size_t)r * ldx + k];
+                for (int j = 0; j < 4; j++) acc[r][j] += xv * w[j];
+            }
+        }
+    } else {
+        for (int k = 0; k < K; k += 2) {
+            v16 we[4], wo[4];
+            for (int j = 0; j < 4; j++) {
+                v16w u = *(const v16w *)((const uint32_t *)tp + (size_t)(k / 2) * PK_TILE + 16 * j);
+                we[j] = (v16)(u << 16);
+                wo[j] = (v16)(u & 0xFFFF0000u);
+            }
+            /* an odd K's last pair has a zero weight in its high half: any
+             * x taken for it adds exactly 0, so read x[k] again (in bounds) */
+            int ko = k + 1 < K ? k + 1 : k;
+            for (int r = 0; r < R; r++) {
+                float xe = x[(size_t)r * ldx + k], xo = x[(size_t)r * ldx + ko];
+                for (int j = 0; j < 4; j++) {
+                    acc[r][j] += xe * we[j];
+                    acc[r][j] += xo * wo[j];
+                }
+            }
         }
     }
     store_tile(out, ldo, acc, R, n, accumulate);

@@ -1,8 +1,9 @@
 /* ops.c - see ops.h.
  *
  * Written with GNU vector extensions, so each target_clones variant gets its
- * own width (one zmm, two ymm or four xmm per 16 floats). No fast-math: the
- * order of every sum is the one written here.
+ * own width (one zmm, two ymm or four xmm per 16 floats). Multiply-adds are
+ * fused (-ffp-contract=fast); no fast-math: the order of every sum is the
+ * one written here.
  */
 #include "ops.h"
 

@@ -89,52 +89,86 @@ void mv_softmax(float *s, int n)
     for (p = 0; p < n; p++) s[p] *= inv;
 }
 
-/* Row r of a: scores into s, softmax, weighted values. HDV > 0: the head is
- * HDV whole vectors of 16, held in registers; 0: any size. The context's
- * keys and values stay in L2 between the rows of a call. */
-AI void attend_row(const mv_attn *a, int r, float *s, const int HDV)
+/* Any head size, one row at a time: scores into s, softmax, weighted values. */
+static inline void attend_row_any(const mv_attn *a, int r, float *s)
 {
     int hd = a->hd, n0 = a->n0, n = n0 + a->n1[r];
     const float *q = a->q[r];
-    v16 qv[4];
-    for (int v = 0; v < HDV; v++) qv[v] = *(const v16u *)(q + 16 * v);
-    for (int p = 0; p < n; p++) {
-        const float *k = p < n0 ? a->k0 + (size_t)p * a->ld : a->k1[r] + (size_t)(p - n0) * a->ld;
-        if (HDV) {
-            v16 acc = qv[0] * *(const v16u *)k;
-            for (int v = 1; v < HDV; v++) acc += qv[v] * *(const v16u *)(k + 16 * v);
-            s[p] = hsum(acc) * a->scale;
-        } else {
-            s[p] = dot(q, k, hd) * a->scale;
-        }
-    }
+    for (int p = 0; p < n; p++)
+        s[p] = dot(q, p < n0 ? a->k0 + (size_t)p * a->ld : a->k1[r] + (size_t)(p - n0) * a->ld, hd) *
+               a->scale;
     mv_softmax(s, n);
     float *out = a->out[r];
-    if (HDV) {
-        v16 o[4] = {{0}};
-        for (int p = 0; p < n; p++) {
-            const float *v = p < n0 ? a->v0 + (size_t)p * a->ld : a->v1[r] + (size_t)(p - n0) * a->ld;
-            for (int u = 0; u < HDV; u++) o[u] += s[p] * *(const v16u *)(v + 16 * u);
+    memset(out, 0, hd * sizeof(float));
+    for (int p = 0; p < n; p++)
+        axpy(out, s[p], p < n0 ? a->v0 + (size_t)p * a->ld : a->v1[r] + (size_t)(p - n0) * a->ld, hd);
+}
+
+/* Scores of row r's query (HDV vectors in registers) against keys k. */
+AI float score(const v16 *qv, const float *k, const int HDV)
+{
+    v16 acc = qv[0] * *(const v16u *)k;
+    for (int v = 1; v < HDV; v++) acc += qv[v] * *(const v16u *)(k + 16 * v);
+    return hsum(acc);
+}
+
+/* R rows whose heads are HDV whole vectors of 16: every shared key and value
+ * is loaded once for all rows, the queries and the R x HDV output sums stay
+ * in registers. s: R rows of S scores. */
+AI void attend_rows(const mv_attn *a, float *s, const int R, const int HDV)
+{
+    int n0 = a->n0, S = 0;
+    for (int r = 0; r < R; r++) S = a->n1[r] > S ? a->n1[r] : S;
+    S += n0;
+    v16 qv[MV_ATTN_ROWS][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < HDV; v++) qv[r][v] = *(const v16u *)(a->q[r] + 16 * v);
+    for (int p = 0; p < n0; p++) {
+        const float *k = a->k0 + (size_t)p * a->ld;
+        for (int r = 0; r < R; r++) s[r * S + p] = score(qv[r], k, HDV) * a->scale;
+    }
+    for (int r = 0; r < R; r++) {
+        for (int p = 0; p < a->n1[r]; p++)
+            s[r * S + n0 + p] = score(qv[r], a->k1[r] + (size_t)p * a->ld, HDV) * a->scale;
+        mv_softmax(s + r * S, n0 + a->n1[r]);
+    }
+    v16 o[MV_ATTN_ROWS][4];
+    for (int r = 0; r < R; r++)
+        for (int u = 0; u < HDV; u++) o[r][u] = (v16){0};
+    for (int p = 0; p < n0; p++) {
+        const float *v = a->v0 + (size_t)p * a->ld;
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < HDV; u++) o[r][u] += s[r * S + p] * *(const v16u *)(v + 16 * u);
+    }
+    for (int r = 0; r < R; r++) {
+        for (int p = 0; p < a->n1[r]; p++) {
+            const float *v = a->v1[r] + (size_t)p * a->ld;
+            for (int u = 0; u < HDV; u++) o[r][u] += s[r * S + n0 + p] * *(const v16u *)(v + 16 * u);
         }
-        for (int u = 0; u < HDV; u++) *(v16u *)(out + 16 * u) = o[u];
-    } else {
-        memset(out, 0, hd * sizeof(float));
-        for (int p = 0; p < n; p++)
-            axpy(out, s[p], p < n0 ? a->v0 + (size_t)p * a->ld : a->v1[r] + (size_t)(p - n0) * a->ld, hd);
+        for (int u = 0; u < HDV; u++) *(v16u *)(a->out[r] + 16 * u) = o[r][u];
+    }
+}
+
+AI void attend_hdv(const mv_attn *a, const int HDV)
+{
+    switch (a->R) {
+    case 1: attend_rows(a, a->s, 1, HDV); break;
+    case 2: attend_rows(a, a->s, 2, HDV); break;
+    case 3: attend_rows(a, a->s, 3, HDV); break;
+    default: attend_rows(a, a->s, 4, HDV); break;
     }
 }
 
 CLONES
 void mv_attend(const mv_attn *a)
 {
-    for (int r = 0; r < a->R; r++) {
-        switch (a->hd) { /* GPT-2's sizes all have 64-float heads */
-        case 16: attend_row(a, r, a->s, 1); break;
-        case 32: attend_row(a, r, a->s, 2); break;
-        case 48: attend_row(a, r, a->s, 3); break;
-        case 64: attend_row(a, r, a->s, 4); break;
-        default: attend_row(a, r, a->s, 0); break;
-        }
+    switch (a->hd) { /* GPT-2's sizes all have 64-float heads */
+    case 16: attend_hdv(a, 1); break;
+    case 32: attend_hdv(a, 2); break;
+    case 48: attend_hdv(a, 3); break;
+    case 64: attend_hdv(a, 4); break;
+    default:
+        for (int r = 0; r < a->R; r++) attend_row_any(a, r, a->s);
     }
 }
 

@@ -16,7 +16,7 @@
  * (k1[r], v1[r]) after it. Rows of keys/values are ld floats apart; each
  * vector is hd floats. Scores are q.k * scale, softmaxed over the n0 + n1[r]
  * positions; out[r] = their weighted sum of values. s: scratch of
- * n0 + max n1 floats. */
+ * R * (n0 + max n1) floats. */
 typedef struct {
     int R, hd, ld;
     const float *q[MV_ATTN_ROWS];

@@ -169,7 +169,7 @@ static void test_attention(int hd, int R, int n0)
         for (int i = 0; i < n1[r] * ld; i++) k1[r][i] = frand(), v1[r][i] = frand();
         a.q[r] = q[r], a.out[r] = out[r], a.k1[r] = k1[r], a.v1[r] = v1[r], a.n1[r] = n1[r];
     }
-    float *s = malloc(sizeof(float) * (n0 + maxn));
+    float *s = malloc(sizeof(float) * R * (n0 + maxn));
     a.s = s;
     mv_attend(&a);
     double worst = 0;

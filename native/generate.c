@@ -20,6 +20,7 @@ engine *engine_new(model *m, int threads, const device_opts *o, char *err)
     }
     device_opts cpu = {.choice = DEVICE_CPU};
     if (!(e->dev = device_new(m, e->pool, o ? o : &cpu, err))) goto fail;
+    model_release_matrices(m); /* the device holds its own copies now */
     return e;
 fail:
     engine_free(e);

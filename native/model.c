@@ -1,5 +1,5 @@
 /* model.c - config.json + model.safetensors -> model (see model.h). */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* madvise */
 #include "model.h"
 
 #include <cjson/cJSON.h>
@@ -8,6 +8,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* Drop the whole pages inside [p, p + bytes) of the read-only file mapping
+ * from memory; touching them again would read them back from the file. */
+static void drop_pages(const void *p, size_t bytes)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p, b = a + bytes;
+    a = (a + page - 1) & ~(page - 1);
+    b &= ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
 
 /* ==== config.json ==== */
 
@@ -195,6 +207,7 @@ static const float *weight(model *m, const char *name, int ndim, const int64_t *
             out[i] = t->dtype == ST_F16 ? f16_to_f32(h) : bf16_to_f32(h);
         }
     }
+    drop_pages(t->data, t->end - t->begin); /* the copy is what is read from now on */
     return out;
 }
 
@@ -287,6 +300,36 @@ fail:
     free(mer);
     model_free(m);
     return NULL;
+}
+
+/* Give back the memory behind weight *w (n floats) and forget it: a
+ * converted copy is freed; a tensor read in place from the mapping has its
+ * pages dropped. */
+static void release(model *m, const float **w, size_t n)
+{
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == *w) {
+            free(m->owned[i]);
+            m->owned[i] = m->owned[--m->n_owned];
+            *w = NULL;
+            return;
+        }
+    drop_pages(*w, n * sizeof(float));
+    *w = NULL;
+}
+
+void model_release_matrices(model *m)
+{
+    const model_cfg *c = &m->cfg;
+    size_t C = c->n_embd, I = c->n_inner;
+    for (int l = 0; l < c->n_layer; l++) {
+        layer_weights *w = &m->layers[l];
+        release(m, &w->qkv_w, C * 3 * C);
+        release(m, &w->attn_w, C * C);
+        release(m, &w->fc_w, C * I);
+        release(m, &w->proj_w, I * C);
+    }
+    if (!c->tied) release(m, &m->lm_head, (size_t)c->n_vocab * C);
 }
 
 void model_free(model *m)

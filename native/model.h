@@ -54,6 +54,12 @@ typedef struct {
 model *model_load(const char *dir, char *err);
 void model_free(model *m);
 
+/* The layer matrices (and an untied lm_head) are read only to build a
+ * device's own copies of them (packed for the CPU, 16-bit on a GPU). Once
+ * that is done their memory is given back and the pointers become NULL;
+ * the embeddings, norms and biases stay. */
+void model_release_matrices(model *m);
+
 /* Parse and range-check config.json alone (used by model_load and tests). */
 int model_read_config(const char *path, model_cfg *cfg, char *err);
 

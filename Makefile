@@ -33,8 +33,8 @@ SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c
 
-.PHONY: all help deps deps-test test test-unit test-py test-asan test-nvim test-gpu fuzz bench weights \
-        demo doc fixtures clean
+.PHONY: all help deps deps-test test test-unit test-py test-asan test-nvim test-gpu fuzz bench bench-gpu \
+        weights demo doc fixtures clean
 
 all: $(BUILD)/gpt2 $(CUDA_LIB) ## build build/gpt2 (and build/gpt2-cuda.so with nvcc)
 
@@ -120,6 +120,9 @@ fuzz: $(BUILD)/fuzz/fuzz_msg ## fuzz the message decoder for FUZZ_SECONDS (defau
 
 bench: deps $(BUILD)/gpt2 $(BUILD)/bench_cpu ## timings on a random gpt2-shaped (124M) checkpoint, and a typing session
 	@scripts/bench.sh
+
+bench-gpu: deps all $(BUILD)/bench_cpu ## GPU figures: kernels, the helper and transformers on gpt2/gpt2-medium shapes
+	$(PYTHON) tests/bench/bench_gpu.py
 
 weights: ## download a checkpoint: make weights [MODEL=gpt2|gpt2-medium|...]
 	@scripts/fetch-weights.sh $(or $(MODEL),gpt2)

@@ -155,11 +155,18 @@ static int reserve(device *d, int R, size_t cands)
     return 0;
 }
 
+/* Whether the GPU can hand back the k best candidates of a row. */
+static int topk_usable(const device *d, int k)
+{
+    size_t V = d->m->cfg.n_vocab;
+    return d->gpu && k > 0 && k <= GPU_MAX_TOPK && (size_t)k < V && V <= GPU_TOPK_MAX_VOCAB;
+}
+
 static int gpu_run(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out,
                    float *logits, int topk, char *err)
 {
     size_t V = d->m->cfg.n_vocab;
-    if (topk <= 0 || topk > GPU_MAX_TOPK || (size_t)topk >= V) topk = 0;
+    if (!topk_usable(d, topk)) topk = 0;
     if (reserve(d, R, (size_t)n_out * (topk ? topk : 1)) < 0) return errf(err, "out of memory");
     for (int r = 0; r < R; r++)
         d->rows[r] = (gpu_row){.token = rows[r].token, .len0 = rows[r].len0,
@@ -169,12 +176,23 @@ static int gpu_run(device *d, const fwd_row *rows, int R, const int *out_rows, i
     if (!topk) return d->api->run(d->gpu, d->rows, R, out_rows, n_out, 0, logits, NULL, err);
     if (d->api->run(d->gpu, d->rows, R, out_rows, n_out, topk, d->vals, d->ids, err) < 0)
         return -1;
+    if (!logits) return topk; /* device_run_topk: the candidates are the answer */
     for (int i = 0; i < n_out; i++) { /* the candidates, and -inf elsewhere */
         float *row = logits + i * V;
         for (size_t v = 0; v < V; v++) row[v] = -INFINITY;
         for (int k = 0; k < topk; k++) row[d->ids[i * topk + k]] = d->vals[i * topk + k];
     }
     return 0;
+}
+
+int device_run_topk(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out, int k,
+                    float *logits, const float **vals, const int **ids, char *err)
+{
+    if (!topk_usable(d, k)) return device_run(d, rows, R, out_rows, n_out, logits, 0, err) < 0 ? -1 : 0;
+    if (gpu_run(d, rows, R, out_rows, n_out, NULL, k, err) < 0) return -1;
+    *vals = d->vals;
+    *ids = d->ids;
+    return k;
 }
 
 int device_run(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out,
@@ -194,4 +212,9 @@ void device_memory(device *d, size_t *used, size_t *free_bytes, unsigned long *o
     *used = info.used_by_us;
     *free_bytes = info.free_bytes;
     *ooms = info.oom_count;
+}
+
+double device_copy_bandwidth(device *d)
+{
+    return d->gpu ? d->api->copy_bandwidth(d->gpu) : 0;
 }

@@ -49,7 +49,19 @@ size_t device_kv_bytes(const kv_cache *kv);
 int device_run(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out,
                float *logits, int topk_hint, char *err);
 
+/* A decode pass that needs only the k best candidates of each output row:
+ * on a GPU that can select them, k and, in *vals / *ids (n_out * k, best
+ * first: larger logit, then smaller id; valid until the next pass), the
+ * candidates, so the vocabulary is never copied or scanned on the host;
+ * elsewhere 0 and every logit in `logits`, as device_run. -1 with err. */
+int device_run_topk(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out, int k,
+                    float *logits, const float **vals, const int **ids, char *err);
+
 /* Memory: bytes used by this process on the device, free on the device. */
 void device_memory(device *d, size_t *used, size_t *free_bytes, unsigned long *ooms);
+
+/* A GPU's device-to-device copy bandwidth in GB/s (read plus written); 0 on
+ * the CPU. For `make bench-gpu`. */
+double device_copy_bandwidth(device *d);
 
 #endif

@@ -212,7 +212,11 @@ static int step_group(engine *e, gen_task **tasks, int n, int R, char *err)
             r++;
         }
     double t0 = now_ms();
-    if (device_run(e->dev, rows, R, out, R, logits, topk_hint(tasks, n), err) < 0) goto done;
+    const float *cand_val = NULL;
+    const int *cand_id = NULL;
+    int nc = device_run_topk(e->dev, rows, R, out, R, topk_hint(tasks, n), logits, &cand_val,
+                             &cand_id, err);
+    if (nc < 0) goto done;
     size_t V = e->m->cfg.n_vocab;
     r = 0;
     for (int k = 0; k < n; k++) {
@@ -220,7 +224,10 @@ static int step_group(engine *e, gen_task **tasks, int n, int R, char *err)
         int took = 0;
         for (int i = 0; i < t->p.n; i++) {
             if (!t->seq[i].active) continue;
-            int tok = sample_token(e->sampler, logits + r++ * V, &t->p.sp, &t->seq[i].rng);
+            int tok = nc ? sample_candidates(e->sampler, cand_val + r * nc, cand_id + r * nc, nc,
+                                             &t->p.sp, &t->seq[i].rng)
+                        : sample_token(e->sampler, logits + r * V, &t->p.sp, &t->seq[i].rng);
+            r++;
             if (accept_token(e, t, i, tok) < 0) {
                 errf(err, "out of memory");
                 goto done;

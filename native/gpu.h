@@ -6,7 +6,7 @@
  * without them. Both sides are compiled from this tree, so they share the
  * model structures; GPU_API_VERSION guards against a stale .so.
  *
- * Layouts on the device: weights bf16 (or fp16), HF's [in, out] kept as is
+ * Layouts on the device: weights fp16 (or bf16), HF's [in, out] kept as is
  * (column-major [out, in] for cuBLAS, no transpose copy); the residual
  * stream, attention and the KV cache in fp32.
  */
@@ -17,14 +17,15 @@
 
 #include "model.h"
 
-#define GPU_API_VERSION 1
+#define GPU_API_VERSION 2
 #define GPU_MAX_TOPK 64 /* candidates copied back per row instead of logits */
+#define GPU_TOPK_MAX_VOCAB 262144 /* larger vocabularies copy every logit back */
 
 typedef struct gpu_ctx gpu_ctx;
 typedef struct gpu_kv gpu_kv;
 
 typedef struct {
-    int half;              /* 1: fp16 weights, 0: bf16 (default) */
+    int half;              /* 1: fp16 weights (the CLI's default), 0: bf16 */
     int device;            /* CUDA device index */
     size_t mem_cap;        /* refuse allocations past this many bytes (0: none) */
     int max_rows;          /* rows of one forward pass (prefill chunk, batch) */
@@ -57,6 +58,9 @@ typedef struct {
     int (*run)(gpu_ctx *g, const gpu_row *rows, int R, const int *out_rows, int n_out, int topk,
                float *vals, int *ids, char *err);
     void (*info)(gpu_ctx *g, gpu_info *out);
+    /* Device-to-device copy bandwidth in GB/s (bytes read plus written),
+     * best of a few copies of 256 MiB; 0 if it cannot be measured. */
+    double (*copy_bandwidth)(gpu_ctx *g);
 } gpu_api;
 
 /* The symbol the backend exports. */

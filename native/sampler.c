@@ -43,6 +43,7 @@ double rng_uniform(rng_t *r) { return (rng_next(r) >> 11) * 0x1.0p-53; }
 struct sampler {
     int n_vocab;
     int *idx;     /* candidate ids, best first */
+    float *val;   /* their logits */
     float *prob;  /* their probabilities */
 };
 
@@ -52,8 +53,9 @@ sampler *sampler_new(int n_vocab)
     if (!s) return NULL;
     s->n_vocab = n_vocab;
     s->idx = xmallocarray(n_vocab, sizeof *s->idx);
+    s->val = xmallocarray(n_vocab, sizeof *s->val);
     s->prob = xmallocarray(n_vocab, sizeof *s->prob);
-    if (!s->idx || !s->prob) {
+    if (!s->idx || !s->val || !s->prob) {
         sampler_free(s);
         return NULL;
     }
@@ -64,6 +66,7 @@ void sampler_free(sampler *s)
 {
     if (!s) return;
     free(s->idx);
+    free(s->val);
     free(s->prob);
     free(s);
 }
@@ -117,31 +120,48 @@ static void top_k(const float *l, int n, int k, int *idx)
     }
 }
 
-int sample_token(sampler *s, const float *logits, const sample_params *p, rng_t *r)
+/* One of the k candidates (logits val, ids id, best first) with p's
+ * temperature and top-p, drawn with r. */
+static int draw(const float *val, const int *id, int k, const sample_params *p, rng_t *r,
+                float *prob)
 {
-    int n = s->n_vocab;
-    if (p->temperature <= 0 || p->top_k == 1) return argmax(logits, n);
-    int k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
-    top_k(logits, n, k, s->idx);
-    float inv_t = 1.0f / p->temperature, max = logits[s->idx[0]] * inv_t;
+    float inv_t = 1.0f / p->temperature, max = val[0] * inv_t;
     double sum = 0;
-    for (int i = 0; i < k; i++) sum += s->prob[i] = expf(logits[s->idx[i]] * inv_t - max);
+    for (int i = 0; i < k; i++) sum += prob[i] = expf(val[i] * inv_t - max);
     /* nucleus: the smallest prefix whose probability reaches top_p */
     int keep = k;
     if (p->top_p < 1.0f) {
         double cum = 0, target = p->top_p * sum;
         for (keep = 0; keep < k;) {
-            cum += s->prob[keep++];
+            cum += prob[keep++];
             if (cum >= target) break;
         }
         sum = cum;
     }
     double u = rng_uniform(r) * sum, acc = 0;
     for (int i = 0; i < keep; i++) {
-        acc += s->prob[i];
-        if (u < acc) return s->idx[i];
+        acc += prob[i];
+        if (u < acc) return id[i];
     }
-    return s->idx[keep - 1]; /* rounding at the very top of the range */
+    return id[keep - 1]; /* rounding at the very top of the range */
+}
+
+int sample_token(sampler *s, const float *logits, const sample_params *p, rng_t *r)
+{
+    int n = s->n_vocab;
+    if (p->temperature <= 0 || p->top_k == 1) return argmax(logits, n);
+    int k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
+    top_k(logits, n, k, s->idx);
+    for (int i = 0; i < k; i++) s->val[i] = logits[s->idx[i]];
+    return draw(s->val, s->idx, k, p, r, s->prob);
+}
+
+int sample_candidates(sampler *s, const float *val, const int *id, int k, const sample_params *p,
+                      rng_t *r)
+{
+    if (p->temperature <= 0 || p->top_k == 1) return id[0];
+    if (p->top_k > 0 && p->top_k < k) k = p->top_k;
+    return draw(val, id, k, p, r, s->prob);
 }
 
 /* ==== Stop rules ==== */

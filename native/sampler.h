@@ -34,6 +34,13 @@ void sampler_free(sampler *s);
  * reaches top_p, and sampled with r. */
 int sample_token(sampler *s, const float *logits, const sample_params *p, rng_t *r);
 
+/* The same choice from the k best candidates only, best first (larger
+ * logit, then smaller id): val[i] is the logit of id[i]. With k >= p's
+ * top_k (> 0) this draws exactly what sample_token draws from the whole
+ * vocabulary. For a GPU, which hands back candidates, not logits. */
+int sample_candidates(sampler *s, const float *val, const int *id, int k, const sample_params *p,
+                      rng_t *r);
+
 typedef enum { STOP_NONE, STOP_LINE, STOP_SENTENCE } stop_mode;
 
 /* Where to cut generated text under `mode`: the length of the text to keep,

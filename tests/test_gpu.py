@@ -6,19 +6,30 @@ line when no GPU is usable; `status` reports the device.
 
 Run only where a GPU is usable (else SKIP with the reason; `make test-gpu`
 sets GPT2_REQUIRE_GPU=1 so a missing GPU fails instead):
-  - logits of every position, GPU (bf16 and fp16 weights) vs CPU fp32, on the
-    oracle checkpoints and on a random gpt2-shaped (124M) one: top-1
-    agreement >= 99.5%, max |diff| <= 3% and mean |diff| <= 0.5% of the
-    largest |logit| of the CPU row (16-bit weights carry 8 to 11 significant
-    bits; these bounds are first estimates, to be tightened with measured
-    figures printed by the tests);
-  - greedy continuations equal while the CPU's top-1 margin exceeds
-    2 x the largest logit difference measured for that model;
+  - logits of every position, GPU vs CPU fp32, on the oracle checkpoints and
+    on a random gpt2-shaped (124M) one. The GPU rounds weights and every
+    GEMM input to 16 bits (fp16: 11 significant bits, bf16: 8) and
+    accumulates in fp32, so the bounds are per format, as fractions of the
+    row's largest |logit|, about 3x the worst measured on an H100
+    (2026-11-23: fp16 max 0.26%, mean 0.053%; bf16 max 1.7%, mean 0.36%):
+        fp16 (the default): top-1 >= 99.5%, max <= 0.75%, mean <= 0.15%
+        bf16: top-1 >= 95%, max <= 5%, mean <= 1%
+    (random checkpoints have flat logits, so bf16 rounding flips near-ties:
+    98.3-100% top-1 measured over 64-300 positions);
+  - the kernels against each other (fp16): the attention kernels (decode
+    slices, prompt tiles, simple) and the decode products (ours, cuBLAS)
+    differ only in fp32 summation order, re-rounded to 16 bits: max diff
+    <= 0.25% (measured 0.074%) and the same top-1 everywhere;
+  - greedy continuations equal to the CPU's while the CPU's top-1 margin
+    exceeds 2 x the largest logit difference measured for that model;
+  - replaying CUDA graphs changes nothing: seeded sampled and greedy
+    continuations are identical with graphs on and off, and run to run;
   - out-of-memory (a memory cap) is a clear error and the helper keeps
-    serving; compute-sanitizer memcheck finds nothing in one completion.
+    serving; compute-sanitizer's memcheck and racecheck find nothing.
 """
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -141,14 +152,22 @@ def model_124m(tmp_path_factory):
     return str(d)
 
 
-def all_logits(model, tokens, device, tmp_path, dtype="bf16"):
+def all_logits(model, tokens, device, tmp_path, dtype="fp16", env=None):
     out = tmp_path / f"{device}-{dtype}.bin"
-    r = json.loads(run("logits", "--model", model, "--tokens", ",".join(map(str, tokens)),
-                       "--all", "--out", str(out), "--device", device, "--gpu-dtype", dtype).stdout)
+    e = dict(os.environ, **(env or {}))
+    r = subprocess.run([GPT2, "logits", "--model", model, "--tokens", ",".join(map(str, tokens)),
+                        "--all", "--out", str(out), "--device", device, "--gpu-dtype", dtype],
+                       capture_output=True, text=True, timeout=600, env=e)
+    assert r.returncode == 0, r.stderr
+    r = json.loads(r.stdout)
     return np.fromfile(out, dtype="<f4").reshape(r["rows"], r["vocab"])
 
 
-def compare(cpu, gpu, label):
+# (top-1 agreement at least, max |diff| and mean |diff| at most, of max|logit|)
+BOUNDS = {"fp16": (0.995, 0.0075, 0.0015), "bf16": (0.95, 0.05, 0.01)}
+
+
+def compare(cpu, gpu, label, bounds=BOUNDS["fp16"]):
     top1 = float((cpu.argmax(1) == gpu.argmax(1)).mean())
     scale = np.abs(cpu).max(1, keepdims=True)
     d = np.abs(cpu - gpu)
@@ -156,9 +175,9 @@ def compare(cpu, gpu, label):
     print(f"{label}: {cpu.shape[0]} positions, top-1 agreement {top1 * 100:.2f}%, "
           f"max |diff| {d.max():.4g} ({max_rel * 100:.3f}% of max|logit|), "
           f"mean |diff| {d.mean():.4g} ({mean_rel * 100:.3f}%)")
-    assert top1 >= 0.995, f"{label}: top-1 agreement {top1:.4f}"
-    assert max_rel <= 0.03, f"{label}: max |diff| {max_rel:.4f} of max|logit|"
-    assert mean_rel <= 0.005, f"{label}: mean |diff| {mean_rel:.4f} of max|logit|"
+    assert top1 >= bounds[0], f"{label}: top-1 agreement {top1:.4f}"
+    assert max_rel <= bounds[1], f"{label}: max |diff| {max_rel:.4f} of max|logit|"
+    assert mean_rel <= bounds[2], f"{label}: mean |diff| {mean_rel:.4f} of max|logit|"
     return float(d.max())
 
 
@@ -175,14 +194,57 @@ def test_gpu_logits_match_cpu_on_fixtures(name, dtype, tmp_path):
     model = os.path.join(MODELS, name)
     toks = tokens_for(model, 300)
     compare(all_logits(model, toks, "cpu", tmp_path), all_logits(model, toks, "cuda", tmp_path, dtype),
-            f"{name} {dtype}")
+            f"{name} {dtype}", BOUNDS[dtype])
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_gpu_logits_match_cpu_on_a_124m_model(model_124m, dtype, tmp_path):
     toks = tokens_for(model_124m, 300, seed=1)
     compare(all_logits(model_124m, toks, "cpu", tmp_path),
-            all_logits(model_124m, toks, "cuda", tmp_path, dtype), f"gpt2-124m {dtype}")
+            all_logits(model_124m, toks, "cuda", tmp_path, dtype), f"gpt2-124m {dtype}",
+            BOUNDS[dtype])
+
+
+# 300 positions run as prompt passes (tiles, cuBLAS); 8 as decode-sized
+# passes (attention slices, our products)
+VARIANTS = [("simple attention", {"GPT2_CUDA_ATTN": "simple"}),
+            ("decode attention", {"GPT2_CUDA_ATTN": "decode"}),
+            ("cuBLAS products", {"GPT2_CUDA_GEMV": "0"})]
+
+
+@pytest.mark.parametrize("n", [8, 300])
+@pytest.mark.parametrize("name", ["gpt2-124m", "odd-f32"])
+def test_gpu_kernels_agree_with_each_other(name, n, model_124m, tmp_path):
+    model = model_124m if name == "gpt2-124m" else os.path.join(MODELS, name)
+    toks = tokens_for(model, n, seed=1)
+    base = all_logits(model, toks, "cuda", tmp_path)
+    scale = np.abs(base).max(1, keepdims=True)
+    for label, env in VARIANTS:
+        other = all_logits(model, toks, "cuda", tmp_path, env=env)
+        rel = float((np.abs(other - base) / scale).max())
+        print(f"{name} {len(toks)} positions, {label} vs default: max |diff| {rel * 100:.4f}% "
+              f"of max|logit|")
+        assert rel <= 0.0025, f"{label}: {rel:.5f}"
+        assert (other.argmax(1) == base.argmax(1)).all(), label
+
+
+@pytest.mark.parametrize("temperature", ["0", "0.8"])
+def test_gpu_graphs_change_nothing_and_runs_repeat(model_124m, temperature):
+    prompt = tokens_for(model_124m, 40, seed=4)
+    args = ["complete", "--model", model_124m, "--tokens", ",".join(map(str, prompt)), "-n", "3",
+            "--max-tokens", "24", "--temperature", temperature, "--seed", "11", "--stop", "none",
+            "--device", "cuda"]
+
+    def tokens(graphs):
+        r = subprocess.run([GPT2, *args], capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, GPT2_CUDA_GRAPHS=graphs))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["tokens"]
+
+    with_graphs = tokens("1")
+    assert all(len(t) == 24 for t in with_graphs)
+    assert tokens("1") == with_graphs, "two runs differ"
+    assert tokens("0") == with_graphs, "graphs on and off differ"
 
 
 @pytest.mark.parametrize("name", ["tiny-f32", "scaled-f32", "odd-f32"])
@@ -215,15 +277,39 @@ def test_gpu_out_of_memory_is_an_error_and_the_helper_keeps_serving(model_124m):
     assert first.returncode == 1 and "GPU memory cap" in first.stderr, first.stderr
 
     def session(cap_mb, msgs):
+        """The replies {msgid: [1, msgid, error, result]} to msgs, written in order. stdin stays
+        open until every reply is in: its EOF means the editor is gone and cancels what is in
+        flight. A status is written only once every earlier reply is in: the loop thread answers
+        it at once, so it would describe the helper before the model loaded (no GPU memory
+        used) and before any out-of-memory."""
         p = subprocess.Popen([GPT2, "serve", "--model", model_124m, "--device", "cuda",
                               "--cache-slots", "0", "--log-level", "error"] +
                              (["--gpu-mem-mb", str(cap_mb)] if cap_mb else []),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        for m in msgs:
-            p.stdin.write(msgpack.packb(m))
-        p.stdin.close()
-        out = {m[1]: m for m in msgpack.Unpacker(p.stdout, raw=False)}
-        assert p.wait(timeout=300) == 0
+        out, unp = {}, msgpack.Unpacker(raw=False)
+
+        def wait_for(ids):
+            while not ids <= out.keys():
+                ready, _, _ = select.select([p.stdout], [], [], 300)
+                assert ready, f"no reply to {sorted(ids - out.keys())} in 300 s"
+                data = os.read(p.stdout.fileno(), 1 << 16)
+                assert data, f"the helper closed stdout before replying to {sorted(ids - out.keys())}"
+                unp.feed(data)
+                for m in unp:
+                    if m[0] == 1:  # notifications [2, ...] are not replies
+                        out[m[1]] = m
+
+        try:
+            for i, m in enumerate(msgs):
+                if m[2] == "status":
+                    wait_for({x[1] for x in msgs[:i]})
+                p.stdin.write(msgpack.packb(m))
+                p.stdin.flush()
+            wait_for({m[1] for m in msgs})
+            p.stdin.close()
+            assert p.wait(timeout=300) == 0
+        finally:
+            p.kill()  # a no-op once it exited
         return out
 
     used = session(0, [[0, 1, "complete", [{"text": "a", "max_tokens": 1}]],
@@ -240,15 +326,21 @@ def test_gpu_out_of_memory_is_an_error_and_the_helper_keeps_serving(model_124m):
     assert out[4][3]["memory"]["gpu_out_of_memory"] >= 1
 
 
-def test_gpu_memcheck_finds_nothing():
+# memcheck over a 40-token prompt (prompt tiles, cuBLAS) and decode steps;
+# racecheck over decode-sized passes only (our kernels: cuBLAS's own Hopper
+# kernels draw race reports of their shared memory that are not ours)
+@pytest.mark.parametrize("tool,prompt", [("memcheck", 40), ("racecheck", 2)])
+def test_gpu_sanitizer_finds_nothing(tool, prompt):
     need_gpu()
     cs = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
     if not os.path.exists(cs):
         print("SKIP: compute-sanitizer not installed")
         pytest.skip("compute-sanitizer not installed")
-    r = subprocess.run([cs, "--tool", "memcheck", "--error-exitcode", "9", GPT2, "complete",
-                        "--model", os.path.join(MODELS, "tiny-f32"), "--prompt", "Hello world",
-                        "-n", "3", "--max-tokens", "8", "--device", "cuda"],
+    model = os.path.join(MODELS, "tiny-f32")
+    toks = tokens_for(model, prompt, seed=5)
+    r = subprocess.run([cs, "--tool", tool, "--error-exitcode", "9", GPT2, "complete",
+                        "--model", model, "--tokens", ",".join(map(str, toks)), "-n", "3",
+                        "--max-tokens", "8", "--device", "cuda"],
                        capture_output=True, text=True, timeout=600)
     print(r.stdout[-2000:], r.stderr[-2000:])
     assert r.returncode == 0

@@ -2,17 +2,6 @@
 // residual add.
 #include "common.cuh"
 
-__device__ __forceinline__ float activate(float x, int act)
-{
-    switch (act) {
-    case 0: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-    case 1: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case 2: return fmaxf(x, 0.0f);
-    case 3: return x / (1.0f + expf(-1.702f * x));
-    default: return x / (1.0f + expf(-x));
-    }
-}
-
 // out16 (R, I) = act(y + bias)
 template <typename T>
 __global__ void bias_act_kernel(T *out, const float *y, const float *bias, size_t n, int I,

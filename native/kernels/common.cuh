@@ -38,6 +38,19 @@ template <typename T> __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32(float v) { return __float2bfloat16(v); }
 template <> __device__ __forceinline__ __half from_f32(float v) { return __float2half(v); }
 
+// The MLP activations (model.h act_kind): gelu tanh, gelu erf, relu, quick
+// gelu, silu.
+__device__ __forceinline__ float activate(float x, int act)
+{
+    switch (act) {
+    case 0: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case 1: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    case 2: return fmaxf(x, 0.0f);
+    case 3: return x / (1.0f + expf(-1.702f * x));
+    default: return x / (1.0f + expf(-x));
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

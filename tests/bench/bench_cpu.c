@@ -1,17 +1,22 @@
-/* bench_cpu.c - the CPU engine's figures for `make bench`, measured directly
- * on the forward pass (no process start, no sampling):
+/* bench_cpu.c - the engine's figures for `make bench` (CPU formats) and
+ * `make bench-gpu` (gpu-fp16, gpu-bf16), measured directly on the forward
+ * pass (no process start, no sampling):
  *
  *   bandwidth  streaming read of a buffer far larger than the caches, by all
  *              threads of the pool at once (the same pool the engine uses),
- *              best of runs before and after the decode timings;
+ *              best of runs before and after the decode timings; on a GPU
+ *              a device-to-device copy (bytes read plus written);
  *   floor      bytes the decode step must stream (every matrix once, in the
  *              format given, plus the tied embedding for the logits) divided
  *              by that bandwidth;
- *   decode     one batched step at batch 1 and 3 after a shared context;
- *   prefill    a cold prompt of 128 and 512 tokens (logits of the last one).
+ *   decode     one batched step at batch 1 and 3 after a shared context (on
+ *              a GPU with the top-40 candidates, as generation asks);
+ *   prefill    a cold prompt of 128 and 512 tokens, and 1000 on a GPU
+ *              (logits of the last one).
  *
  * Prints one JSON object; tests/bench/bench.py formats it.
- * usage: bench_cpu MODEL_DIR FORMAT(fp32|bf16|int8) [--context N] [--steps N] [--threads N]
+ * usage: bench_cpu MODEL_DIR FORMAT(fp32|bf16|int8|gpu-fp16|gpu-bf16) [--context N]
+ *                  [--steps N] [--threads N]
  *                  [--prefill 0]   (0: decode only, for a profiler)
  */
 #define _GNU_SOURCE
@@ -89,9 +94,13 @@ static double packed_bytes(double K, double N, int fmt)
 }
 
 /* Bytes one decode step streams: every layer matrix and the embedding for
- * the logits, as packed. */
+ * the logits, as packed (fmt < 0: 16-bit on a GPU). */
 static double step_bytes(const model_cfg *c, int fmt)
 {
+    if (fmt < 0) {
+        double C = c->n_embd, I = c->n_inner;
+        return 2 * (c->n_layer * (4 * C * C + 2 * C * I) + C * c->n_vocab);
+    }
     double C = c->n_embd, I = c->n_inner;
     double layer = packed_bytes(C, 3 * C, fmt) + packed_bytes(C, C, fmt) +
                    packed_bytes(C, I, fmt) + packed_bytes(I, C, fmt);
@@ -107,10 +116,12 @@ static int fail(const char *err)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: bench_cpu MODEL_DIR fp32|bf16|int8 [--context N] [--steps N] [--threads N]\n");
+        fprintf(stderr, "usage: bench_cpu MODEL_DIR fp32|bf16|int8|gpu-fp16|gpu-bf16 [--context N] "
+                "[--steps N] [--threads N]\n");
         return 2;
     }
-    int fmt = !strcmp(argv[2], "bf16") ? FWD_BF16 : !strcmp(argv[2], "int8") ? FWD_INT8 : FWD_FP32;
+    int gpu = !strncmp(argv[2], "gpu-", 4);
+    int fmt = gpu ? -1 : !strcmp(argv[2], "bf16") ? FWD_BF16 : !strcmp(argv[2], "int8") ? FWD_INT8 : FWD_FP32;
     int context = 256, steps = 40, threads = 0, skip_prefill = 0;
     for (int i = 3; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--context")) context = atoi(argv[i + 1]);
@@ -121,7 +132,8 @@ int main(int argc, char **argv)
     char err[ERR_MAX];
     model *m = model_load(argv[1], err);
     if (!m) return fail(err);
-    device_opts o = {.choice = DEVICE_CPU, .cpu_fmt = fmt};
+    device_opts o = {.choice = gpu ? DEVICE_CUDA : DEVICE_CPU, .cpu_fmt = gpu ? FWD_FP32 : fmt,
+                     .half = gpu && !strcmp(argv[2], "gpu-fp16")};
     engine *e = engine_new(m, threads, &o, err);
     if (!e) return fail(err);
     const model_cfg *c = &m->cfg;
@@ -129,7 +141,8 @@ int main(int argc, char **argv)
 
     /* other tenants of a shared machine move the bandwidth: take the best of
      * a measurement before and one after the timed steps */
-    double bw = bandwidth(e->pool), bytes = step_bytes(c, fmt);
+    double bw = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool), bytes = step_bytes(c, fmt);
+    int topk = gpu ? 40 : 0;
     float *logits = malloc((size_t)3 * c->n_vocab * sizeof(float));
     int *toks = malloc(512 * sizeof(int));
     if (!logits || !toks) return fail("out of memory");
@@ -140,11 +153,13 @@ int main(int argc, char **argv)
     }
 
     /* prefill: cold prompts, chunked as generation chunks them */
-    int lens[2] = {128, 512};
-    double prefill_ms[2];
+    int lens[3] = {128, 512, 1000};
+    double prefill_ms[3] = {0};
+    int *toks1000 = malloc(1000 * sizeof(int));
     fwd_row *rows = calloc(GEN_PREFILL_CHUNK, sizeof *rows);
-    for (int k = 0; k < 2; k++) {
-        prefill_ms[k] = 0;
+    if (!toks1000 || !rows) return fail("out of memory");
+    for (int i = 0; i < 1000; i++) toks1000[i] = toks[(i * 7) % 512];
+    for (int k = 0; k < (gpu ? 3 : 2); k++) {
         if (skip_prefill) continue;
         int T = lens[k] < c->n_ctx ? lens[k] : c->n_ctx;
         double t[5];
@@ -155,7 +170,7 @@ int main(int argc, char **argv)
             for (int from = 0; from < T; from += GEN_PREFILL_CHUNK) {
                 int R = T - from < GEN_PREFILL_CHUNK ? T - from : GEN_PREFILL_CHUNK, last = R - 1;
                 for (int i = 0; i < R; i++)
-                    rows[i] = (fwd_row){.token = toks[from + i], .own = kv, .own_at = from + i};
+                    rows[i] = (fwd_row){.token = toks1000[from + i], .own = kv, .own_at = from + i};
                 if (device_run(e->dev, rows, R, &last, from + R == T, logits, 0, err) < 0) return fail(err);
             }
             t[rep] = now_ms() - t0;
@@ -187,21 +202,25 @@ int main(int argc, char **argv)
                 rows[b] = (fwd_row){.token = toks[(at * 3 + b) % 512], .ctx0 = prefix,
                                     .len0 = context, .own = own[b], .own_at = at};
             double t0 = now_ms();
-            if (device_run(e->dev, rows, B, out, B, logits, 0, err) < 0) return fail(err);
+            if (device_run(e->dev, rows, B, out, B, logits, topk, err) < 0) return fail(err);
             if (s >= 0) t[s] = now_ms() - t0;
         }
         step_ms[k] = median(t, steps);
         for (int b = 0; b < B; b++) device_kv_free(e->dev, own[b]);
     }
     device_kv_free(e->dev, prefix);
-    double bw2 = bandwidth(e->pool);
+    double bw2 = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool);
     bw = bw2 > bw ? bw2 : bw;
     double floor_ms = bytes / (bw * 1e6);
-    printf("{\"format\": \"%s\", \"threads\": %d, \"bandwidth_gbs\": %.2f, \"step_bytes\": %.0f, "
-           "\"floor_ms\": %.3f, \"context\": %d, \"steps\": %d, \"step1_ms\": %.3f, "
-           "\"step3_ms\": %.3f, \"prefill128_ms\": %.2f, \"prefill512_ms\": %.2f}\n",
-           argv[2], pool_size(e->pool), bw, bytes, floor_ms, context, steps, step_ms[0],
-           step_ms[1], prefill_ms[0], prefill_ms[1]);
+    printf("{\"format\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"bandwidth_gbs\": %.2f, "
+           "\"step_bytes\": %.0f, \"floor_ms\": %.4f, \"context\": %d, \"steps\": %d, "
+           "\"step1_ms\": %.4f, \"step3_ms\": %.4f, \"prefill128_ms\": %.3f, "
+           "\"prefill512_ms\": %.3f",
+           argv[2], device_name(e->dev), pool_size(e->pool), bw, bytes, floor_ms, context, steps,
+           step_ms[0], step_ms[1], prefill_ms[0], prefill_ms[1]);
+    if (gpu) printf(", \"prefill1000_ms\": %.3f", prefill_ms[2]);
+    printf("}\n");
+    free(toks1000);
     free(t);
     free(rows);
     free(toks);

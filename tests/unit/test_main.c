@@ -209,6 +209,35 @@ static void test_sampling(void)
     int never = 1;
     for (int i = 0; i < 5000; i++) never &= sample_token(s, l3, &(sample_params){1, 0, 0.75f}, &r) != 30;
     CHECK(never, "top_p 0.75 drops the 0.2 tail");
+
+    /* a GPU's candidates (the k best, best first) draw exactly what the whole
+     * vocabulary draws, for k >= top_k: same rng streams, same tokens; ties
+     * included (every 7th logit repeats), since both order them by id */
+    enum { K = 64 };
+    float val[K];
+    int id[K], same = 1, trials = 0;
+    rng_t g;
+    rng_seed(&g, 99, 0);
+    for (int i = 0; i < V; i++) logits[i] = (float)(rng_uniform(&g) * 8.0) - 4.0f;
+    for (int i = 7; i < V; i += 7) logits[i] = logits[i - 7];
+    for (int k = 0; k < K; k++) { /* selection of the K best, larger then smaller id */
+        int best = -1;
+        for (int v = 0; v < V; v++) {
+            int taken = 0;
+            for (int j = 0; j < k; j++) taken |= id[j] == v;
+            if (!taken && (best < 0 || logits[v] > logits[best])) best = v;
+        }
+        id[k] = best, val[k] = logits[best];
+    }
+    const sample_params ps[] = {{0, 40, 1}, {0.8f, 40, 0.95f}, {1.5f, 64, 1}, {0.7f, 5, 0.5f},
+                                {1, 1, 1}, {1.2f, 17, 0.9f}};
+    for (size_t p = 0; p < sizeof ps / sizeof *ps; p++) {
+        rng_t a, b;
+        rng_seed(&a, 5, p), rng_seed(&b, 5, p);
+        for (int i = 0; i < 500; i++, trials++)
+            same &= sample_token(s, logits, &ps[p], &a) == sample_candidates(s, val, id, K, &ps[p], &b);
+    }
+    CHECK(same, "candidates and the whole vocabulary draw the same tokens (%d draws)", trials);
     sampler_free(s);
 }
 

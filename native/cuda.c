@@ -74,7 +74,7 @@ struct gpu_ctx {
     int *h_ids;
     int use_graphs;      /* GPT2_CUDA_GRAPHS=0 turns them off; a failed capture too */
     int attn_force;      /* GPT2_CUDA_ATTN=decode|simple: one kernel for every pass (tests) */
-    int use_gemv;        /* GPT2_CUDA_GEMV=0: cuBLAS for the decode products too (tests) */
+    int use_gemv;        /* GPT2_CUDA_GEMV=0: cuBLAS for decode products and logits too (tests) */
     graph_entry graphs[GRAPHS_MAX];
     int n_graphs;
 };
@@ -469,9 +469,14 @@ static int forward(gpu_ctx *g, int R, int n_out, int topk, int mode, int splits,
     if (k_residual(g->x, g->y, g->L[c->n_layer - 1].proj_b, R, C, g->stream, err) < 0) return -1;
     if (!n_out) return 0;
     if (k_layernorm(g->h16, g->x, g->map, g->lnf_w, g->lnf_b, n_out, C, c->eps, g->half,
-                    g->stream, err) ||
-        gemm(g, g->wte16, g->h16, g->logits, n_out, C, V, 1, err))
+                    g->stream, err))
         return -1;
+    if (g->use_gemv && k_logits_fits(n_out, C)) {
+        if (k_logits(g->wte16, g->h16, n_out, C, V, g->half, g->logits, g->stream, err) < 0)
+            return -1;
+    } else if (gemm(g, g->wte16, g->h16, g->logits, n_out, C, V, 1, err) < 0) {
+        return -1;
+    }
     return topk ? k_topk(g->logits, n_out, V, topk, g->topk_scratch, g->vals, g->ids, g->stream,
                          err)
                 : 0;

@@ -209,7 +209,7 @@ def test_gpu_logits_match_cpu_on_a_124m_model(model_124m, dtype, tmp_path):
 # passes (attention slices, our products)
 VARIANTS = [("simple attention", {"GPT2_CUDA_ATTN": "simple"}),
             ("decode attention", {"GPT2_CUDA_ATTN": "decode"}),
-            ("cuBLAS products", {"GPT2_CUDA_GEMV": "0"})]
+            ("cuBLAS products and logits", {"GPT2_CUDA_GEMV": "0"})]
 
 
 @pytest.mark.parametrize("n", [8, 300])

@@ -138,3 +138,88 @@ extern "C" int k_gemv(const void *W16, const void *x16, int R, int K, int O, int
     else launch((const __nv_bfloat16 *)W16, (const __nv_bfloat16 *)x16, R, K, O, *e, s);
     LAUNCH_CHECK("gemv", err);
 }
+
+// ==== logits ====
+
+#define LG_THREADS 256
+#define LG_ROWS 4 // vocabulary rows per warp
+
+// out (R, V) = h16 (R, C) @ wte16 (V, C)^T: a warp per LG_ROWS rows of the
+// tied embedding, lanes across C (16 bytes each), h in shared memory as
+// fp32; the lanes' sums meet by shuffles in a fixed order.
+template <typename T, int R>
+__global__ void __launch_bounds__(LG_THREADS)
+logits_kernel(const T *wte, const T *h, int C, int V, float *out)
+{
+    extern __shared__ float hs[]; // R * C
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int i = tid; i < R * C; i += LG_THREADS) hs[i] = to_f32(h[i]);
+    __syncthreads();
+    int v0 = (blockIdx.x * (LG_THREADS / 32) + warp) * LG_ROWS, n8 = C / 8;
+    float acc[LG_ROWS][R];
+#pragma unroll
+    for (int u = 0; u < LG_ROWS; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[u][r] = 0;
+    for (int q0 = lane; q0 < n8; q0 += 64) {
+        uint4 w[2][LG_ROWS];
+#pragma unroll
+        for (int s = 0; s < 2; s++)
+#pragma unroll
+            for (int u = 0; u < LG_ROWS; u++) {
+                int q = q0 + 32 * s, v = v0 + u;
+                w[s][u] = q < n8 && v < V ? __ldg((const uint4 *)(wte + (size_t)v * C) + q)
+                                          : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            int q = q0 + 32 * s;
+            if (q >= n8) break;
+#pragma unroll
+            for (int u = 0; u < LG_ROWS; u++) {
+                float f[8];
+                widen8(w[s][u], f, T());
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const float4 *x = (const float4 *)(hs + r * C + q * 8);
+                    float4 a = x[0], b = x[1];
+                    acc[u][r] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w +
+                                 f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < LG_ROWS; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float a = warp_sum(acc[u][r]);
+            if (lane == 0 && v0 + u < V) out[(size_t)r * V + v0 + u] = a;
+        }
+}
+
+template <typename T>
+static void launch_logits(const T *wte, const T *h, int R, int C, int V, float *out, cudaStream_t s)
+{
+    int rows_per_block = LG_THREADS / 32 * LG_ROWS, grid = (V + rows_per_block - 1) / rows_per_block;
+    size_t shared = (size_t)R * C * sizeof(float);
+    switch (R) {
+#define LG_CASE(n) case n: logits_kernel<T, n><<<grid, LG_THREADS, shared, s>>>(wte, h, C, V, out); break;
+        LG_CASE(1) LG_CASE(2) LG_CASE(3) LG_CASE(4) LG_CASE(5) LG_CASE(6) LG_CASE(7) LG_CASE(8)
+#undef LG_CASE
+    }
+}
+
+extern "C" int k_logits_fits(int R, int C)
+{
+    return R >= 1 && R <= K_GEMV_ROWS && C % 8 == 0 && (size_t)R * C * sizeof(float) <= 48 * 1024;
+}
+
+extern "C" int k_logits(const void *wte16, const void *h16, int R, int C, int V, int half,
+                        float *out, cudaStream_t s, char *err)
+{
+    ARG_CHECK(wte16 && h16 && out && V > 0 && k_logits_fits(R, C), "logits", err);
+    if (half) launch_logits((const __half *)wte16, (const __half *)h16, R, C, V, out, s);
+    else launch_logits((const __nv_bfloat16 *)wte16, (const __nv_bfloat16 *)h16, R, C, V, out, s);
+    LAUNCH_CHECK("logits", err);
+}

@@ -83,6 +83,12 @@ typedef struct {
 int k_gemv(const void *W16, const void *x16, int R, int K, int O, int half, const k_gemv_epi *e,
            cudaStream_t s, char *err);
 
+/* The logits of a decode step: out (R, V) = h16 (R, C) @ wte16 (V, C)^T,
+ * when k_logits_fits(R, C) (R <= K_GEMV_ROWS, C % 8 == 0, h in 48 KiB). */
+int k_logits_fits(int R, int C);
+int k_logits(const void *wte16, const void *h16, int R, int C, int V, int half, float *out,
+             cudaStream_t s, char *err);
+
 /* x (R, C) += y + bias; then out16 (R, C) = layernorm(x) * w + b */
 int k_add_layernorm(void *out16, float *x, const float *y, const float *bias, const float *w,
                     const float *b, int R, int C, float eps, int half, cudaStream_t s, char *err);

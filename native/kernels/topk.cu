@@ -10,7 +10,7 @@
 #include "common.cuh"
 
 #define LOCAL_THREADS 512
-#define MERGE_THREADS 1024
+#define MERGE_THREADS 256
 
 // Larger float -> larger unsigned key, and back.
 __device__ __forceinline__ unsigned order_key(float v)

@@ -2,23 +2,24 @@
  * the kernels of native/kernels/; loaded by gpu.c, see gpu.h).
  *
  * The model's weights are uploaded once: the four matrices of each layer and
- * the embedding as bf16 (or fp16), everything else fp32. Activations for
+ * the embedding as fp16 (or bf16), everything else fp32. Activations for
  * max_rows rows are allocated at init, so nothing is allocated per token.
- * One forward pass: embed, then per layer layernorm -> QKV GEMM -> bias and
- * cache store -> attention -> output GEMM -> residual -> layernorm -> FC GEMM
- * -> bias+gelu -> projection GEMM -> residual; ln_f and the logits GEMM only
- * for the rows asked for; then top-k on the device, and one copy back.
- * GEMMs: cuBLAS, 16-bit inputs, fp32 accumulation and output. HF's Conv1D
- * [in, out] row-major is cuBLAS's column-major [out, in]: no transposes.
+ * One forward pass: embed, then per layer (residual +) layernorm -> QKV
+ * product, bias and cache store -> attention -> output product -> residual
+ * + layernorm -> FC product, bias + GELU -> projection product; ln_f and
+ * the logits only for the rows asked for; then top-k on the device, and
+ * one copy back.
+ * Prompt passes: cuBLAS GEMMs (16-bit inputs, fp32 accumulation; HF's
+ * Conv1D [in, out] row-major is cuBLAS's column-major [out, in], no
+ * transposes) and tiled attention. Decode passes (<= K_GEMV_ROWS rows): our
+ * products with their epilogues fused, attention in slices, and one CUDA
+ * graph per shape, replayed per token.
  * Every allocation goes through gmalloc, which enforces the optional memory
  * cap and counts out-of-memory events for `status`.
  */
 #define _GNU_SOURCE
 #include "gpu.h"
 #include "kernels/kernels.h"
-
-_Static_assert(GPU_MAX_TOPK <= K_TOPK_MAX && GPU_TOPK_MAX_VOCAB <= K_TOPK_MAX_VOCAB,
-               "the top-k kernel takes what device.c asks of it");
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -27,6 +28,9 @@ _Static_assert(GPU_MAX_TOPK <= K_TOPK_MAX && GPU_TOPK_MAX_VOCAB <= K_TOPK_MAX_VO
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+_Static_assert(GPU_MAX_TOPK <= K_TOPK_MAX && GPU_TOPK_MAX_VOCAB <= K_TOPK_MAX_VOCAB,
+               "the top-k kernel takes what device.c asks of it");
 
 typedef struct {
     float *ln1_w, *ln1_b, *qkv_b, *attn_b, *ln2_w, *ln2_b, *fc_b, *proj_b;
@@ -67,7 +71,6 @@ struct gpu_ctx {
     void *h16, *a16, *f16;
     int *ids, *map;
     unsigned *count;
-    size_t part_floats;
     krow *rows, *h_rows; /* device, pinned host */
     int *h_map;
     float *h_vals;       /* pinned: top-k results */
@@ -215,13 +218,11 @@ static int activations(gpu_ctx *g, char *err)
     /* attention slices (split_for): R*H < target rows and heads, fewer than
      * 2 * target slices */
     size_t hd = C / g->cfg.n_head, target = (size_t)SPLIT_BLOCKS_PER_SM * g->sms;
-    g->part_floats = 2 * target * (hd + 2);
-    if (!(g->part = gmalloc(g, g->part_floats * 4, "attention slices", err)) ||
+    if (!(g->part = gmalloc(g, 2 * target * (hd + 2) * sizeof(float), "attention slices", err)) ||
         !(g->count = gmalloc(g, target * sizeof(unsigned), "attention slices", err)) ||
         !(g->blas_ws = gmalloc(g, BLAS_WORKSPACE, "the cuBLAS workspace", err)) ||
         !(g->topk_scratch = gmalloc(g, R * K_TOPK_CAND * 8, "top-k", err)))
         return -1;
-
     CUDA_TRY(cudaMemset(g->count, 0, target * sizeof(unsigned)), err);
     if (cublasSetWorkspace(g->blas, g->blas_ws, BLAS_WORKSPACE) != CUBLAS_STATUS_SUCCESS)
         return fail(err, "cuBLAS workspace refused");
@@ -560,7 +561,8 @@ static double copy_bandwidth(gpu_ctx *g)
 {
     size_t bytes = (size_t)256 << 20;
     char err[ERR_MAX];
-    void *a = gmalloc(g, bytes, "a bandwidth test", err), *b = a ? gmalloc(g, bytes, "a bandwidth test", err) : NULL;
+    void *a = gmalloc(g, bytes, "a bandwidth test", err);
+    void *b = a ? gmalloc(g, bytes, "a bandwidth test", err) : NULL;
     cudaEvent_t e0 = NULL, e1 = NULL;
     double best = 0;
     if (b && cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess &&
@@ -570,7 +572,8 @@ static double copy_bandwidth(gpu_ctx *g)
             if (cudaEventRecord(e0, g->stream) != cudaSuccess ||
                 cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, g->stream) != cudaSuccess ||
                 cudaEventRecord(e1, g->stream) != cudaSuccess ||
-                cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
+                cudaEventSynchronize(e1) != cudaSuccess ||
+                cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
                 break;
             double gbs = 2.0 * bytes / (ms * 1e6);
             if (i && gbs > best) best = gbs; /* the first copy warms up */

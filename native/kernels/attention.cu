@@ -233,8 +233,9 @@ attend_tiled_kernel(T *out, const float *qkv, const krow *rows, int R, int C, in
         for (int u = 0; u < 4; u++) {
             int p = t0 + (tid >> 4) + 8 * u, c = 4 * (tid & 15);
             bool in = p < n_all;
-            kr[u] = in ? *(const float4 *)(ctx_row(base, 0, layer, p, C, hoff) + c) : make_float4(0, 0, 0, 0);
-            vr[u] = in ? *(const float4 *)(ctx_row(base, 1, layer, p, C, hoff) + c) : make_float4(0, 0, 0, 0);
+            float4 zero = make_float4(0, 0, 0, 0);
+            kr[u] = in ? *(const float4 *)(ctx_row(base, 0, layer, p, C, hoff) + c) : zero;
+            vr[u] = in ? *(const float4 *)(ctx_row(base, 1, layer, p, C, hoff) + c) : zero;
         }
     };
     if (FAST) fetch(0);
@@ -244,8 +245,10 @@ attend_tiled_kernel(T *out, const float *qkv, const krow *rows, int R, int C, in
 #pragma unroll
             for (int u = 0; u < 4; u++) {
                 int a = (tid >> 4) + 8 * u, c = 4 * (tid & 15);
-                Ks[a][c] = kr[u].x, Ks[a][c + 1] = kr[u].y, Ks[a][c + 2] = kr[u].z, Ks[a][c + 3] = kr[u].w;
-                Vs[a][c] = vr[u].x, Vs[a][c + 1] = vr[u].y, Vs[a][c + 2] = vr[u].z, Vs[a][c + 3] = vr[u].w;
+                Ks[a][c] = kr[u].x, Ks[a][c + 1] = kr[u].y;
+                Ks[a][c + 2] = kr[u].z, Ks[a][c + 3] = kr[u].w;
+                Vs[a][c] = vr[u].x, Vs[a][c + 1] = vr[u].y;
+                Vs[a][c + 2] = vr[u].z, Vs[a][c + 3] = vr[u].w;
             }
         } else {
             for (int i = tid; i < TK * hd; i += TQ * 8) {
@@ -347,20 +350,38 @@ extern "C" int k_qkv_store(float *qkv, const float *bias, const krow *rows, int 
     LAUNCH_CHECK("qkv_store", err);
 }
 
+// One pass of the chosen kernel for element type T of the output.
 template <typename T>
-static void launch_decode(T *out, const float *qkv, const krow *rows, int R, int C, int H,
-                          int layer, float scale, int splits, float *part, unsigned *count,
-                          cudaStream_t s)
+static void launch(T *out, const float *qkv, const krow *rows, int R, int C, int H, int layer,
+                   float scale, int max_ctx, int mode, int splits, float *part, unsigned *count,
+                   cudaStream_t s)
 {
-    dim3 grid(R, H, splits);
     int hd = C / H;
     bool v4 = hd % 4 == 0 && C % 4 == 0;
-    if (hd <= 64) {
-        if (v4) attend_decode_kernel<T, 64, true><<<grid, DEC_THREADS, 0, s>>>(out, qkv, rows, C, H, layer, scale, part, count);
-        else attend_decode_kernel<T, 64, false><<<grid, DEC_THREADS, 0, s>>>(out, qkv, rows, C, H, layer, scale, part, count);
+    if (mode == K_ATTN_TILED) {
+        dim3 grid((R + TQ - 1) / TQ, H);
+        if (hd == THD && v4)
+            attend_tiled_kernel<T, true><<<grid, TQ * 8, 0, s>>>(out, qkv, rows, R, C, H, layer,
+                                                                 scale);
+        else
+            attend_tiled_kernel<T, false><<<grid, TQ * 8, 0, s>>>(out, qkv, rows, R, C, H, layer,
+                                                                  scale);
+    } else if (mode == K_ATTN_DECODE) {
+        dim3 grid(R, H, splits);
+#define DECODE(HDMAX, V4)                                                                  \
+    attend_decode_kernel<T, HDMAX, V4><<<grid, DEC_THREADS, 0, s>>>(out, qkv, rows, C, H, layer, \
+                                                                    scale, part, count)
+        if (hd <= 64) {
+            if (v4) DECODE(64, true);
+            else DECODE(64, false);
+        } else {
+            if (v4) DECODE(128, true);
+            else DECODE(128, false);
+        }
+#undef DECODE
     } else {
-        if (v4) attend_decode_kernel<T, 128, true><<<grid, DEC_THREADS, 0, s>>>(out, qkv, rows, C, H, layer, scale, part, count);
-        else attend_decode_kernel<T, 128, false><<<grid, DEC_THREADS, 0, s>>>(out, qkv, rows, C, H, layer, scale, part, count);
+        size_t shared = (size_t)(hd + max_ctx) * sizeof(float);
+        attention_kernel<<<dim3(R, H), 128, shared, s>>>(out, qkv, rows, C, H, layer, scale);
     }
 }
 
@@ -371,27 +392,20 @@ extern "C" int k_attention(void *out16, const float *qkv, const krow *rows, int 
     ARG_CHECK(out16 && qkv && rows && R > 0 && H > 0 && C % H == 0 && max_ctx > 0, "attention",
               err);
     int hd = C / H;
-    if (mode == K_ATTN_TILED && hd <= THD) {
-        dim3 grid((R + TQ - 1) / TQ, H);
-        bool fast = hd == THD && C % 4 == 0;
-        if (half) {
-            if (fast) attend_tiled_kernel<__half, true><<<grid, TQ * 8, 0, s>>>((__half *)out16, qkv, rows, R, C, H, layer, scale);
-            else attend_tiled_kernel<__half, false><<<grid, TQ * 8, 0, s>>>((__half *)out16, qkv, rows, R, C, H, layer, scale);
-        } else {
-            if (fast) attend_tiled_kernel<__nv_bfloat16, true><<<grid, TQ * 8, 0, s>>>((__nv_bfloat16 *)out16, qkv, rows, R, C, H, layer, scale);
-            else attend_tiled_kernel<__nv_bfloat16, false><<<grid, TQ * 8, 0, s>>>((__nv_bfloat16 *)out16, qkv, rows, R, C, H, layer, scale);
-        }
-    } else if (mode != K_ATTN_SIMPLE && hd <= 128) {
+    if (mode == K_ATTN_TILED && hd > THD) mode = K_ATTN_DECODE;
+    if (mode == K_ATTN_DECODE && hd > 128) mode = K_ATTN_SIMPLE;
+    if (mode == K_ATTN_DECODE)
         ARG_CHECK(splits >= 1 && splits <= K_ATTN_SPLITS_MAX && (splits == 1 || (part && count)),
                   "attention", err);
-        if (half) launch_decode((__half *)out16, qkv, rows, R, C, H, layer, scale, splits, part, count, s);
-        else launch_decode((__nv_bfloat16 *)out16, qkv, rows, R, C, H, layer, scale, splits, part, count, s);
-    } else {
-        size_t shared = (size_t)(hd + max_ctx) * sizeof(float);
-        ARG_CHECK(shared <= 48 * 1024, "attention", err); /* n_ctx up to ~12K positions */
-        dim3 grid(R, H);
-        if (half) attention_kernel<<<grid, 128, shared, s>>>((__half *)out16, qkv, rows, C, H, layer, scale);
-        else attention_kernel<<<grid, 128, shared, s>>>((__nv_bfloat16 *)out16, qkv, rows, C, H, layer, scale);
-    }
+    else
+        splits = 1;
+    if (mode == K_ATTN_SIMPLE) /* n_ctx up to ~12K positions */
+        ARG_CHECK((size_t)(hd + max_ctx) * sizeof(float) <= 48 * 1024, "attention", err);
+    if (half)
+        launch((__half *)out16, qkv, rows, R, C, H, layer, scale, max_ctx, mode, splits, part,
+               count, s);
+    else
+        launch((__nv_bfloat16 *)out16, qkv, rows, R, C, H, layer, scale, max_ctx, mode, splits,
+               part, count, s);
     LAUNCH_CHECK("attention", err);
 }

@@ -76,7 +76,8 @@ gemv_kernel(const T *W, const T *x, int K, int O, k_gemv_epi e)
 #pragma unroll
         for (int u = 0; u < GV_UNROLL; u++) {
             int i = i0 + u * GV_GROUPS;
-            w[u] = cok && i < K ? __ldg((const uint4 *)(W + (size_t)i * O + c)) : make_uint4(0, 0, 0, 0);
+            w[u] = cok && i < K ? __ldg((const uint4 *)(W + (size_t)i * O + c))
+                                : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < GV_UNROLL; u++) {
@@ -199,12 +200,14 @@ logits_kernel(const T *wte, const T *h, int C, int V, float *out)
 }
 
 template <typename T>
-static void launch_logits(const T *wte, const T *h, int R, int C, int V, float *out, cudaStream_t s)
+static void launch_logits(const T *wte, const T *h, int R, int C, int V, float *out,
+                          cudaStream_t s)
 {
-    int rows_per_block = LG_THREADS / 32 * LG_ROWS, grid = (V + rows_per_block - 1) / rows_per_block;
+    int per_block = LG_THREADS / 32 * LG_ROWS, grid = (V + per_block - 1) / per_block;
     size_t shared = (size_t)R * C * sizeof(float);
     switch (R) {
-#define LG_CASE(n) case n: logits_kernel<T, n><<<grid, LG_THREADS, shared, s>>>(wte, h, C, V, out); break;
+#define LG_CASE(n) \
+    case n: logits_kernel<T, n><<<grid, LG_THREADS, shared, s>>>(wte, h, C, V, out); break;
         LG_CASE(1) LG_CASE(2) LG_CASE(3) LG_CASE(4) LG_CASE(5) LG_CASE(6) LG_CASE(7) LG_CASE(8)
 #undef LG_CASE
     }

@@ -188,7 +188,8 @@ static int gpu_run(device *d, const fwd_row *rows, int R, const int *out_rows, i
 int device_run_topk(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out, int k,
                     float *logits, const float **vals, const int **ids, char *err)
 {
-    if (!topk_usable(d, k)) return device_run(d, rows, R, out_rows, n_out, logits, 0, err) < 0 ? -1 : 0;
+    if (!topk_usable(d, k))
+        return device_run(d, rows, R, out_rows, n_out, logits, 0, err) < 0 ? -1 : 0;
     if (gpu_run(d, rows, R, out_rows, n_out, NULL, k, err) < 0) return -1;
     *vals = d->vals;
     *ids = d->ids;

@@ -12,7 +12,7 @@ end
 M.schema = {
   { 'model', '', 'string', 'Model directory (Hugging Face layout). Empty: weights/gpt2 of the plugin when present.' },
   { 'helper', '', 'string', 'Path of the gpt2 helper. Empty: build/gpt2 of the plugin.' },
-  { 'helper_args', {}, 'table', 'Extra arguments for `gpt2 serve` (e.g. {"--threads", "2"}).' },
+  { 'helper_args', {}, 'table', 'Extra arguments for `gpt2 serve`, e.g. {"--cpu-dtype", "int8"} (see gpt2 serve --help).' },
   { 'auto_trigger', true, 'boolean', 'Ask for suggestions after a pause in insert mode.' },
   { 'debounce_ms', 60, 'number', 'The pause, in milliseconds, after the last key before asking.' },
   { 'n', 3, 'number', 'Suggestions per request (1..16).' },

@@ -1,8 +1,22 @@
 // layernorm.cu - layer norm of fp32 rows into the 16-bit input of a GEMM.
 #include "common.cuh"
 
-// out (R, C) = (x[map[r]] - mean) / sqrt(var + eps) * w + b; one block per row,
-// two passes over the row (mean, then variance) for accuracy
+// o (C) = (in - mean) / sqrt(var + eps) * w + b for one row, by the whole
+// block: s is this thread's share of the row's sum (elements threadIdx.x +
+// k * blockDim.x); a second pass over the row gives the variance (accuracy)
+template <typename T>
+__device__ __forceinline__ void normalize_row(T *o, const float *in, float s, const float *w,
+                                              const float *b, int C, float eps, float *sh)
+{
+    float mean = block_sum(s, sh) / C;
+    float v = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) v += (in[i] - mean) * (in[i] - mean);
+    float rstd = rsqrtf(block_sum(v, sh) / C + eps);
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        o[i] = from_f32<T>((in[i] - mean) * rstd * w[i] + b[i]);
+}
+
+// out (R, C) = layernorm(x[map[r]]) * w + b; one block per row
 template <typename T>
 __global__ void layernorm_kernel(T *out, const float *x, const int *map, const float *w,
                                  const float *b, int C, float eps)
@@ -12,13 +26,7 @@ __global__ void layernorm_kernel(T *out, const float *x, const int *map, const f
     const float *in = x + (size_t)(map ? map[r] : r) * C;
     float s = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) s += in[i];
-    float mean = block_sum(s, sh) / C;
-    float v = 0;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) v += (in[i] - mean) * (in[i] - mean);
-    float rstd = rsqrtf(block_sum(v, sh) / C + eps);
-    T *o = out + (size_t)r * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        o[i] = from_f32<T>((in[i] - mean) * rstd * w[i] + b[i]);
+    normalize_row(out + (size_t)r * C, in, s, w, b, C, eps, sh);
 }
 
 // x (R, C) += y + bias, then as layernorm_kernel on the new x; each thread
@@ -37,13 +45,7 @@ __global__ void add_layernorm_kernel(T *out, float *x, const float *y, const flo
         in[i] = v;
         s += v;
     }
-    float mean = block_sum(s, sh) / C;
-    float v = 0;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) v += (in[i] - mean) * (in[i] - mean);
-    float rstd = rsqrtf(block_sum(v, sh) / C + eps);
-    T *o = out + (size_t)r * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        o[i] = from_f32<T>((in[i] - mean) * rstd * w[i] + b[i]);
+    normalize_row(out + (size_t)r * C, in, s, w, b, C, eps, sh);
 }
 
 extern "C" int k_add_layernorm(void *out16, float *x, const float *y, const float *bias,

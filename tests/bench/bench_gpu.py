@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import select
 import shutil
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ import sys
 import tempfile
 import time
 
-import msgpack
+import typing_session  # its rpc client, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GPT2 = os.environ.get("GPT2_BIN", os.path.join(ROOT, "build", "gpt2"))
@@ -137,51 +136,18 @@ def print_kernels(k):
 
 # ==== 2. End to end through `gpt2 serve` ====
 
-class Helper:
-    """One `gpt2 serve` on the GPU, driven by requests (replies [1, id, err, result])."""
+class Helper(typing_session.Helper):
+    """One `gpt2 serve` on the GPU; call() gives (ms from writing the request to reading its
+    reply, result)."""
 
     def __init__(self, model, fmt, extra):
-        self.err = tempfile.TemporaryFile()
-        self.p = subprocess.Popen([GPT2, "serve", "--model", model, "--device", "cuda",
-                                   "--gpu-dtype", fmt, "--log-level", "error", *extra],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
-        self.unp = msgpack.Unpacker(raw=False)
-        self.msgid = 0
-
-    def stderr_tail(self):
-        self.err.seek(0)
-        return self.err.read().decode(errors="replace").strip()[-600:]
+        super().__init__(model, ["--device", "cuda", "--gpu-dtype", fmt, "--log-level", "error",
+                                 *extra], stderr=tempfile.TemporaryFile())
 
     def call(self, method, params, timeout=300):
-        """(ms from writing the request to reading its reply, result); raises on an error reply.
-        Notifications (partial results) are skipped."""
-        self.msgid += 1
         t0 = time.perf_counter()
-        self.p.stdin.write(msgpack.packb([0, self.msgid, method, [params]]))
-        self.p.stdin.flush()
-        deadline = time.monotonic() + timeout
-        while True:
-            for msg in self.unp:
-                if msg[0] == 1 and msg[1] == self.msgid:
-                    ms = (time.perf_counter() - t0) * 1000
-                    if msg[2]:
-                        raise RuntimeError(f"{method}: {msg[2]}")
-                    return ms, msg[3]
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
-                raise TimeoutError(f"{method}: no reply in {timeout} s")
-            data = os.read(self.p.stdout.fileno(), 1 << 16)
-            if not data:
-                raise EOFError(f"the helper exited ({self.p.wait()}): {self.stderr_tail()}")
-            self.unp.feed(data)
-
-    def close(self):
-        try:
-            self.p.stdin.close()
-            self.p.wait(timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            self.p.kill()
-            self.p.wait()
+        result = super().call(method, params, timeout)
+        return (time.perf_counter() - t0) * 1000, result
 
 
 def word_list(model):

@@ -26,13 +26,25 @@ GPT2 = os.environ.get("GPT2_BIN", os.path.join(ROOT, "build", "gpt2"))
 
 
 class Helper:
-    def __init__(self, model, extra):
+    """One `gpt2 serve` driven by requests (replies [1, id, err, result]; notifications, such as
+    partial results, are skipped). stderr: a file to keep the helper's log in (for the error
+    raised when it exits), else the log goes to ours."""
+
+    def __init__(self, model, extra, stderr=None):
+        self.err = stderr
         self.p = subprocess.Popen([GPT2, "serve", "--model", model, "--log-level", "warn"] + extra,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
         self.unp = msgpack.Unpacker(raw=False)
         self.msgid = 0
 
+    def stderr_tail(self):
+        if not self.err:
+            return "(its log went to stderr)"
+        self.err.seek(0)
+        return self.err.read().decode(errors="replace").strip()[-600:]
+
     def call(self, method, params, timeout=120):
+        """The result; raises on an error reply, a timeout or the helper's exit."""
         self.msgid += 1
         self.p.stdin.write(msgpack.packb([0, self.msgid, method, [params]]))
         self.p.stdin.flush()
@@ -41,19 +53,23 @@ class Helper:
             for msg in self.unp:
                 if msg[0] == 1 and msg[1] == self.msgid:
                     if msg[2]:
-                        raise RuntimeError(msg[2])
+                        raise RuntimeError(f"{method}: {msg[2]}")
                     return msg[3]
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
-                raise TimeoutError(method)
+                raise TimeoutError(f"{method}: no reply in {timeout} s")
             data = os.read(self.p.stdout.fileno(), 1 << 16)
             if not data:
-                raise EOFError("helper exited")
+                raise EOFError(f"the helper exited ({self.p.wait()}): {self.stderr_tail()}")
             self.unp.feed(data)
 
     def close(self):
-        self.p.stdin.close()
-        self.p.wait(timeout=30)
+        try:
+            self.p.stdin.close()
+            self.p.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.p.kill()
+            self.p.wait()
 
 
 def session(model, pauses, extra):

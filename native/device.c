@@ -68,7 +68,7 @@ device *device_new(const model *m, pool *p, const device_opts *o, char *err)
     snprintf(d->name, sizeof d->name, "%s", o->cpu_fmt == FWD_BF16   ? "cpu (bf16)"
                                             : o->cpu_fmt == FWD_INT8 ? "cpu (int8)"
                                                                      : "cpu");
-    if (!(d->cpu = fwd_new(m, p, o->cpu_fmt, err))) {
+    if (!(d->cpu = fwd_new(m, p, o->cpu_fmt, o->cpu_kv, err))) {
         free(d);
         return NULL;
     }
@@ -93,7 +93,7 @@ int device_is_gpu(const device *d) { return d->gpu != NULL; }
 kv_cache *device_kv_new(device *d, int cap, char *err)
 {
     if (!d->gpu) {
-        kv_cache *kv = kv_new(&d->m->cfg, cap);
+        kv_cache *kv = kv_new(d->cpu, cap);
         if (!kv) errf(err, "out of memory for a KV cache of %d positions", cap);
         return kv;
     }
@@ -124,10 +124,7 @@ void device_kv_free(device *d, kv_cache *kv)
     }
 }
 
-size_t device_kv_bytes(const kv_cache *kv)
-{
-    return (size_t)2 * kv->n_layer * kv->cap * kv->n_embd * sizeof(float);
-}
+size_t device_kv_bytes(const kv_cache *kv) { return kv_bytes(kv); /* fp32 on a GPU: half unset */ }
 
 /* Room for R rows and n_out x k candidates. */
 static int reserve(device *d, int R, size_t cands)

@@ -61,7 +61,10 @@ static const char *const USAGE =
     "  --gpu-dtype T      fp16 | bf16: weights and GEMM inputs on the GPU (default\n" \
     "                     fp16: 3 more significant bits than bf16, same speed)\n" \
     "  --gpu-mem-mb N     cap the GPU memory the helper allocates\n" \
-    "  --cpu-dtype T      fp32 | bf16 | int8: matrices the CPU path streams (default fp32)\n"
+    "  --cpu-dtype T      fp32 | bf16 | int8: matrices the CPU path streams (default fp32)\n" \
+    "  --cpu-kv T         auto | fp32 | fp16: keys and values the CPU path keeps (default\n" \
+    "                     auto: fp16 with bf16 or int8 where the CPU converts it in\n" \
+    "                     hardware, else fp32)\n"
 
 static const char *const COMPLETE_HELP =
     "usage: gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [options]\n"
@@ -149,7 +152,8 @@ bad:
     return -1;
 }
 
-/* --device (which 0), --gpu-dtype (1), --gpu-mem-mb (2), --cpu-dtype (3) into d. */
+/* --device (which 0), --gpu-dtype (1), --gpu-mem-mb (2), --cpu-dtype (3),
+ * --cpu-kv (4) into d. */
 static int device_option(int which, const char *arg, device_opts *d)
 {
     long v;
@@ -165,6 +169,10 @@ static int device_option(int which, const char *arg, device_opts *d)
         if (parse_long(arg, 1, 1L << 24, &v))
             return usage_error("--gpu-mem-mb must be a positive number of MiB, not '%s'", arg);
         d->gpu_mem_cap = (size_t)v << 20;
+    } else if (which == 4) {
+        if (strcmp(arg, "auto") && strcmp(arg, "fp32") && strcmp(arg, "fp16"))
+            return usage_error("--cpu-kv must be auto, fp32 or fp16, not '%s'", arg);
+        d->cpu_kv = !strcmp(arg, "fp32") ? FWD_KV_FP32 : !strcmp(arg, "fp16") ? FWD_KV_FP16 : FWD_KV_AUTO;
     } else {
         if (strcmp(arg, "fp32") && strcmp(arg, "bf16") && strcmp(arg, "int8"))
             return usage_error("--cpu-dtype must be fp32, bf16 or int8, not '%s'", arg);
@@ -176,7 +184,7 @@ static int device_option(int which, const char *arg, device_opts *d)
 static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
 {
     enum { O_MAXTOK = 256, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_THREADS, O_DEVICE,
-           O_GPUDT, O_GPUMEM, O_CPUDT, O_ALL, O_OUT };
+           O_GPUDT, O_GPUMEM, O_CPUDT, O_CPUKV, O_ALL, O_OUT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"tokens", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
@@ -186,6 +194,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
         {"stop", required_argument, 0, O_STOP}, {"threads", required_argument, 0, O_THREADS},
         {"device", required_argument, 0, O_DEVICE}, {"gpu-dtype", required_argument, 0, O_GPUDT},
         {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {"cpu-dtype", required_argument, 0, O_CPUDT},
+        {"cpu-kv", required_argument, 0, O_CPUKV},
         {"all", no_argument, 0, O_ALL},
         {"out", required_argument, 0, O_OUT}, {0, 0, 0, 0}};
     long v;
@@ -236,7 +245,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o, const char *help)
                 return usage_error("--threads must be 1..256, not '%s'", optarg);
             o->threads = (int)v;
             break;
-        case O_DEVICE: case O_GPUDT: case O_GPUMEM: case O_CPUDT:
+        case O_DEVICE: case O_GPUDT: case O_GPUMEM: case O_CPUDT: case O_CPUKV:
             if ((v = device_option(c - O_DEVICE, optarg, &o->dev))) return (int)v;
             break;
         case O_ALL: o->all = 1; break;
@@ -527,7 +536,7 @@ static int opt_int(const char *name, const char *v, long lo, long hi, long *out)
 static int cmd_serve(int argc, char **argv)
 {
     enum { O_THREADS = 300, O_QUEUE, O_SLOTS, O_LRU, O_MAXMSG, O_DEPTH, O_LUA, O_LEVEL, O_LOGF,
-           O_DEVICE, O_GPUDT, O_GPUMEM, O_CPUDT };
+           O_DEVICE, O_GPUDT, O_GPUMEM, O_CPUDT, O_CPUKV };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'},
         {"threads", required_argument, 0, O_THREADS}, {"queue", required_argument, 0, O_QUEUE},
@@ -537,6 +546,7 @@ static int cmd_serve(int argc, char **argv)
         {"log-level", required_argument, 0, O_LEVEL}, {"log-file", required_argument, 0, O_LOGF},
         {"device", required_argument, 0, O_DEVICE}, {"gpu-dtype", required_argument, 0, O_GPUDT},
         {"gpu-mem-mb", required_argument, 0, O_GPUMEM}, {"cpu-dtype", required_argument, 0, O_CPUDT},
+        {"cpu-kv", required_argument, 0, O_CPUKV},
         {0, 0, 0, 0}};
     const char *models[64], *log_file = NULL;
     server_opts o = {.model_dirs = models, .queue_cap = 8, .cache_slots = 4, .lru_size = 32,
@@ -569,7 +579,7 @@ static int cmd_serve(int argc, char **argv)
                 return usage_error("--log-level must be error, warn, info or debug, not '%s'", optarg);
             break;
         case O_LOGF: log_file = optarg; break;
-        case O_DEVICE: case O_GPUDT: case O_GPUMEM: case O_CPUDT:
+        case O_DEVICE: case O_GPUDT: case O_GPUMEM: case O_CPUDT: case O_CPUKV:
             rc = device_option(c - O_DEVICE, optarg, &o.device);
             break;
         case ':': return usage_error("option '%s' needs a value", argv[optind - 1]);

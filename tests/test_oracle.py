@@ -251,6 +251,12 @@ def test_greedy_temperature0(model, ci):
 
 
 @pytest.mark.parametrize("model,ci", GREEDY_CASES)
+def test_greedy_half_kv(model, ci):
+    """fp16 keys and values (fp32 weights) keep the greedy continuations."""
+    _check_greedy(model, ci, "--temperature", "0", "--device", "cpu", "--cpu-kv", "fp16")
+
+
+@pytest.mark.parametrize("model,ci", GREEDY_CASES)
 def test_greedy_topk1(model, ci):
     _check_greedy(model, ci, "--top-k", "1", "--temperature", "0.8")
 

@@ -31,6 +31,7 @@ struct fwd {
     const model *m;
     pool *pool;
     int fmt;                                /* FWD_FP32 | FWD_BF16 | FWD_INT8 */
+    int kv_half;                            /* caches hold half floats */
     layerp *wp;                             /* per layer */
     pmat wte;                               /* the tied embedding as (C, V) */
     pk_act act;                             /* int8: the current product's input */
@@ -39,15 +40,21 @@ struct fwd {
     float *wide;                            /* (threads, max(C, I), SUB): widened weights */
     float *scores;                          /* (threads, score_cap) */
     size_t score_cap;
+    float *wkv;                             /* (threads, wkv_cap): widened half keys/values */
+    size_t wkv_cap;
 };
 
-kv_cache *kv_new(const model_cfg *c, int cap)
+static size_t kv_elt(const kv_cache *kv) { return kv->half ? sizeof(uint16_t) : sizeof(float); }
+
+kv_cache *kv_new(const fwd *f, int cap)
 {
+    const model_cfg *c = &f->m->cfg;
     kv_cache *kv = xcalloc(1, sizeof *kv);
-    size_t n = (size_t)c->n_layer * cap * c->n_embd;
     if (!kv) return NULL;
-    kv->k = xmallocarray(n, sizeof(float));
-    kv->v = xmallocarray(n, sizeof(float));
+    kv->half = f->kv_half;
+    size_t n = (size_t)c->n_layer * cap * c->n_embd;
+    kv->k = xmallocarray(n, kv_elt(kv));
+    kv->v = xmallocarray(n, kv_elt(kv));
     if (!kv->k || !kv->v) {
         kv_free(kv);
         return NULL;
@@ -59,6 +66,8 @@ kv_cache *kv_new(const model_cfg *c, int cap)
     return kv;
 }
 
+size_t kv_bytes(const kv_cache *kv) { return 2 * (size_t)kv->n_layer * kv->cap * kv->n_embd * kv_elt(kv); }
+
 void kv_free(kv_cache *kv)
 {
     if (!kv) return;
@@ -67,12 +76,22 @@ void kv_free(kv_cache *kv)
     free(kv);
 }
 
-/* Keys or values of one head of one layer: cap rows of head-size floats,
+/* Keys or values of one head of one layer: cap rows of head-size elements,
  * so attention streams a head's context contiguously. */
-static float *kv_head(float *base, const kv_cache *kv, int layer, int head)
+static void *kv_head(void *base, const kv_cache *kv, int layer, int head)
 {
     int hd = kv->n_embd / kv->n_head;
-    return base + ((size_t)layer * kv->n_head + head) * kv->cap * hd;
+    return (char *)base + ((size_t)layer * kv->n_head + head) * kv->cap * hd * kv_elt(kv);
+}
+
+/* Keys or values of positions 0..n of one head as floats: the cache itself,
+ * or widened into w. */
+static const float *kv_floats(void *base, const kv_cache *kv, int layer, int head, int n, float *w)
+{
+    void *p = kv_head(base, kv, layer, head);
+    if (!kv->half) return p;
+    mv_from_half(w, p, (size_t)n * (kv->n_embd / kv->n_head));
+    return w;
 }
 
 static int pack_all(fwd *f, char *err)
@@ -93,7 +112,7 @@ static int pack_all(fwd *f, char *err)
     return 0;
 }
 
-fwd *fwd_new(const model *m, pool *p, int fmt, char *err)
+fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
 {
     fwd *f = xcalloc(1, sizeof *f);
     if (!f) {
@@ -103,6 +122,7 @@ fwd *fwd_new(const model *m, pool *p, int fmt, char *err)
     f->m = m;
     f->pool = p;
     f->fmt = fmt;
+    f->kv_half = kv == FWD_KV_FP16 || (kv == FWD_KV_AUTO && fmt != FWD_FP32 && mv_half_fast());
     char why[ERR_MAX];
     if (pack_all(f, why) < 0) {
         fwd_free(f);
@@ -123,6 +143,7 @@ void fwd_free(fwd *f)
     free(f->fc);
     free(f->wide);
     free(f->scores);
+    free(f->wkv);
     for (int l = 0; f->wp && l < f->m->cfg.n_layer; l++) {
         pk_free(&f->wp[l].qkv);
         pk_free(&f->wp[l].attn);
@@ -159,6 +180,11 @@ static int reserve(fwd *f, int rows)
     if (!f->wide &&
         !(f->wide = xmallocarray((size_t)pool_size(f->pool) * (C > I ? C : I) * SUB, sizeof(float))))
         return -1;
+    size_t hd = C / c->n_head, wk = (size_t)c->n_ctx * hd > mv_attn_wide(hd) ? (size_t)c->n_ctx * hd : mv_attn_wide(hd);
+    if (f->kv_half && !f->wkv) {
+        if (!(f->wkv = xmallocarray(wk * pool_size(f->pool), sizeof(float)))) return -1;
+        f->wkv_cap = wk;
+    }
     if (f->fmt == FWD_INT8 && pk_act_reserve(&f->act, rows, (int)(C > I ? C : I)) < 0) return -1;
     f->cap = rows;
     return 0;
@@ -287,8 +313,9 @@ static void attn_rows_task(void *arg, int task, int thread)
     const model_cfg *c = &j->f->m->cfg;
     int C = c->n_embd, H = c->n_head, hd = C / H, g = task / H, h = task % H;
     const fwd_row *r0 = &j->rows[j->start[g]];
-    mv_attn a = {.R = j->len[g], .hd = hd, .ld = hd, .n0 = r0->len0, .scale = j->scale,
-                 .s = j->f->scores + (size_t)thread * j->f->score_cap};
+    mv_attn a = {.R = j->len[g], .hd = hd, .ld = hd, .half = j->f->kv_half, .n0 = r0->len0,
+                 .scale = j->scale, .s = j->f->scores + (size_t)thread * j->f->score_cap,
+                 .w = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL};
     if (r0->len0) {
         a.k0 = kv_head(r0->ctx0->k, r0->ctx0, j->layer, h);
         a.v0 = kv_head(r0->ctx0->v, r0->ctx0, j->layer, h);
@@ -334,13 +361,15 @@ static void attn_block_task(void *arg, int h, int thread)
     int C = c->n_embd, hd = C / c->n_head, R = j->R, L0 = r0->len0;
     int N = L0 + r0->own_at + R; /* context length of the last row */
     float *S = j->f->scores + (size_t)thread * j->f->score_cap; /* (R, N) */
+    float *w = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL; /* half: widened */
     const float *q = j->f->qkv + h * hd;
-    const kv_cache *own = r0->own;
+    const kv_cache *own = r0->own, *ctx0 = r0->ctx0;
+    int l = j->layer;
     if (L0) /* S[:, 0:L0] = Q K0^T */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, L0, hd, j->scale, q, 3 * C,
-                    kv_head(r0->ctx0->k, r0->ctx0, j->layer, h), hd, 0, S, N);
+                    kv_floats(ctx0->k, ctx0, l, h, L0, w), hd, 0, S, N);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, N - L0, hd, j->scale, q, 3 * C,
-                kv_head(own->k, own, j->layer, h), hd, 0, S + L0, N);
+                kv_floats(own->k, own, l, h, N - L0, w), hd, 0, S + L0, N);
     for (int r = 0; r < R; r++) { /* causal: row r sees N - R + r + 1 positions */
         int n = N - R + r + 1;
         mv_softmax(S + (size_t)r * N, n);
@@ -349,9 +378,9 @@ static void attn_block_task(void *arg, int h, int thread)
     float *out = j->f->att + h * hd;
     if (L0)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, L0, 1.0f, S, N,
-                    kv_head(r0->ctx0->v, r0->ctx0, j->layer, h), hd, 0, out, C);
+                    kv_floats(ctx0->v, ctx0, l, h, L0, w), hd, 0, out, C);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, N - L0, 1.0f, S + L0, N,
-                kv_head(own->v, own, j->layer, h), hd, L0 ? 1.0f : 0.0f, out, C);
+                kv_floats(own->v, own, l, h, N - L0, w), hd, L0 ? 1.0f : 0.0f, out, C);
 }
 
 /* Rows form one prompt chunk: same caches, consecutive positions. */
@@ -381,11 +410,17 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     for (int r = 0; r < R; r++) { /* store this row's key and value, head by head */
         const fwd_row *row = &rows[r];
         const float *k = f->qkv + (size_t)r * 3 * C + C, *v = k + C;
+        size_t at = (size_t)row->own_at * hd * kv_elt(row->own);
         for (int h = 0; h < H; h++) {
-            memcpy(kv_head(row->own->k, row->own, l, h) + (size_t)row->own_at * hd, k + h * hd,
-                   hd * sizeof(float));
-            memcpy(kv_head(row->own->v, row->own, l, h) + (size_t)row->own_at * hd, v + h * hd,
-                   hd * sizeof(float));
+            char *kd = (char *)kv_head(row->own->k, row->own, l, h) + at;
+            char *vd = (char *)kv_head(row->own->v, row->own, l, h) + at;
+            if (row->own->half) {
+                mv_to_half((uint16_t *)kd, k + h * hd, hd);
+                mv_to_half((uint16_t *)vd, v + h * hd, hd);
+            } else {
+                memcpy(kd, k + h * hd, hd * sizeof(float));
+                memcpy(vd, v + h * hd, hd * sizeof(float));
+            }
         }
     }
     float scale = c->scale_attn ? 1.0f / sqrtf((float)(C / c->n_head)) : 1.0f;
@@ -415,7 +450,7 @@ static void mlp_block(fwd *f, int R, int l)
                         .I = I, .O = C, .accumulate = 1});
 }
 
-static int check_rows(const model_cfg *c, const fwd_row *rows, int R, char *err)
+static int check_rows(const model_cfg *c, int half, const fwd_row *rows, int R, char *err)
 {
     for (int r = 0; r < R; r++) {
         const fwd_row *w = &rows[r];
@@ -425,6 +460,8 @@ static int check_rows(const model_cfg *c, const fwd_row *rows, int R, char *err)
         if (w->len0 < 0 || (w->len0 && (!w->ctx0 || w->len0 > w->ctx0->cap)) ||
             !w->own || w->own_at < 0 || w->own_at >= w->own->cap)
             return errf(err, "internal error: row %d does not fit its cache", r);
+        if (w->own->half != half || (w->len0 && w->ctx0->half != half))
+            return errf(err, "internal error: row %d's cache is of another element type", r);
         if (w->len0 + w->own_at >= c->n_ctx)
             return errf(err, "position %d is past the model's window of %d tokens",
                         w->len0 + w->own_at, c->n_ctx);
@@ -439,7 +476,7 @@ int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
     const model_cfg *c = &m->cfg;
     int C = c->n_embd;
     if (R < 1 || R > FWD_ROWS_MAX) return errf(err, "internal error: %d rows in one pass", R);
-    if (check_rows(c, rows, R, err) < 0) return -1;
+    if (check_rows(c, f->kv_half, rows, R, err) < 0) return -1;
     if (reserve(f, R) < 0) return errf(err, "out of memory for %d rows of activations", R);
     for (int r = 0; r < R; r++) {
         const float *te = m->wte + (size_t)rows[r].token * C;

@@ -11,16 +11,22 @@
 #include "../model.h"
 #include "pool.h"
 
+typedef struct fwd fwd;
+
 /* Keys and values of `cap` positions for every layer and head:
- * k, v (n_layer, n_head, cap, C / n_head). */
+ * k, v (n_layer, n_head, cap, C / n_head), as floats, or as IEEE half floats
+ * (uint16_t) when half is set. */
 typedef struct {
-    float *k, *v;          /* host memory (CPU path); NULL on a GPU */
+    void *k, *v;           /* host memory (CPU path); NULL on a GPU */
+    int half;
     int cap, n_layer, n_embd, n_head;
     void *gpu;             /* the backend's handle (gpu_kv) when on a GPU */
 } kv_cache;
 
-kv_cache *kv_new(const model_cfg *cfg, int cap); /* NULL when out of memory */
+/* A cache of the element type f's passes use (NULL when out of memory). */
+kv_cache *kv_new(const fwd *f, int cap);
 void kv_free(kv_cache *kv);
+size_t kv_bytes(const kv_cache *kv); /* host bytes of keys and values */
 
 /* One row of input. Its position is len0 + own_at. It attends to ctx0's first
  * len0 positions (a shared prefix; may be NULL with len0 = 0) and to own's
@@ -34,20 +40,23 @@ typedef struct {
     int own_at;
 } fwd_row;
 
-typedef struct fwd fwd;
 
 /* The most rows one fwd_run takes. */
 #define FWD_ROWS_MAX 256
 
-/* Weight formats the CPU path can stream. */
+/* Weight formats the CPU path can stream, and what its caches hold. */
 enum { FWD_FP32, FWD_BF16, FWD_INT8 };
+enum { FWD_KV_AUTO, FWD_KV_FP32, FWD_KV_FP16 };
 
 /* A forward context for model m using the threads of p (both borrowed).
  * Its matrices are packed copies in format fmt (packed.h): fp32; bf16 (half
  * the memory traffic, widened exactly); int8 (a bit over a quarter: one
  * scale per 32 inputs of each output, activations quantized the same way,
- * exact int32 group sums). Products accumulate in fp32. */
-fwd *fwd_new(const model *m, pool *p, int fmt, char *err);
+ * exact int32 group sums). Products accumulate in fp32. Keys and values
+ * (kv): fp32, fp16 (half the bytes a decode step at a long context streams
+ * from its cache), or auto: fp16 for bf16 and int8 where the CPU converts
+ * half floats in hardware (ops.h), else fp32. */
+fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err);
 void fwd_free(fwd *f);
 
 /* Run rows[0..R). For each i < n_out, logits row out_rows[i] goes to

@@ -7,7 +7,10 @@
  */
 #include "ops.h"
 
-
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -89,19 +92,136 @@ void mv_softmax(float *s, int n)
     for (p = 0; p < n; p++) s[p] *= inv;
 }
 
-/* Any head size, one row at a time: scores into s, softmax, weighted values. */
+/* ==== Half floats ==== */
+
+#define HALF_MAX 65504.0f
+
+static uint16_t half_bits(float x)
+{
+    _Float16 h = (_Float16)(x > HALF_MAX ? HALF_MAX : x < -HALF_MAX ? -HALF_MAX : x);
+    uint16_t u;
+    memcpy(&u, &h, sizeof u);
+    return u;
+}
+
+static float half_value(uint16_t u)
+{
+    _Float16 h;
+    memcpy(&h, &u, sizeof h);
+    return (float)h;
+}
+
+#if defined(__x86_64__)
+#define F16C __attribute__((target("avx2,f16c")))
+
+/* max(lo, x) and min(hi, x) return x when x is NaN: the clamp keeps NaN */
+F16C static void to_half_f16c(uint16_t *dst, const float *src, size_t n)
+{
+    const __m256 hi = _mm256_set1_ps(HALF_MAX), lo = _mm256_set1_ps(-HALF_MAX);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(src + i)));
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; i++) dst[i] = half_bits(src[i]);
+}
+
+F16C static void from_half_f16c(float *dst, const uint16_t *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+        _mm256_storeu_ps(dst + i + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i + 8))));
+    }
+    for (; i < n; i++) dst[i] = half_value(src[i]);
+}
+#endif
+
+int mv_half_fast(void)
+{
+#if defined(__x86_64__)
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    }
+    return has;
+#elif defined(__aarch64__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void mv_to_half(uint16_t *dst, const float *src, size_t n)
+{
+#if defined(__x86_64__)
+    if (mv_half_fast()) {
+        to_half_f16c(dst, src, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) dst[i] = half_bits(src[i]);
+}
+
+void mv_from_half(float *dst, const uint16_t *src, size_t n)
+{
+#if defined(__x86_64__)
+    if (mv_half_fast()) {
+        from_half_f16c(dst, src, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) dst[i] = half_value(src[i]);
+}
+
+/* ==== Attention ==== */
+
+/* Positions widened per chunk (half), or all of them at once (floats). */
+static int chunk_rows(const mv_attn *a)
+{
+    return !a->half ? INT_MAX : a->hd >= MV_KV_CHUNK ? 1 : MV_KV_CHUNK / a->hd;
+}
+
+/* Rows p..p+n of keys or values (ld apart) as floats, *ld apart: the cache
+ * itself when it holds floats, else widened into a->w. */
+static inline const float *kv_rows(const mv_attn *a, const void *base, int p, int n, int *ld)
+{
+    if (!a->half) {
+        *ld = a->ld;
+        return (const float *)base + (size_t)p * a->ld;
+    }
+    const uint16_t *h = (const uint16_t *)base + (size_t)p * a->ld;
+    if (a->ld == a->hd) mv_from_half(a->w, h, (size_t)n * a->hd);
+    else
+        for (int i = 0; i < n; i++) mv_from_half(a->w + (size_t)i * a->hd, h + (size_t)i * a->ld, a->hd);
+    *ld = a->hd;
+    return a->w;
+}
+
+/* Any head size, one row at a time: scores into s, softmax, weighted values.
+ * Its context is two runs: the shared one, then the row's own. */
 static inline void attend_row_any(const mv_attn *a, int r, float *s)
 {
-    int hd = a->hd, n0 = a->n0, n = n0 + a->n1[r];
+    int hd = a->hd, step = chunk_rows(a), ld;
+    const void *kb[2] = {a->k0, a->k1[r]}, *vb[2] = {a->v0, a->v1[r]};
+    int len[2] = {a->n0, a->n1[r]}, n = a->n0 + a->n1[r];
     const float *q = a->q[r];
-    for (int p = 0; p < n; p++)
-        s[p] = dot(q, p < n0 ? a->k0 + (size_t)p * a->ld : a->k1[r] + (size_t)(p - n0) * a->ld, hd) *
-               a->scale;
+    for (int g = 0, at = 0; g < 2; at += len[g++])
+        for (int p0 = 0; p0 < len[g]; p0 += step) {
+            int m = len[g] - p0 < step ? len[g] - p0 : step;
+            const float *k = kv_rows(a, kb[g], p0, m, &ld);
+            for (int p = 0; p < m; p++) s[at + p0 + p] = dot(q, k + (size_t)p * ld, hd) * a->scale;
+        }
     mv_softmax(s, n);
     float *out = a->out[r];
     memset(out, 0, hd * sizeof(float));
-    for (int p = 0; p < n; p++)
-        axpy(out, s[p], p < n0 ? a->v0 + (size_t)p * a->ld : a->v1[r] + (size_t)(p - n0) * a->ld, hd);
+    for (int g = 0, at = 0; g < 2; at += len[g++])
+        for (int p0 = 0; p0 < len[g]; p0 += step) {
+            int m = len[g] - p0 < step ? len[g] - p0 : step;
+            const float *v = kv_rows(a, vb[g], p0, m, &ld);
+            for (int p = 0; p < m; p++) axpy(out, s[at + p0 + p], v + (size_t)p * ld, hd);
+        }
 }
 
 /* Scores of row r's query (HDV vectors in registers) against keys k. */
@@ -112,38 +232,85 @@ AI float score(const v16 *qv, const float *k, const int HDV)
     return hsum(acc);
 }
 
+/* Lanes a[i..i+n) of each of a, b side by side, for the fold below. */
+#define HALVES(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+
+/* The scores of a query (HDV vectors in registers) against 16 keys k + j ld,
+ * j = 0..15, with no horizontal sum per key: the 16 product vectors are
+ * folded pairwise, each level halving the lanes a key owns (a transpose
+ * tree). Taking the keys in bit-reversed order leaves lane i with key i. */
+AI v16 score16(const v16 *qv, const float *k, size_t ld, const int HDV)
+{
+    static const int rev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+    v16 t[16], u[8], x[4], y[2];
+    for (int j = 0; j < 16; j++) {
+        const float *kj = k + rev[j] * ld;
+        t[j] = qv[0] * *(const v16u *)kj;
+        for (int v = 1; v < HDV; v++) t[j] += qv[v] * *(const v16u *)(kj + 16 * v);
+    }
+    for (int i = 0; i < 8; i++) /* 8 lanes per key */
+        u[i] = HALVES(t[2 * i], t[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               HALVES(t[2 * i], t[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++) /* 4 */
+        x[i] = HALVES(u[2 * i], u[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+               HALVES(u[2 * i], u[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++) /* 2 */
+        y[i] = HALVES(x[2 * i], x[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+               HALVES(x[2 * i], x[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    return HALVES(y[0], y[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+           HALVES(y[0], y[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+}
+
+/* s[p] = scale * q.k_p for keys k_0..k_{n-1}, ld apart. */
+AI void scores(const v16 *qv, const float *k, size_t ld, int n, float scale, float *s, const int HDV)
+{
+    int p = 0;
+    for (; p + 16 <= n; p += 16) *(v16u *)(s + p) = score16(qv, k + p * ld, ld, HDV) * scale;
+    for (; p < n; p++) s[p] = score(qv, k + p * ld, HDV) * scale;
+}
+
 /* R rows whose heads are HDV whole vectors of 16: every shared key and value
- * is loaded once for all rows, the queries and the R x HDV output sums stay
- * in registers. s: R rows of S scores. */
+ * is loaded (or widened) once for all rows, the queries and the R x HDV
+ * output sums stay in registers. s: R rows of S scores. */
 AI void attend_rows(const mv_attn *a, float *s, const int R, const int HDV)
 {
-    int n0 = a->n0, S = 0;
+    int n0 = a->n0, S = 0, step = chunk_rows(a), ld;
     for (int r = 0; r < R; r++) S = a->n1[r] > S ? a->n1[r] : S;
     S += n0;
     v16 qv[MV_ATTN_ROWS][4];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < HDV; v++) qv[r][v] = *(const v16u *)(a->q[r] + 16 * v);
-    for (int p = 0; p < n0; p++) {
-        const float *k = a->k0 + (size_t)p * a->ld;
-        for (int r = 0; r < R; r++) s[r * S + p] = score(qv[r], k, HDV) * a->scale;
+    for (int p0 = 0; p0 < n0; p0 += step) {
+        int m = n0 - p0 < step ? n0 - p0 : step;
+        const float *k = kv_rows(a, a->k0, p0, m, &ld);
+        for (int r = 0; r < R; r++) scores(qv[r], k, ld, m, a->scale, s + r * S + p0, HDV);
     }
     for (int r = 0; r < R; r++) {
-        for (int p = 0; p < a->n1[r]; p++)
-            s[r * S + n0 + p] = score(qv[r], a->k1[r] + (size_t)p * a->ld, HDV) * a->scale;
+        for (int p0 = 0; p0 < a->n1[r]; p0 += step) {
+            int m = a->n1[r] - p0 < step ? a->n1[r] - p0 : step;
+            const float *k = kv_rows(a, a->k1[r], p0, m, &ld);
+            scores(qv[r], k, ld, m, a->scale, s + r * S + n0 + p0, HDV);
+        }
         mv_softmax(s + r * S, n0 + a->n1[r]);
     }
     v16 o[MV_ATTN_ROWS][4];
     for (int r = 0; r < R; r++)
         for (int u = 0; u < HDV; u++) o[r][u] = (v16){0};
-    for (int p = 0; p < n0; p++) {
-        const float *v = a->v0 + (size_t)p * a->ld;
-        for (int r = 0; r < R; r++)
-            for (int u = 0; u < HDV; u++) o[r][u] += s[r * S + p] * *(const v16u *)(v + 16 * u);
+    for (int p0 = 0; p0 < n0; p0 += step) {
+        int m = n0 - p0 < step ? n0 - p0 : step;
+        const float *v = kv_rows(a, a->v0, p0, m, &ld);
+        for (int p = 0; p < m; p++)
+            for (int r = 0; r < R; r++)
+                for (int u = 0; u < HDV; u++)
+                    o[r][u] += s[r * S + p0 + p] * *(const v16u *)(v + (size_t)p * ld + 16 * u);
     }
     for (int r = 0; r < R; r++) {
-        for (int p = 0; p < a->n1[r]; p++) {
-            const float *v = a->v1[r] + (size_t)p * a->ld;
-            for (int u = 0; u < HDV; u++) o[r][u] += s[r * S + n0 + p] * *(const v16u *)(v + 16 * u);
+        for (int p0 = 0; p0 < a->n1[r]; p0 += step) {
+            int m = a->n1[r] - p0 < step ? a->n1[r] - p0 : step;
+            const float *v = kv_rows(a, a->v1[r], p0, m, &ld);
+            for (int p = 0; p < m; p++)
+                for (int u = 0; u < HDV; u++)
+                    o[r][u] += s[r * S + n0 + p0 + p] * *(const v16u *)(v + (size_t)p * ld + 16 * u);
         }
         for (int u = 0; u < HDV; u++) *(v16u *)(a->out[r] + 16 * u) = o[r][u];
     }

@@ -5,6 +5,9 @@
 #ifndef GPT2_OPS_H
 #define GPT2_OPS_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 /* Rows up to this count take the matrix-vector path (decode). */
 #define MV_MAX_ROWS 8
 
@@ -13,23 +16,40 @@
 
 /* Attention for one head of R query rows that share a context of n0
  * positions (keys k0, values v0) and each have n1[r] positions of their own
- * (k1[r], v1[r]) after it. Rows of keys/values are ld floats apart; each
- * vector is hd floats. Scores are q.k * scale, softmaxed over the n0 + n1[r]
- * positions; out[r] = their weighted sum of values. s: scratch of
- * R * (n0 + max n1) floats. */
+ * (k1[r], v1[r]) after it. Rows of keys/values are ld elements apart; each
+ * vector is hd elements: floats, or IEEE half floats (uint16_t) when half is
+ * set. Scores are q.k * scale, softmaxed over the n0 + n1[r] positions;
+ * out[r] = their weighted sum of values. s: scratch of R * (n0 + max n1)
+ * floats. */
 typedef struct {
-    int R, hd, ld;
+    int R, hd, ld, half;
     const float *q[MV_ATTN_ROWS];
     float *out[MV_ATTN_ROWS];
-    const float *k0, *v0;
+    const void *k0, *v0;
     int n0;
-    const float *k1[MV_ATTN_ROWS], *v1[MV_ATTN_ROWS];
+    const void *k1[MV_ATTN_ROWS], *v1[MV_ATTN_ROWS];
     int n1[MV_ATTN_ROWS];
     float scale;
     float *s;
+    float *w; /* half only: scratch of mv_attn_wide(hd) floats */
 } mv_attn;
 
+/* Half keys and values are widened MV_KV_CHUNK floats at a time (at least
+ * one position): the floats of scratch that takes. */
+#define MV_KV_CHUNK 2048
+#define mv_attn_wide(hd) ((hd) > MV_KV_CHUNK ? (size_t)(hd) : (size_t)MV_KV_CHUNK)
+
 void mv_attend(const mv_attn *a);
+
+/* Half floats (IEEE binary16) for keys and values: half the bytes that
+ * attention streams per step, converted exactly back to fp32 in registers.
+ * mv_half_fast: whether this CPU converts in hardware (x86 F16C, or any
+ * AArch64); the portable loops elsewhere are correct but slow.
+ * mv_to_half rounds to nearest even and clamps finite values to +-65504
+ * (no overflow to infinity); NaN stays NaN. */
+int mv_half_fast(void);
+void mv_to_half(uint16_t *dst, const float *src, size_t n);
+void mv_from_half(float *dst, const uint16_t *src, size_t n);
 
 /* s[0..n) = softmax(s), the exponentials vectorised (within 2 ulp of expf). */
 void mv_softmax(float *s, int n);

@@ -78,7 +78,7 @@ def session(model, pauses, extra):
     stride = max(1, (len(text) - start) // pauses)
     h = Helper(model, extra)
     h.call("complete", {"text": text[:start], "buffer": 1, "seed": 1})  # warm up: load, first prefill
-    lat, cached, prompt = [], 0, 0
+    lat, cached, prompt, pre, dec = [], 0, 0, [], []
     for i in range(pauses):
         end = start + (i + 1) * stride
         t0 = time.perf_counter()
@@ -87,10 +87,13 @@ def session(model, pauses, extra):
         lat.append((time.perf_counter() - t0) * 1000)
         cached += r["cached_tokens"]
         prompt += r["prompt_tokens"]
+        pre.append(r["timings"]["prefill_ms"])
+        dec.append(r["timings"]["decode_ms"])
     h.close()
     lat.sort()
     p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
-    return statistics.median(lat), p95, cached / max(prompt, 1), prompt / pauses
+    med = statistics.median
+    return med(lat), p95, cached / max(prompt, 1), prompt / pauses, med(pre), med(dec)
 
 
 def main():
@@ -109,10 +112,11 @@ def main():
         if not a.no_off:
             runs.append(("prefix reuse off", ["--cache-slots", "0"]))
         for label, more in runs:
-            p50, p95, ratio, avg_prompt = session(a.model, a.pauses,
-                                                  extra + more + ["--cpu-dtype", dtype, "--device", "cpu"])
+            p50, p95, ratio, avg_prompt, pre, dec = session(
+                a.model, a.pauses, extra + more + ["--cpu-dtype", dtype, "--device", "cpu"])
             print(f"  {dtype:4s} {label}: p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  cached tokens "
-                  f"{ratio * 100:5.1f}% (avg prompt {avg_prompt:.0f} tokens)")
+                  f"{ratio * 100:5.1f}% (avg prompt {avg_prompt:.0f} tokens); helper's medians: "
+                  f"prefill {pre:.1f} ms, decode {dec:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 /* test_kernels.c - the CPU kernels against plain reference loops: packed
  * products in every format and shape class (tails of tiles and of int8
  * groups, 1..MV_MAX_ROWS rows), the VNNI int8 path against the portable one
- * (bit for bit), decode attention for every head-size path, and the
- * vectorised GELU / exponential. Called from test_main.c.
+ * (bit for bit), decode attention for every head-size path over float and
+ * half-float caches, half-float conversion, and the vectorised GELU /
+ * exponential. Called from test_main.c.
  */
 #include "../../native/common.h"
 #include "../../native/cpu/ops.h"
@@ -151,22 +152,38 @@ static void test_pack_rejects_nan(void)
     pk_free(&p);
 }
 
-static void test_attention(int hd, int R, int n0)
+/* Keys or values of n rows (ld apart, hd used) for a test: random floats,
+ * stored as the kernel reads them (floats, or half floats), and the values
+ * the kernel sees (the halves widened back) in f. */
+static void *kv_data(int n, int ld, int half, float **f)
 {
-    int ld = hd, n1[MV_ATTN_ROWS], maxn = 0;
-    float *k0 = malloc(sizeof(float) * (n0 + 1) * ld), *v0 = malloc(sizeof(float) * (n0 + 1) * ld);
-    float *q[MV_ATTN_ROWS], *k1[MV_ATTN_ROWS], *v1[MV_ATTN_ROWS], *out[MV_ATTN_ROWS];
-    for (int i = 0; i < n0 * ld; i++) k0[i] = frand(), v0[i] = frand();
-    mv_attn a = {.R = R, .hd = hd, .ld = ld, .k0 = k0, .v0 = v0, .n0 = n0, .scale = 0.37f};
+    size_t len = (size_t)(n + 1) * ld; /* never empty */
+    *f = malloc(sizeof(float) * len);
+    for (size_t i = 0; i < len; i++) (*f)[i] = frand();
+    if (!half) return *f;
+    uint16_t *h = malloc(sizeof(uint16_t) * len);
+    mv_to_half(h, *f, len);
+    mv_from_half(*f, h, len);
+    return h;
+}
+
+static void test_attention(int hd, int R, int n0, int half, int ld)
+{
+    int n1[MV_ATTN_ROWS], maxn = 0;
+    float *k0f, *v0f, *k1f[MV_ATTN_ROWS], *v1f[MV_ATTN_ROWS], *q[MV_ATTN_ROWS], *out[MV_ATTN_ROWS];
+    void *k0 = kv_data(n0, ld, half, &k0f), *v0 = kv_data(n0, ld, half, &v0f);
+    void *k1[MV_ATTN_ROWS], *v1[MV_ATTN_ROWS];
+    float *w = malloc(sizeof(float) * mv_attn_wide(hd));
+    mv_attn a = {.R = R, .hd = hd, .ld = ld, .half = half, .k0 = k0, .v0 = v0, .n0 = n0,
+                 .scale = 0.37f, .w = w};
     for (int r = 0; r < R; r++) {
-        n1[r] = 1 + r * 3;
+        n1[r] = 1 + r * 3 + (n0 > 100 ? 17 * r : 0); /* own runs past a 16-key block */
         maxn = n1[r] > maxn ? n1[r] : maxn;
         q[r] = malloc(sizeof(float) * hd);
         out[r] = malloc(sizeof(float) * hd);
-        k1[r] = malloc(sizeof(float) * n1[r] * ld);
-        v1[r] = malloc(sizeof(float) * n1[r] * ld);
+        k1[r] = kv_data(n1[r], ld, half, &k1f[r]);
+        v1[r] = kv_data(n1[r], ld, half, &v1f[r]);
         for (int i = 0; i < hd; i++) q[r][i] = 3 * frand();
-        for (int i = 0; i < n1[r] * ld; i++) k1[r][i] = frand(), v1[r][i] = frand();
         a.q[r] = q[r], a.out[r] = out[r], a.k1[r] = k1[r], a.v1[r] = v1[r], a.n1[r] = n1[r];
     }
     float *s = malloc(sizeof(float) * R * (n0 + maxn));
@@ -177,7 +194,7 @@ static void test_attention(int hd, int R, int n0)
         int n = n0 + n1[r];
         double *sc = malloc(sizeof(double) * n), max = -INFINITY, sum = 0;
         for (int p = 0; p < n; p++) {
-            const float *k = p < n0 ? k0 + (size_t)p * ld : k1[r] + (size_t)(p - n0) * ld;
+            const float *k = p < n0 ? k0f + (size_t)p * ld : k1f[r] + (size_t)(p - n0) * ld;
             double d = 0;
             for (int i = 0; i < hd; i++) d += (double)q[r][i] * k[i];
             sc[p] = d * 0.37f;
@@ -187,14 +204,58 @@ static void test_attention(int hd, int R, int n0)
         for (int i = 0; i < hd; i++) {
             double o = 0;
             for (int p = 0; p < n; p++)
-                o += sc[p] / sum * (p < n0 ? v0[(size_t)p * ld + i] : v1[r][(size_t)(p - n0) * ld + i]);
+                o += sc[p] / sum * (p < n0 ? v0f[(size_t)p * ld + i] : v1f[r][(size_t)(p - n0) * ld + i]);
             worst = fmax(worst, fabs(o - out[r][i]));
         }
         free(sc);
-        free(q[r]), free(out[r]), free(k1[r]), free(v1[r]);
+        if (half) free(k1[r]), free(v1[r]);
+        free(q[r]), free(out[r]), free(k1f[r]), free(v1f[r]);
     }
-    CHECK(worst < 2e-6, "attention hd %d R %d n0 %d: off by %g", hd, R, n0, worst);
-    free(s), free(k0), free(v0);
+    CHECK(worst < 2e-6, "attention hd %d R %d n0 %d half %d ld %d: off by %g", hd, R, n0, half, ld, worst);
+    if (half) free(k0), free(v0);
+    free(s), free(k0f), free(v0f), free(w);
+}
+
+/* Half floats: the hardware path against the compiler's _Float16 for every
+ * value a half holds (both ways), rounding ties, clamping, NaN. */
+static void test_half(void)
+{
+    enum { N = 1 << 16 };
+    uint16_t *h = malloc(sizeof(uint16_t) * N), *back = malloc(sizeof(uint16_t) * N);
+    float *f = malloc(sizeof(float) * N);
+    for (int i = 0; i < N; i++) h[i] = (uint16_t)i;
+    mv_from_half(f, h, N);
+    int wrong = 0, nan_ok = 1;
+    for (int i = 0; i < N; i++) {
+        _Float16 x;
+        memcpy(&x, &h[i], sizeof x);
+        float want = (float)x;
+        if (isnan(want)) nan_ok &= isnan(f[i]) != 0;
+        else if (memcmp(&want, &f[i], sizeof want)) wrong++;
+    }
+    CHECK(wrong == 0 && nan_ok, "widening: %d values differ, NaN kept %d", wrong, nan_ok);
+    mv_to_half(back, f, N); /* every half round-trips, infinities clamp */
+    wrong = 0;
+    for (int i = 0; i < N; i++) {
+        int exp_all = (h[i] & 0x7C00) == 0x7C00, is_nan = exp_all && (h[i] & 0x3FF);
+        uint16_t want = exp_all && !is_nan ? (uint16_t)((h[i] & 0x8000) | 0x7BFF) : h[i];
+        if (is_nan ? (back[i] & 0x7C00) != 0x7C00 || !(back[i] & 0x3FF) : back[i] != want) wrong++;
+    }
+    CHECK(wrong == 0, "narrowing: %d halves do not round-trip", wrong);
+    float odd[] = {1e6f, -1e6f, 65519.0f, 65520.0f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, 1e-8f,
+                   -2.98e-8f, 5.96e-8f, 0.1f, -123.456f, 0.0f, -0.0f};
+    int n = sizeof odd / sizeof *odd; /* 1 + 1/2048 and 1 + 3/2048: ties to even */
+    mv_to_half(back, odd, n);
+    wrong = 0;
+    for (int i = 0; i < n; i++) {
+        float c = odd[i] > 65504.0f ? 65504.0f : odd[i] < -65504.0f ? -65504.0f : odd[i];
+        _Float16 x = (_Float16)c;
+        uint16_t want;
+        memcpy(&want, &x, sizeof want);
+        if (back[i] != want) wrong++, fprintf(stderr, "  %g -> %04x, want %04x\n", odd[i], back[i], want);
+    }
+    CHECK(wrong == 0, "narrowing: %d of %d chosen values rounded wrong", wrong, n);
+    free(h), free(back), free(f);
 }
 
 static void test_gelu(void)
@@ -224,11 +285,16 @@ void kernel_tests(int *passed, int *failed)
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int out_in = 0; out_in < 2; out_in++) test_products(shapes[i][0], shapes[i][1], out_in);
     test_pack_rejects_nan();
+    if (!mv_half_fast()) printf("SKIP half floats in hardware (no F16C here): their portable loops are tested\n");
+    test_half();
     int hds[] = {8, 12, 16, 32, 48, 64, 80};
     for (size_t i = 0; i < sizeof hds / sizeof *hds; i++)
-        for (int R = 1; R <= MV_ATTN_ROWS; R++) {
-            test_attention(hds[i], R, 0);
-            test_attention(hds[i], R, 37);
-        }
+        for (int R = 1; R <= MV_ATTN_ROWS; R++)
+            for (int half = 0; half < 2; half++) {
+                test_attention(hds[i], R, 0, half, hds[i]);
+                test_attention(hds[i], R, 37, half, hds[i]);
+                test_attention(hds[i], R, 300, half, hds[i]); /* chunks, 16-key blocks, tails */
+                test_attention(hds[i], R, 45, half, hds[i] + 3); /* rows apart from their heads */
+            }
     test_gelu();
 }

@@ -1,21 +1,23 @@
 """The CPU path's compact weight formats against fp32 (the oracle-checked path).
 
-bf16 keeps 8 significant bits of each weight; int8 is symmetric with one
-scale per 32 inputs of each output column (the embedding too), and the
-activations are quantized the same way; products accumulate in fp32 either
-way. Bounds, over every position (the prefill path) and over the last
-positions of the oracle cases (the decode path), with what was measured on
-these random fixtures:
-  bf16: top-1 agreement >= 97% (measured 98.4-100%), max |diff| <= 3% of
-        the row's largest |logit| (measured <= 1.2%);
+bf16 keeps 8 significant bits of each weight (and, in prompts of more than
+8 rows on a CPU with AVX-512 BF16, of each activation going into a product);
+int8 is symmetric with one scale per 32 inputs of each output column (the
+embedding too), and the activations are quantized the same way; products
+accumulate in fp32 either way. Bounds, over every position and over the last
+positions of the oracle cases (both the prefill path), with what was
+measured on these random fixtures:
+  bf16: top-1 agreement >= 94% (measured 96.9-100% with bf16 activations,
+        98.3-100% without), max |diff| <= 3% of the row's largest |logit|
+        (measured <= 2.0%, <= 1.2% without);
   int8: top-1 agreement >= 90% (measured 90.6-100%), max |diff| <= 6%
         (measured <= 4.8%);
 both with their default fp16 keys and values (--cpu-kv auto). fp16 keys and
 values alone (fp32 weights): top-1 >= 99% (measured 100%), max |diff| <= 0.3%
 (measured <= 0.10%).
-A checkpoint stored as BF16 must give the fp32 path's logits in bf16 (with
-fp32 keys and values), up to summation order (the prefill GEMM is blocked
-differently).
+A checkpoint stored as BF16 must give the fp32 path's logits in bf16 where
+the activations stay fp32 (rows of a decode step, up to 8; fp32 keys and
+values), up to summation order.
 """
 import json
 import os
@@ -43,7 +45,7 @@ def logits(model, tokens, dtype, out=None, kv="auto"):
     return np.array(json.loads(r.stdout), dtype=np.float32)[None, :]
 
 
-BOUNDS = {"bf16": (0.97, 0.03), "int8": (0.90, 0.06), "fp16-kv": (0.99, 0.003)}
+BOUNDS = {"bf16": (0.94, 0.03), "int8": (0.90, 0.06), "fp16-kv": (0.99, 0.003)}
 
 
 def check(ref, got, label, dtype):
@@ -67,7 +69,8 @@ def test_every_position(name, dtype, tmp_path):
     got = logits(model, toks, dtype, str(tmp_path / "b.bin"))
     check(ref, got, f"{name} all positions", dtype)
     if name == "tiny-bf16" and dtype == "bf16":  # lossless: only the summation order differs
-        got = logits(model, toks, dtype, str(tmp_path / "c.bin"), kv="fp32")
+        ref = logits(model, toks[:8], "fp32", str(tmp_path / "c.bin"), kv="fp32")
+        got = logits(model, toks[:8], dtype, str(tmp_path / "d.bin"), kv="fp32")
         rel = float((np.abs(ref - got).max(1) / np.abs(ref).max(1)).max())
         assert rel < 1e-5, f"BF16 weights must stream losslessly (max rel diff {rel:.2e})"
 

@@ -4,7 +4,8 @@
  * through the tied embedding. Every matrix is repacked at load (packed.h) in
  * the context's format. Products of a few rows (decode, the logits) stream
  * the tiles once; prompt chunks widen a few tiles at a time for OpenBLAS
- * sgemm, except int8, whose exact int32 kernel serves every row count. Our
+ * sgemm, except int8, whose exact int32 kernel serves every row count, and
+ * bf16 on AVX-512 BF16, whose prompts round activations to bf16. Our
  * own pool splits the tiles among threads (OpenBLAS itself is kept
  * single-threaded so two thread systems never fight over the cores).
  */
@@ -34,7 +35,7 @@ struct fwd {
     int kv_half;                            /* caches hold half floats */
     layerp *wp;                             /* per layer */
     pmat wte;                               /* the tied embedding as (C, V) */
-    pk_act act;                             /* int8: the current product's input */
+    pk_act act;                             /* int8, bf16 prefill: the product's input */
     int cap;                                /* rows the buffers hold */
     float *x, *h, *qkv, *att, *fc;          /* (cap, C|C|3C|C|I) */
     float *wide;                            /* (threads, max(C, I), SUB): widened weights */
@@ -185,7 +186,9 @@ static int reserve(fwd *f, int rows)
         if (!(f->wkv = xmallocarray(wk * pool_size(f->pool), sizeof(float)))) return -1;
         f->wkv_cap = wk;
     }
-    if (f->fmt == FWD_INT8 && pk_act_reserve(&f->act, rows, (int)(C > I ? C : I)) < 0) return -1;
+    if ((f->fmt == FWD_INT8 || (f->fmt == FWD_BF16 && pk_bf16_dp())) &&
+        pk_act_reserve(&f->act, f->fmt == FWD_INT8 ? PK_I8 : PK_BF16, rows, (int)(C > I ? C : I)) < 0)
+        return -1;
     f->cap = rows;
     return 0;
 }
@@ -228,7 +231,7 @@ typedef struct {
     float *out;            /* (R, O) */
     const float *x;        /* (R, I) */
     const pmat *w;         /* (I, O) */
-    const pk_act *q;       /* x quantized, for int8 weights */
+    const pk_act *q;       /* x quantized for int8 weights, or as bf16 for bf16 ones */
     float *scratch;        /* (threads, I, SUB): widened tiles */
     const float *bias;     /* (O) or NULL */
     int R, I, O, tiles;    /* tiles: per task */
@@ -242,8 +245,9 @@ static void gemm_task(void *arg, int task, int thread)
     int t0 = task * j->tiles, t1 = t0 + j->tiles < j->w->tiles ? t0 + j->tiles : j->w->tiles;
     if (t0 >= t1) return;
     int o0 = t0 * PK_TILE, n = (t1 * PK_TILE < j->O ? t1 * PK_TILE : j->O) - o0;
-    if (j->R <= MV_MAX_ROWS || (j->w->fmt == PK_I8 && pk_vnni())) {
-        /* decode streams the tiles once; int8 products stay exact in int32 */
+    if (j->R <= MV_MAX_ROWS || (j->w->fmt == PK_I8 && pk_vnni()) || (j->w->fmt == PK_BF16 && j->q)) {
+        /* decode streams the tiles once; int8 products stay exact in int32;
+         * bf16 prompts take vdpbf16ps at the CPU's bf16 peak */
         pk_matmul(j->w, j->out, j->O, j->x, j->I, j->q, j->R, t0, t1, j->accumulate);
     } else { /* prefill: widen a few tiles to fp32, then sgemm */
         float *wf = j->scratch + (size_t)thread * j->I * SUB;
@@ -267,23 +271,25 @@ static void gemm_task(void *arg, int task, int thread)
 typedef struct {
     pk_act *a;
     const float *x;
-    int R, I, rows;
+    int fmt, R, I, rows;
 } quant_job;
 
 static void quant_task(void *arg, int task, int thread)
 {
     quant_job *j = arg;
     int r0 = task * j->rows, r1 = r0 + j->rows < j->R ? r0 + j->rows : j->R;
-    pk_act_quantize(j->a, j->x, r0, r1, j->I, j->I);
+    pk_act_quantize(j->a, j->fmt, j->x, r0, r1, j->I, j->I);
 }
 
 /* out = x @ w (+ bias, activation); reserve() made the room. */
 static void gemm(fwd *f, gemm_job *j)
 {
     j->scratch = f->wide;
-    if (j->w->fmt == PK_I8) { /* quantize the input once for every task */
-        quant_job q = {&f->act, j->x, j->R, j->I, (j->R + 4 * pool_size(f->pool) - 1) / (4 * pool_size(f->pool))};
-        if (j->R <= MV_MAX_ROWS) pk_act_quantize(&f->act, j->x, 0, j->R, j->I, j->I); /* no sync for a few rows */
+    int fmt = j->w->fmt;
+    if (fmt == PK_I8 || (fmt == PK_BF16 && j->R > MV_MAX_ROWS && pk_bf16_dp())) {
+        /* the input in the products' form, once for every task */
+        quant_job q = {&f->act, j->x, fmt, j->R, j->I, (j->R + 4 * pool_size(f->pool) - 1) / (4 * pool_size(f->pool))};
+        if (j->R <= MV_MAX_ROWS) pk_act_quantize(&f->act, fmt, j->x, 0, j->R, j->I, j->I); /* no sync for a few rows */
         else pool_run(f->pool, quant_task, &q, (j->R + q.rows - 1) / q.rows);
         j->q = &f->act;
     }

@@ -35,6 +35,7 @@ typedef uint32_t v16w __attribute__((vector_size(64)));
 #define GROUP_BYTES (GROUP_W + PK_TILE * 4)      /* + the scales: 2304 */
 #define RB_F 4 /* rows per pass, float kernels: 16 sums + 4 weights in registers */
 #define RB_Q 3 /* int8: 12 fp32 sums + 12 int32 sums + 4 weights */
+#define RB_D 6 /* bf16 activations: 24 sums + 4 weights + 1 input pair */
 
 int pk_force_generic;
 
@@ -145,9 +146,17 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd)
 
 /* ==== Activations for int8 ==== */
 
-int pk_act_reserve(pk_act *a, int R, int K)
+int pk_act_reserve(pk_act *a, int fmt, int R, int K)
 {
-    int G = (K + PK_GROUP - 1) / PK_GROUP;
+    int G = (K + PK_GROUP - 1) / PK_GROUP, P = (K + 1) / 2;
+    if (fmt == PK_BF16) {
+        if (R <= a->cap_rows && P <= a->cap_pairs) return 0;
+        pk_act_free(a);
+        if (!(a->bf = xmallocarray((size_t)R * P * 2, sizeof(uint16_t)))) return -1;
+        a->cap_rows = R;
+        a->cap_pairs = P;
+        return 0;
+    }
     if (R <= a->cap_rows && G <= a->cap_groups) return 0;
     pk_act_free(a);
     a->q = xmallocarray((size_t)R * G * PK_GROUP, 1);
@@ -201,9 +210,47 @@ static void quantize_row_avx512(const float *x, int K, int8_t *q, float *scale, 
 }
 #endif
 
-void pk_act_quantize(pk_act *a, const float *x, int r0, int r1, int K, int ldx)
+/* As vcvtneps2bf16: nearest even, NaN quiet, subnormals to signed zero. */
+static uint16_t act_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
+    if (!(u & 0x7F800000u)) return (uint16_t)((u >> 16) & 0x8000);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+#if defined(__x86_64__)
+#define BF16DP __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+BF16DP static int bf16_row_dp(const float *x, int K, uint16_t *d)
+{
+    int k = 0;
+    for (; k + 16 <= K; k += 16)
+        _mm256_storeu_si256((__m256i *)(d + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + k)));
+    return k;
+}
+#endif
+
+/* A row of K activations as bf16, then a zero when K is odd (the odd last
+ * pair's weight is zero too). */
+static void bf16_row(const float *x, int K, uint16_t *d)
+{
+    int k = 0;
+#if defined(__x86_64__)
+    if (pk_bf16_dp()) k = bf16_row_dp(x, K, d);
+#endif
+    for (; k < K; k++) d[k] = act_bf16(x[k]);
+    if (K & 1) d[K] = 0;
+}
+
+void pk_act_quantize(pk_act *a, int fmt, const float *x, int r0, int r1, int K, int ldx)
 {
     int G = (K + PK_GROUP - 1) / PK_GROUP;
+    if (fmt == PK_BF16) {
+        for (int r = r0; r < r1; r++) bf16_row(x + (size_t)r * ldx, K, a->bf + (size_t)r * a->cap_pairs * 2);
+        return;
+    }
     for (int r = r0; r < r1; r++) {
         const float *xr = x + (size_t)r * ldx;
         int8_t *q = a->q + (size_t)r * G * PK_GROUP;
@@ -229,6 +276,7 @@ void pk_act_free(pk_act *a)
     free(a->q);
     free(a->scale);
     free(a->sum);
+    free(a->bf);
     memset(a, 0, sizeof *a);
 }
 
@@ -361,6 +409,26 @@ static void i8_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a
 
 #if defined(__x86_64__)
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define AVX512 __attribute__((target("avx512f")))
+
+/* out[r][0..n) (+)= acc[r] for R rows of one tile, ldo apart. */
+AVX512 AI void store_acc(float *out, int ldo, __m512 (*acc)[4], const int R, int n, int accumulate)
+{
+    for (int r = 0; r < R; r++) {
+        float *o = out + (size_t)r * ldo;
+        if (n == PK_TILE) {
+            for (int j = 0; j < 4; j++) {
+                __m512 v = acc[r][j];
+                if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(o + 16 * j), v);
+                _mm512_storeu_ps(o + 16 * j, v);
+            }
+        } else {
+            float tmp[PK_TILE];
+            for (int j = 0; j < 4; j++) _mm512_storeu_ps(tmp + 16 * j, acc[r][j]);
+            for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + tmp[c];
+        }
+    }
+}
 
 VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, const pk_act *a, int r0, const int R,
                          float *out, int ldo, int n, int accumulate)
@@ -393,20 +461,7 @@ VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, const pk_act *a, int r
                                             _mm512_mul_ps(_mm512_load_ps(ws + 16 * j), xs), acc[r][j]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        float *o = out + (size_t)(r0 + r) * ldo;
-        if (n == PK_TILE) {
-            for (int j = 0; j < 4; j++) {
-                __m512 v = acc[r][j];
-                if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(o + 16 * j), v);
-                _mm512_storeu_ps(o + 16 * j, v);
-            }
-        } else {
-            float tmp[PK_TILE];
-            for (int j = 0; j < 4; j++) _mm512_storeu_ps(tmp + 16 * j, acc[r][j]);
-            for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + tmp[c];
-        }
-    }
+    store_acc(out + (size_t)r0 * ldo, ldo, acc, R, n, accumulate);
 }
 
 VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
@@ -425,6 +480,61 @@ VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act 
     }
 }
 
+/* R rows of bf16 activations (pairs of inputs per 32-bit word, ldx words
+ * apart) by one bf16 tile: one vdpbf16ps per pair of inputs, 16 columns and
+ * row; R x 64 sums in registers. */
+BF16DP AI void bf16_tile_dp(const unsigned char *tp, int P, const uint32_t *x, size_t ldx, const int R,
+                            float *out, int ldo, int n, int accumulate)
+{
+    __m512 acc[RB_D][4];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    for (int i = 0; i < P; i++) {
+        __m512bh w[4];
+        for (int j = 0; j < 4; j++) w[j] = (__m512bh)_mm512_load_si512(tp + ((size_t)i * PK_TILE + 16 * j) * 4);
+        for (int r = 0; r < R; r++) {
+            __m512bh xb = (__m512bh)_mm512_set1_epi32((int)x[(size_t)r * ldx + i]);
+            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], w[j], xb);
+        }
+    }
+    store_acc(out, ldo, acc, R, n, accumulate);
+}
+
+BF16DP static void bf16_tiles_dp(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
+                                 int t1, int accumulate)
+{
+    int P = (p->K + 1) / 2;
+    const uint32_t *x = (const uint32_t *)a->bf;
+    size_t ldx = a->cap_pairs;
+    for (int t = t0; t < t1; t++) {
+        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
+        for (int r = 0; r < R; r += RB_D) {
+            const uint32_t *xr = x + (size_t)r * ldx;
+            float *o = out + (size_t)r * ldo + c0;
+            switch (R - r < RB_D ? R - r : RB_D) {
+            case 1: bf16_tile_dp(tp, P, xr, ldx, 1, o, ldo, n, accumulate); break;
+            case 2: bf16_tile_dp(tp, P, xr, ldx, 2, o, ldo, n, accumulate); break;
+            case 3: bf16_tile_dp(tp, P, xr, ldx, 3, o, ldo, n, accumulate); break;
+            case 4: bf16_tile_dp(tp, P, xr, ldx, 4, o, ldo, n, accumulate); break;
+            case 5: bf16_tile_dp(tp, P, xr, ldx, 5, o, ldo, n, accumulate); break;
+            default: bf16_tile_dp(tp, P, xr, ldx, 6, o, ldo, n, accumulate); break;
+            }
+        }
+    }
+}
+
+int pk_bf16_dp(void)
+{
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+    }
+    return has;
+}
+
 int pk_vnni(void)
 {
     static int has = -1;
@@ -437,6 +547,7 @@ int pk_vnni(void)
 }
 #else
 int pk_vnni(void) { return 0; }
+int pk_bf16_dp(void) { return 0; }
 #endif
 
 void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, const pk_act *a,
@@ -444,7 +555,15 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
 {
     switch (p->fmt) {
     case PK_F32: f32_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate); break;
-    case PK_BF16: bf16_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate); break;
+    case PK_BF16:
+#if defined(__x86_64__)
+        if (a && a->bf && pk_bf16_dp()) {
+            bf16_tiles_dp(p, out, ldo, a, R, t0, t1, accumulate);
+            break;
+        }
+#endif
+        bf16_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate);
+        break;
     default:
 #if defined(__x86_64__)
         if (pk_vnni()) {

@@ -9,7 +9,9 @@
  *
  * Formats, chosen at load:
  *   fp32  the weights as they are;
- *   bf16  the top halves of the fp32 values, widened exactly in registers;
+ *   bf16  the fp32 values rounded to bf16, widened exactly in registers; with
+ *         many rows (prefill) on AVX-512 BF16, the activations are rounded
+ *         to bf16 too (pk_act) and each pair of inputs is one vdpbf16ps;
  *   int8  per group of PK_GROUP inputs and output column one fp32 scale
  *         (the group's largest |w| maps to 127), stored offset by +128 as
  *         unsigned bytes. Activations are quantized per row and group the
@@ -34,12 +36,14 @@ typedef struct {
     unsigned char *data;          /* tiles back to back, 64-byte aligned */
 } pmat;
 
-/* Rows of activations quantized for the int8 products. */
+/* Rows of activations in the form a product reads them: quantized for
+ * int8 matrices, rounded to bf16 for bf16 ones (many rows, AVX-512 BF16). */
 typedef struct {
-    int cap_rows, cap_groups;
-    int8_t *q;       /* (rows, groups * PK_GROUP) */
+    int cap_rows, cap_groups, cap_pairs;
+    int8_t *q;       /* int8: (rows, groups * PK_GROUP) */
     float *scale;    /* (rows, groups) */
     int32_t *sum;    /* (rows, groups): sum of q over the group */
+    uint16_t *bf;    /* bf16: (rows, 2 * pairs), inputs in order, a zero after an odd K */
 } pk_act;
 
 /* Pack w: (K, N) row-major, or (N, K) when out_in. 0, or -1 when out of
@@ -48,15 +52,17 @@ int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *er
 void pk_free(pmat *p);
 size_t pk_bytes(const pmat *p);
 
-/* Room for R rows of K inputs (0, or -1 when out of memory); then quantize
- * rows r0..r1 of x (leading dimension ldx) for pk_matmul on an int8 matrix
- * (rows may be split among threads). */
-int pk_act_reserve(pk_act *a, int R, int K);
-void pk_act_quantize(pk_act *a, const float *x, int r0, int r1, int K, int ldx);
+/* Room for R rows of K inputs for matrices of format fmt (PK_I8, or PK_BF16
+ * where pk_bf16_dp()); 0, or -1 when out of memory. Then pk_act_quantize
+ * puts rows r0..r1 of x (leading dimension ldx) in that form (rows may be
+ * split among threads). */
+int pk_act_reserve(pk_act *a, int fmt, int R, int K);
+void pk_act_quantize(pk_act *a, int fmt, const float *x, int r0, int r1, int K, int ldx);
 void pk_act_free(pk_act *a);
 
 /* out (R, ldo)[:, columns of tiles t0..t1) (+)= x (R, ldx) @ W. int8
- * matrices read a (quantized from x by pk_act_quantize) instead of x. */
+ * matrices read a (quantized from x by pk_act_quantize) instead of x; bf16
+ * ones read a's bf16 rows when a is given (and pk_bf16_dp()), else x. */
 void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, const pk_act *a,
                int R, int t0, int t1, int accumulate);
 
@@ -67,5 +73,8 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd);
  * pk_matmul use the portable loops (the unit test compares the two). */
 int pk_vnni(void);
 extern int pk_force_generic;
+
+/* Whether bf16 products can take bf16 activations (AVX-512 BF16) here. */
+int pk_bf16_dp(void);
 
 #endif

@@ -61,13 +61,13 @@ static double rel_err(const float *got, const double *want, size_t n)
 static void test_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
-    int R = MV_MAX_ROWS;
-    float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * R * K);
-    float *got = malloc(sizeof(float) * R * N), *gen = malloc(sizeof(float) * R * N);
-    double *want = malloc(sizeof(double) * R * N);
+    int R = MV_MAX_ROWS, RD = 13; /* bf16 activations: two 6-row blocks and a tail */
+    float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * RD * K);
+    float *got = malloc(sizeof(float) * RD * N), *gen = malloc(sizeof(float) * RD * N);
+    double *want = malloc(sizeof(double) * RD * N);
     float *wide = malloc(sizeof(float) * K * PK_TILE), *kept = malloc(sizeof(float) * K * N);
     for (int i = 0; i < K * N; i++) w[i] = frand() * (i % 7 == 0 ? 4.0f : 0.3f); /* uneven groups */
-    for (int i = 0; i < R * K; i++) x[i] = frand();
+    for (int i = 0; i < RD * K; i++) x[i] = frand();
     for (int fmt = PK_F32; fmt <= PK_I8; fmt++) {
         pmat p;
         pk_act a = {0};
@@ -93,8 +93,8 @@ static void test_products(int K, int N, int out_in)
         CHECK(werr <= wtol, "fmt %d K %d N %d: widened weights off by %g", fmt, K, N, werr);
         for (int rows = 1; rows <= R; rows++) {
             if (fmt == PK_I8) {
-                CHECK(pk_act_reserve(&a, rows, K) == 0, "act");
-                pk_act_quantize(&a, x, 0, rows, K, K);
+                CHECK(pk_act_reserve(&a, PK_I8, rows, K) == 0, "act");
+                pk_act_quantize(&a, PK_I8, x, 0, rows, K, K);
             }
             /* reference: the kept weights (and int8 activations) in double */
             for (int r = 0; r < rows; r++)
@@ -127,6 +127,27 @@ static void test_products(int K, int N, int out_in)
                 CHECK(!memcmp(gen, got, sizeof(float) * rows * N),
                       "int8 K %d N %d rows %d: VNNI and portable loops differ", K, N, rows);
             }
+        }
+        for (int rows = 1; fmt == PK_BF16 && pk_bf16_dp() && rows <= RD; rows++) {
+            /* bf16 activations (vdpbf16ps): the reference rounds them too */
+            CHECK(pk_act_reserve(&a, PK_BF16, rows, K) == 0, "act");
+            pk_act_quantize(&a, PK_BF16, x, 0, rows, K, K);
+            for (int r = 0; r < rows; r++)
+                for (int n = 0; n < N; n++) {
+                    double s = 0;
+                    for (int k = 0; k < K; k++)
+                        s += (double)bf16_round(out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n]) *
+                             bf16_round(x[(size_t)r * K + k]);
+                    want[(size_t)r * N + n] = s + 1.0;
+                }
+            for (int i = 0; i < rows * N; i++) got[i] = 1.0f;
+            pk_matmul(&p, got, N, x, K, &a, rows, 0, p.tiles, 1);
+            double e = rel_err(got, want, (size_t)rows * N);
+            CHECK(e < 1e-5, "bf16 activations K %d N %d rows %d out_in %d: rel err %g", K, N, rows,
+                  out_in, e);
+        }
+        if (fmt == PK_BF16) { /* what follows reads x itself */
+            pk_act_free(&a);
         }
         /* a split over tile ranges writes the same as one call */
         for (int i = 0; i < N; i++) gen[i] = got[i] = 0;
@@ -281,6 +302,7 @@ void kernel_tests(int *passed, int *failed)
 {
     P = passed, F = failed;
     if (!pk_vnni()) printf("SKIP int8 VNNI-vs-portable comparison: this CPU has no AVX-512 VNNI\n");
+    if (!pk_bf16_dp()) printf("SKIP bf16 products of bf16 activations: this CPU has no AVX-512 BF16\n");
     int shapes[][2] = {{32, 64}, {45, 70}, {96, 200}, {768, 130}, {200, 17}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int out_in = 0; out_in < 2; out_in++) test_products(shapes[i][0], shapes[i][1], out_in);

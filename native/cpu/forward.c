@@ -41,7 +41,7 @@ struct fwd {
     float *wide;                            /* (threads, max(C, I), SUB): widened weights */
     float *scores;                          /* (threads, score_cap) */
     size_t score_cap;
-    float *wkv;                             /* (threads, wkv_cap): widened half keys/values */
+    float *wkv;                             /* (threads, wkv_cap): half keys/values widened */
     size_t wkv_cap;
 };
 
@@ -181,7 +181,8 @@ static int reserve(fwd *f, int rows)
     if (!f->wide &&
         !(f->wide = xmallocarray((size_t)pool_size(f->pool) * (C > I ? C : I) * SUB, sizeof(float))))
         return -1;
-    size_t hd = C / c->n_head, wk = (size_t)c->n_ctx * hd > mv_attn_wide(hd) ? (size_t)c->n_ctx * hd : mv_attn_wide(hd);
+    size_t hd = C / c->n_head, wk = 2 * (size_t)c->n_ctx * hd; /* a prompt's keys and values */
+    wk = wk > mv_attn_wide(hd) ? wk : mv_attn_wide(hd);
     if (f->kv_half && !f->wkv) {
         if (!(f->wkv = xmallocarray(wk * pool_size(f->pool), sizeof(float)))) return -1;
         f->wkv_cap = wk;
@@ -239,32 +240,38 @@ typedef struct {
     act_kind kind;
 } gemm_job;
 
+/* Bias and activation on columns c0..c1 of every row. */
+static void finish_cols(const gemm_job *j, int c0, int c1)
+{
+    if (!j->bias && !j->act) return;
+    for (int r = 0; r < j->R; r++) {
+        float *o = j->out + (size_t)r * j->O + c0;
+        if (j->bias) mv_add(o, j->bias + c0, c1 - c0);
+        if (j->act) activate(o, c1 - c0, j->kind);
+    }
+}
+
 static void gemm_task(void *arg, int task, int thread)
 {
     gemm_job *j = arg;
     int t0 = task * j->tiles, t1 = t0 + j->tiles < j->w->tiles ? t0 + j->tiles : j->w->tiles;
-    if (t0 >= t1) return;
-    int o0 = t0 * PK_TILE, n = (t1 * PK_TILE < j->O ? t1 * PK_TILE : j->O) - o0;
-    if (j->R <= MV_MAX_ROWS || (j->w->fmt == PK_I8 && pk_vnni()) || (j->w->fmt == PK_BF16 && j->q)) {
-        /* decode streams the tiles once; int8 products stay exact in int32;
-         * bf16 prompts take vdpbf16ps at the CPU's bf16 peak */
-        pk_matmul(j->w, j->out, j->O, j->x, j->I, j->q, j->R, t0, t1, j->accumulate);
-    } else { /* prefill: widen a few tiles to fp32, then sgemm */
-        float *wf = j->scratch + (size_t)thread * j->I * SUB;
-        for (int t = t0; t < t1; t += SUB / PK_TILE) {
-            int te = t + SUB / PK_TILE < t1 ? t + SUB / PK_TILE : t1;
+    /* decode streams the tiles once; int8 products stay exact in int32; bf16
+     * prompts take vdpbf16ps; else a prompt widens a few tiles for sgemm */
+    int packed = j->R <= MV_MAX_ROWS || (j->w->fmt == PK_I8 && pk_vnni()) || (j->w->fmt == PK_BF16 && j->q);
+    /* a prompt's columns are finished block by block, while still in cache */
+    int step = j->R <= MV_MAX_ROWS ? t1 - t0 : packed ? 1 : SUB / PK_TILE;
+    float *wf = j->scratch + (size_t)thread * j->I * SUB;
+    for (int t = t0; t < t1; t += step) {
+        int te = t + step < t1 ? t + step : t1;
+        int c0 = t * PK_TILE, c1 = te * PK_TILE < j->O ? te * PK_TILE : j->O;
+        if (packed) {
+            pk_matmul(j->w, j->out, j->O, j->x, j->I, j->q, j->R, t, te, j->accumulate);
+        } else {
             for (int u = t; u < te; u++) pk_widen(j->w, u, wf + (u - t) * PK_TILE, SUB);
-            int c0 = t * PK_TILE, m = (te * PK_TILE < j->O ? te * PK_TILE : j->O) - c0;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->R, m, j->I, 1.0f, j->x,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->R, c1 - c0, j->I, 1.0f, j->x,
                         j->I, wf, SUB, j->accumulate ? 1.0f : 0.0f, j->out + c0, j->O);
         }
-    }
-    if (!j->bias && !j->act) return;
-    for (int r = 0; r < j->R; r++) {
-        float *o = j->out + (size_t)r * j->O + o0;
-        if (j->bias)
-            for (int i = 0; i < n; i++) o[i] += j->bias[o0 + i];
-        if (j->act) activate(o, n, j->kind);
+        finish_cols(j, c0, c1);
     }
 }
 
@@ -281,14 +288,29 @@ static void quant_task(void *arg, int task, int thread)
     pk_act_quantize(j->a, j->fmt, j->x, r0, r1, j->I, j->I);
 }
 
-/* out = x @ w (+ bias, activation); reserve() made the room. */
+/* The form R rows of input take for products with w (pk_act_quantize's
+ * format), or -1 when they read the floats. */
+static int act_fmt(const pmat *w, int R)
+{
+    if (w->fmt == PK_I8) return PK_I8;
+    return w->fmt == PK_BF16 && R > MV_MAX_ROWS && pk_bf16_dp() ? PK_BF16 : -1;
+}
+
+/* Rows per task when a pass over R rows is split among the threads. */
+static int rows_per_task(const fwd *f, int R)
+{
+    int tasks = 4 * pool_size(f->pool);
+    return (R + tasks - 1) / tasks;
+}
+
+/* out = x @ w (+ bias, activation); reserve() made the room. j->q: the
+ * input already in the products' form (norm), else it is put so here. */
 static void gemm(fwd *f, gemm_job *j)
 {
     j->scratch = f->wide;
-    int fmt = j->w->fmt;
-    if (fmt == PK_I8 || (fmt == PK_BF16 && j->R > MV_MAX_ROWS && pk_bf16_dp())) {
-        /* the input in the products' form, once for every task */
-        quant_job q = {&f->act, j->x, fmt, j->R, j->I, (j->R + 4 * pool_size(f->pool) - 1) / (4 * pool_size(f->pool))};
+    int fmt = act_fmt(j->w, j->R);
+    if (fmt >= 0 && !j->q) { /* the input in the products' form, once for every task */
+        quant_job q = {&f->act, j->x, fmt, j->R, j->I, rows_per_task(f, j->R)};
         if (j->R <= MV_MAX_ROWS) pk_act_quantize(&f->act, fmt, j->x, 0, j->R, j->I, j->I); /* no sync for a few rows */
         else pool_run(f->pool, quant_task, &q, (j->R + q.rows - 1) / q.rows);
         j->q = &f->act;
@@ -298,6 +320,34 @@ static void gemm(fwd *f, gemm_job *j)
     int tasks = pool_size(f->pool) * (j->R <= MV_MAX_ROWS ? 1 : 4);
     j->tiles = (j->w->tiles + tasks - 1) / tasks;
     pool_run(f->pool, gemm_task, j, (j->w->tiles + j->tiles - 1) / j->tiles);
+}
+
+/* ==== Layer norms ==== */
+
+typedef struct {
+    fwd *f;
+    const float *g, *b;
+    int R, rows, fmt; /* rows per task; fmt: the next product's input form, or -1 */
+} norm_job;
+
+static void norm_task(void *arg, int task, int thread)
+{
+    norm_job *j = arg;
+    const model_cfg *c = &j->f->m->cfg;
+    int C = c->n_embd, r0 = task * j->rows, r1 = r0 + j->rows < j->R ? r0 + j->rows : j->R;
+    for (int r = r0; r < r1; r++)
+        layernorm(j->f->h + (size_t)r * C, j->f->x + (size_t)r * C, j->g, j->b, C, c->eps);
+    if (j->fmt >= 0) pk_act_quantize(&j->f->act, j->fmt, j->f->h, r0, r1, C, C);
+}
+
+/* h = layernorm(x) over R rows (split among the threads for a prompt), put
+ * in the form products with `next` read; that form, or NULL for floats. */
+static const pk_act *norm(fwd *f, int R, const float *g, const float *b, const pmat *next)
+{
+    norm_job j = {f, g, b, R, R <= MV_MAX_ROWS ? R : rows_per_task(f, R), act_fmt(next, R)};
+    if (R <= MV_MAX_ROWS) norm_task(&j, 0, 0); /* a few rows: no sync */
+    else pool_run(f->pool, norm_task, &j, (R + j.rows - 1) / j.rows);
+    return j.fmt >= 0 ? &f->act : NULL;
 }
 
 /* ==== Attention ==== */
@@ -358,41 +408,42 @@ static void group_rows(attn_job *j)
 }
 
 /* One head over all rows of a prompt chunk (rows at consecutive positions of
- * one cache, after a shared ctx0): scores and outputs as GEMMs. */
+ * one cache): scores and outputs as GEMMs, in blocks of ATT_BLOCK rows, each
+ * over the positions its last row sees (causal: what lies above the diagonal
+ * is computed only within a block). */
+#define ATT_BLOCK 64
+
 static void attn_block_task(void *arg, int h, int thread)
 {
     attn_job *j = arg;
     const model_cfg *c = &j->f->m->cfg;
-    const fwd_row *r0 = &j->rows[0];
-    int C = c->n_embd, hd = C / c->n_head, R = j->R, L0 = r0->len0;
-    int N = L0 + r0->own_at + R; /* context length of the last row */
+    const kv_cache *own = j->rows[0].own;
+    int C = c->n_embd, hd = C / c->n_head, R = j->R, l = j->layer;
+    int N = j->rows[0].own_at + R; /* context length of the last row */
     float *S = j->f->scores + (size_t)thread * j->f->score_cap; /* (R, N) */
-    float *w = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL; /* half: widened */
-    const float *q = j->f->qkv + h * hd;
-    const kv_cache *own = r0->own, *ctx0 = r0->ctx0;
-    int l = j->layer;
-    if (L0) /* S[:, 0:L0] = Q K0^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, L0, hd, j->scale, q, 3 * C,
-                    kv_floats(ctx0->k, ctx0, l, h, L0, w), hd, 0, S, N);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, N - L0, hd, j->scale, q, 3 * C,
-                kv_floats(own->k, own, l, h, N - L0, w), hd, 0, S + L0, N);
-    for (int r = 0; r < R; r++) { /* causal: row r sees N - R + r + 1 positions */
-        int n = N - R + r + 1;
-        mv_softmax(S + (size_t)r * N, n);
-        memset(S + (size_t)r * N + n, 0, (size_t)(N - n) * sizeof *S);
+    /* half caches: keys, then values, of positions 0..N widened here */
+    float *wk = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL;
+    const float *k = kv_floats(own->k, own, l, h, N, wk);
+    const float *v = kv_floats(own->v, own, l, h, N, wk ? wk + (size_t)c->n_ctx * hd : NULL);
+    for (int b0 = 0; b0 < R; b0 += ATT_BLOCK) {
+        int m = R - b0 < ATT_BLOCK ? R - b0 : ATT_BLOCK, nb = N - R + b0 + m;
+        const float *q = j->f->qkv + (size_t)b0 * 3 * C + h * hd;
+        float *Sb = S + (size_t)b0 * N, *out = j->f->att + (size_t)b0 * C + h * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, hd, j->scale, q, 3 * C, k, hd, 0,
+                    Sb, N);
+        for (int r = 0; r < m; r++) { /* row b0 + r sees N - R + b0 + r + 1 positions */
+            int n = nb - m + r + 1;
+            mv_softmax(Sb + (size_t)r * N, n);
+            memset(Sb + (size_t)r * N + n, 0, (size_t)(nb - n) * sizeof *S);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, nb, 1.0f, Sb, N, v, hd, 0, out, C);
     }
-    float *out = j->f->att + h * hd;
-    if (L0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, L0, 1.0f, S, N,
-                    kv_floats(ctx0->v, ctx0, l, h, L0, w), hd, 0, out, C);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, hd, N - L0, 1.0f, S + L0, N,
-                kv_floats(own->v, own, l, h, N - L0, w), hd, L0 ? 1.0f : 0.0f, out, C);
 }
 
-/* Rows form one prompt chunk: same caches, consecutive positions. */
+/* Rows form one prompt chunk: one cache of their own, consecutive positions. */
 static int is_block(const fwd_row *rows, int R)
 {
-    if (R <= MV_MAX_ROWS) return 0;
+    if (R <= MV_MAX_ROWS || rows[0].len0) return 0;
     for (int r = 1; r < R; r++)
         if (rows[r].own != rows[0].own || rows[r].ctx0 != rows[0].ctx0 ||
             rows[r].len0 != rows[0].len0 || rows[r].own_at != rows[0].own_at + r)
@@ -407,10 +458,9 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     const model_cfg *c = &f->m->cfg;
     const layer_weights *w = &f->m->layers[l];
     int C = c->n_embd;
-    for (int r = 0; r < R; r++)
-        layernorm(f->h + (size_t)r * C, f->x + (size_t)r * C, w->ln1_w, w->ln1_b, C, c->eps);
     const layerp *wp = &f->wp[l];
-    gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = &wp->qkv, .bias = w->qkv_b, .R = R,
+    const pk_act *q = norm(f, R, w->ln1_w, w->ln1_b, &wp->qkv);
+    gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = &wp->qkv, .q = q, .bias = w->qkv_b, .R = R,
                         .I = C, .O = 3 * C});
     int H = c->n_head, hd = C / H;
     for (int r = 0; r < R; r++) { /* store this row's key and value, head by head */
@@ -434,7 +484,7 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     attn_job job = {.f = f, .rows = rows, .R = R, .layer = l, .scale = scale};
     if (is_block(rows, R)) {
         pool_run(f->pool, attn_block_task, &job, c->n_head);
-    } else { /* decode rows (R <= MV_MAX_ROWS: see is_block) */
+    } else { /* decode rows */
         group_rows(&job);
         pool_run(f->pool, attn_rows_task, &job, job.groups * c->n_head);
     }
@@ -447,11 +497,10 @@ static void mlp_block(fwd *f, int R, int l)
     const model_cfg *c = &f->m->cfg;
     const layer_weights *w = &f->m->layers[l];
     int C = c->n_embd, I = c->n_inner;
-    for (int r = 0; r < R; r++)
-        layernorm(f->h + (size_t)r * C, f->x + (size_t)r * C, w->ln2_w, w->ln2_b, C, c->eps);
     const layerp *wp = &f->wp[l];
-    gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = &wp->fc, .bias = w->fc_b, .R = R, .I = C,
-                        .O = I, .act = 1, .kind = c->act});
+    const pk_act *q = norm(f, R, w->ln2_w, w->ln2_b, &wp->fc);
+    gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = &wp->fc, .q = q, .bias = w->fc_b, .R = R,
+                        .I = C, .O = I, .act = 1, .kind = c->act});
     gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = &wp->proj, .bias = w->proj_b, .R = R,
                         .I = I, .O = C, .accumulate = 1});
 }

@@ -70,6 +70,14 @@ AI v16 vexp(v16 x)
 }
 
 CLONES
+void mv_add(float *o, const float *b, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16) *(v16u *)(o + i) += *(const v16u *)(b + i);
+    for (; i < n; i++) o[i] += b[i];
+}
+
+CLONES
 void mv_softmax(float *s, int n)
 {
     float max = -INFINITY, sum = 0;

@@ -51,6 +51,9 @@ int mv_half_fast(void);
 void mv_to_half(uint16_t *dst, const float *src, size_t n);
 void mv_from_half(float *dst, const uint16_t *src, size_t n);
 
+/* o[0..n) += b[0..n). */
+void mv_add(float *o, const float *b, int n);
+
 /* s[0..n) = softmax(s), the exponentials vectorised (within 2 ulp of expf). */
 void mv_softmax(float *s, int n);
 

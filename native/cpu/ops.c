@@ -81,8 +81,15 @@ CLONES
 void mv_softmax(float *s, int n)
 {
     float max = -INFINITY, sum = 0;
-    for (int p = 0; p < n; p++) max = s[p] > max ? s[p] : max;
     int p = 0;
+    v16 m = (v16){0} - INFINITY;
+    for (; p + 16 <= n; p += 16) {
+        v16 v = *(v16u *)(s + p);
+        m = blend(v > m, v, m); /* NaN never wins, as below */
+    }
+    for (int i = 0; i < 16; i++) max = m[i] > max ? m[i] : max;
+    for (; p < n; p++) max = s[p] > max ? s[p] : max;
+    p = 0;
     v16 acc = {0};
     for (; p + 16 <= n; p += 16) {
         v16 t = *(v16u *)(s + p) - max;
@@ -134,6 +141,16 @@ F16C static void to_half_f16c(uint16_t *dst, const float *src, size_t n)
     for (; i < n; i++) dst[i] = half_bits(src[i]);
 }
 
+__attribute__((target("avx512f"))) static void from_half_avx512(float *dst, const uint16_t *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+        _mm512_storeu_ps(dst + i + 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i + 16))));
+    }
+    for (; i < n; i++) dst[i] = half_value(src[i]);
+}
+
 F16C static void from_half_f16c(float *dst, const uint16_t *src, size_t n)
 {
     size_t i = 0;
@@ -161,10 +178,12 @@ int mv_half_fast(void)
 #endif
 }
 
+int mv_half_path;
+
 void mv_to_half(uint16_t *dst, const float *src, size_t n)
 {
 #if defined(__x86_64__)
-    if (mv_half_fast()) {
+    if (mv_half_fast() && mv_half_path != 2) {
         to_half_f16c(dst, src, n);
         return;
     }
@@ -175,7 +194,13 @@ void mv_to_half(uint16_t *dst, const float *src, size_t n)
 void mv_from_half(float *dst, const uint16_t *src, size_t n)
 {
 #if defined(__x86_64__)
-    if (mv_half_fast()) {
+    static int avx512 = -1;
+    if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
+    if (avx512 && !mv_half_path) {
+        from_half_avx512(dst, src, n);
+        return;
+    }
+    if (mv_half_fast() && mv_half_path != 2) {
         from_half_f16c(dst, src, n);
         return;
     }

@@ -51,6 +51,10 @@ int mv_half_fast(void);
 void mv_to_half(uint16_t *dst, const float *src, size_t n);
 void mv_from_half(float *dst, const uint16_t *src, size_t n);
 
+/* For the unit test: 0 the fastest conversion here, 1 no wider than F16C
+ * (AVX2), 2 the portable loops. */
+extern int mv_half_path;
+
 /* o[0..n) += b[0..n). */
 void mv_add(float *o, const float *b, int n);
 

@@ -254,7 +254,8 @@ static void test_half(void)
         if (isnan(want)) nan_ok &= isnan(f[i]) != 0;
         else if (memcmp(&want, &f[i], sizeof want)) wrong++;
     }
-    CHECK(wrong == 0 && nan_ok, "widening: %d values differ, NaN kept %d", wrong, nan_ok);
+    CHECK(wrong == 0 && nan_ok, "widening (path %d): %d values differ, NaN kept %d", mv_half_path, wrong,
+          nan_ok);
     mv_to_half(back, f, N); /* every half round-trips, infinities clamp */
     wrong = 0;
     for (int i = 0; i < N; i++) {
@@ -262,7 +263,7 @@ static void test_half(void)
         uint16_t want = exp_all && !is_nan ? (uint16_t)((h[i] & 0x8000) | 0x7BFF) : h[i];
         if (is_nan ? (back[i] & 0x7C00) != 0x7C00 || !(back[i] & 0x3FF) : back[i] != want) wrong++;
     }
-    CHECK(wrong == 0, "narrowing: %d halves do not round-trip", wrong);
+    CHECK(wrong == 0, "narrowing (path %d): %d halves do not round-trip", mv_half_path, wrong);
     float odd[] = {1e6f, -1e6f, 65519.0f, 65520.0f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, 1e-8f,
                    -2.98e-8f, 5.96e-8f, 0.1f, -123.456f, 0.0f, -0.0f};
     int n = sizeof odd / sizeof *odd; /* 1 + 1/2048 and 1 + 3/2048: ties to even */
@@ -275,7 +276,7 @@ static void test_half(void)
         memcpy(&want, &x, sizeof want);
         if (back[i] != want) wrong++, fprintf(stderr, "  %g -> %04x, want %04x\n", odd[i], back[i], want);
     }
-    CHECK(wrong == 0, "narrowing: %d of %d chosen values rounded wrong", wrong, n);
+    CHECK(wrong == 0, "narrowing (path %d): %d of %d chosen values rounded wrong", mv_half_path, wrong, n);
     free(h), free(back), free(f);
 }
 
@@ -308,7 +309,8 @@ void kernel_tests(int *passed, int *failed)
         for (int out_in = 0; out_in < 2; out_in++) test_products(shapes[i][0], shapes[i][1], out_in);
     test_pack_rejects_nan();
     if (!mv_half_fast()) printf("SKIP half floats in hardware (no F16C here): their portable loops are tested\n");
-    test_half();
+    for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) test_half();
+    mv_half_path = 0;
     int hds[] = {8, 12, 16, 32, 48, 64, 80};
     for (size_t i = 0; i < sizeof hds / sizeof *hds; i++)
         for (int R = 1; R <= MV_ATTN_ROWS; R++)

@@ -372,18 +372,33 @@ static void attn_rows_task(void *arg, int task, int thread)
     mv_attn a = {.R = j->len[g], .hd = hd, .ld = hd, .half = j->f->kv_half, .n0 = r0->len0,
                  .scale = j->scale, .s = j->f->scores + (size_t)thread * j->f->score_cap,
                  .w = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL};
+    /* Rows of one cache after no shared context (the last few rows of a
+     * prompt): the positions they all see are read once, as if shared. */
+    int common = 0;
+    if (!r0->len0) {
+        common = r0->own_at + 1;
+        for (int i = 1; i < a.R && common; i++) {
+            const fwd_row *row = &j->rows[j->start[g] + i];
+            common = row->own != r0->own ? 0 : row->own_at + 1 < common ? row->own_at + 1 : common;
+        }
+    }
     if (r0->len0) {
         a.k0 = kv_head(r0->ctx0->k, r0->ctx0, j->layer, h);
         a.v0 = kv_head(r0->ctx0->v, r0->ctx0, j->layer, h);
+    } else if (common) {
+        a.k0 = kv_head(r0->own->k, r0->own, j->layer, h);
+        a.v0 = kv_head(r0->own->v, r0->own, j->layer, h);
+        a.n0 = common;
     }
     for (int i = 0; i < a.R; i++) {
         int r = j->start[g] + i;
         const fwd_row *row = &j->rows[r];
+        size_t skip = (size_t)common * hd * kv_elt(row->own);
         a.q[i] = j->f->qkv + (size_t)r * 3 * C + h * hd;
         a.out[i] = j->f->att + (size_t)r * C + h * hd;
-        a.k1[i] = kv_head(row->own->k, row->own, j->layer, h);
-        a.v1[i] = kv_head(row->own->v, row->own, j->layer, h);
-        a.n1[i] = row->own_at + 1;
+        a.k1[i] = (char *)kv_head(row->own->k, row->own, j->layer, h) + skip;
+        a.v1[i] = (char *)kv_head(row->own->v, row->own, j->layer, h) + skip;
+        a.n1[i] = row->own_at + 1 - common;
     }
     mv_attend(&a);
 }

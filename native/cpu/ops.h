@@ -16,7 +16,7 @@
 
 /* Attention for one head of R query rows that share a context of n0
  * positions (keys k0, values v0) and each have n1[r] positions of their own
- * (k1[r], v1[r]) after it. Rows of keys/values are ld elements apart; each
+ * (k1[r], v1[r]) after it (n0 + n1[r] > 0). Rows of keys/values are ld elements apart; each
  * vector is hd elements: floats, or IEEE half floats (uint16_t) when half is
  * set. Scores are q.k * scale, softmaxed over the n0 + n1[r] positions;
  * out[r] = their weighted sum of values. s: scratch of R * (n0 + max n1)

@@ -198,7 +198,7 @@ static void test_attention(int hd, int R, int n0, int half, int ld)
     mv_attn a = {.R = R, .hd = hd, .ld = ld, .half = half, .k0 = k0, .v0 = v0, .n0 = n0,
                  .scale = 0.37f, .w = w};
     for (int r = 0; r < R; r++) {
-        n1[r] = 1 + r * 3 + (n0 > 100 ? 17 * r : 0); /* own runs past a 16-key block */
+        n1[r] = (n0 ? 0 : 1) + r * 3 + (n0 > 100 ? 17 * r : 0); /* none of its own; past a 16-key block */
         maxn = n1[r] > maxn ? n1[r] : maxn;
         q[r] = malloc(sizeof(float) * hd);
         out[r] = malloc(sizeof(float) * hd);

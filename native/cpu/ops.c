@@ -195,7 +195,7 @@ void mv_from_half(float *dst, const uint16_t *src, size_t n)
 {
 #if defined(__x86_64__)
     static int avx512 = -1;
-    if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
+    if (avx512 < 0) avx512 = mv_half_fast() && __builtin_cpu_supports("avx512f");
     if (avx512 && !mv_half_path) {
         from_half_avx512(dst, src, n);
         return;

@@ -4,7 +4,9 @@
  *   fp32: [K][64] values.
  *   bf16: [K/2][64 c][2 k] (K rounded up to even): each 32-bit word holds
  *         inputs 2i and 2i+1 of one column, so a word widens to two fp32
- *         weights with one shift and one mask, no conversion.
+ *         weights with one shift and one mask, no conversion; and 16 words
+ *         are what one vdpbf16ps takes against a broadcast pair of bf16
+ *         activations (prompts on AVX-512 BF16).
  *   int8: per group g of 32 inputs, 8 quads of inputs [8][64 c][4 k] bytes
  *         (what one vpdpbusd consumes: 4 consecutive inputs of 16 columns
  *         per 64-byte load), then [64] fp32 scales; 2304 bytes per group.
@@ -144,7 +146,7 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd)
     }
 }
 
-/* ==== Activations for int8 ==== */
+/* ==== Activations for int8 and bf16 products ==== */
 
 int pk_act_reserve(pk_act *a, int fmt, int R, int K)
 {

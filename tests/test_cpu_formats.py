@@ -32,12 +32,13 @@ MODELS = os.path.join(ROOT, "tests", "fixtures", "models")
 NAMES = ["tiny-f32", "tiny-f16", "tiny-bf16", "odd-f32", "scaled-f32", "hub-f32"]
 
 
-def logits(model, tokens, dtype, out=None, kv="auto"):
+def logits(model, tokens, dtype, out=None, kv="auto", int8=None):
     args = [GPT2, "logits", "--model", model, "--tokens", ",".join(map(str, tokens)),
             "--cpu-dtype", dtype, "--device", "cpu", "--cpu-kv", kv]
     if out:
         args += ["--all", "--out", out]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, GPT2_CPU_INT8=int8) if int8 else None
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     if out:
         info = json.loads(r.stdout)
@@ -85,6 +86,19 @@ def test_half_kv(name, tmp_path):
     ref = logits(model, toks, "fp32", str(tmp_path / "a.bin"), kv="fp32")
     got = logits(model, toks, "fp32", str(tmp_path / "b.bin"), kv="fp16")
     check(ref, got, f"{name} all positions", "fp16-kv")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_int8_without_vnni(isa, tmp_path):
+    """The int8 kernels of a CPU without AVX-512 VNNI (forced by GPT2_CPU_INT8): rows of a decode
+    pass give the default kernel's bits; a prompt (weights widened for sgemm) keeps int8's bounds."""
+    model = os.path.join(MODELS, "odd-f32")  # tile and group tails
+    toks = np.random.default_rng(9).integers(0, 300, 64).tolist()
+    want = logits(model, toks[:8], "int8", str(tmp_path / "a.bin"))
+    got = logits(model, toks[:8], "int8", str(tmp_path / "b.bin"), int8=isa)
+    assert np.array_equal(want, got), f"{isa}: max diff {np.abs(want - got).max():.3g}"
+    ref = logits(model, toks, "fp32", str(tmp_path / "c.bin"))
+    check(ref, logits(model, toks, "int8", str(tmp_path / "d.bin"), int8=isa), f"odd-f32 ({isa})", "int8")
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])

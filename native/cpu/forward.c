@@ -124,6 +124,8 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     f->pool = p;
     f->fmt = fmt;
     f->kv_half = kv == FWD_KV_FP16 || (kv == FWD_KV_AUTO && fmt != FWD_FP32 && mv_half_fast());
+    const char *isa = getenv("GPT2_CPU_INT8"); /* for tests: the int8 kernels without VNNI */
+    pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
     char why[ERR_MAX];
     if (pack_all(f, why) < 0) {
         fwd_free(f);
@@ -257,7 +259,7 @@ static void gemm_task(void *arg, int task, int thread)
     int t0 = task * j->tiles, t1 = t0 + j->tiles < j->w->tiles ? t0 + j->tiles : j->w->tiles;
     /* decode streams the tiles once; int8 products stay exact in int32; bf16
      * prompts take vdpbf16ps; else a prompt widens a few tiles for sgemm */
-    int packed = j->R <= MV_MAX_ROWS || (j->w->fmt == PK_I8 && pk_vnni()) || (j->w->fmt == PK_BF16 && j->q);
+    int packed = j->R <= MV_MAX_ROWS || j->q; /* j->q: int8 (VNNI for a prompt), or bf16 activations */
     /* a prompt's columns are finished block by block, while still in cache */
     int step = j->R <= MV_MAX_ROWS ? t1 - t0 : packed ? 1 : SUB / PK_TILE;
     float *wf = j->scratch + (size_t)thread * j->I * SUB;
@@ -292,7 +294,7 @@ static void quant_task(void *arg, int task, int thread)
  * format), or -1 when they read the floats. */
 static int act_fmt(const pmat *w, int R)
 {
-    if (w->fmt == PK_I8) return PK_I8;
+    if (w->fmt == PK_I8) return R <= MV_MAX_ROWS || pk_vnni() ? PK_I8 : -1; /* else widened for sgemm */
     return w->fmt == PK_BF16 && R > MV_MAX_ROWS && pk_bf16_dp() ? PK_BF16 : -1;
 }
 

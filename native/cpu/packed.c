@@ -547,6 +547,73 @@ int pk_vnni(void)
     }
     return has && !pk_force_generic;
 }
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* int8 without VNNI: the weights made signed (w - 128) and, per byte, given
+ * the sign of their input (vpsignb), so vpmaddubsw multiplies |x| (unsigned)
+ * by them: a pair sums to at most 2 * 127 * 127, no saturation; vpmaddwd
+ * then sums the pairs into int32. The group sums are the VNNI kernel's
+ * exactly, and so is their fp32 epilogue. One row and half a tile (32
+ * columns, 4 ymm) at a time: 4 int32 and 4 fp32 sums in registers. */
+AVX2 static void i8_tiles_avx2(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
+                               int t1, int accumulate)
+{
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    int G = p->groups;
+    for (int t = t0; t < t1; t++) {
+        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
+        for (int r = 0; r < R; r++)
+            for (int h = 0; h < 2; h++) {
+                __m256 acc[4];
+                for (int j = 0; j < 4; j++) acc[j] = _mm256_setzero_ps();
+                for (int g = 0; g < G; g++) {
+                    const unsigned char *gp = tp + (size_t)g * GROUP_BYTES + h * PK_TILE * 2;
+                    const int8_t *xq = a->q + ((size_t)r * G + g) * PK_GROUP;
+                    __m256i is[4];
+                    for (int j = 0; j < 4; j++) is[j] = _mm256_setzero_si256();
+                    for (int q = 0; q < QUADS; q++) {
+                        int32_t x4;
+                        memcpy(&x4, xq + 4 * q, sizeof x4);
+                        __m256i xb = _mm256_set1_epi32(x4), xa = _mm256_abs_epi8(xb);
+                        for (int j = 0; j < 4; j++) {
+                            __m256i w = _mm256_xor_si256(
+                                _mm256_load_si256((const __m256i *)(gp + q * PK_TILE * 4 + 32 * j)), flip);
+                            __m256i pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xb));
+                            is[j] = _mm256_add_epi32(is[j], _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
+                    const float *ws = (const float *)(tp + (size_t)g * GROUP_BYTES + GROUP_W) + h * 32;
+                    __m256 xs = _mm256_set1_ps(a->scale[(size_t)r * G + g]);
+                    for (int j = 0; j < 4; j++)
+                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j]),
+                                                 _mm256_mul_ps(_mm256_load_ps(ws + 8 * j), xs), acc[j]);
+                }
+                float *o = out + (size_t)r * ldo + c0 + h * 32;
+                int m = n - h * 32; /* columns of this half that exist */
+                if (m >= 32) {
+                    for (int j = 0; j < 4; j++) {
+                        __m256 v = acc[j];
+                        if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(o + 8 * j), v);
+                        _mm256_storeu_ps(o + 8 * j, v);
+                    }
+                } else {
+                    float tmp[32];
+                    for (int j = 0; j < 4; j++) _mm256_storeu_ps(tmp + 8 * j, acc[j]);
+                    for (int c = 0; c < m; c++) o[c] = (accumulate ? o[c] : 0.0f) + tmp[c];
+                }
+            }
+    }
+}
+
+/* int8 on AVX2 (pk_force_generic 1: the portable loops instead). */
+static int i8_avx2(void)
+{
+    static int has = -1;
+    if (has < 0) has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return has && pk_force_generic != 1;
+}
 #else
 int pk_vnni(void) { return 0; }
 int pk_bf16_dp(void) { return 0; }
@@ -570,6 +637,10 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
 #if defined(__x86_64__)
         if (pk_vnni()) {
             i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate);
+            break;
+        }
+        if (i8_avx2()) {
+            i8_tiles_avx2(p, out, ldo, a, R, t0, t1, accumulate);
             break;
         }
 #endif

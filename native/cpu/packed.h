@@ -69,8 +69,9 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
 /* Tile t as fp32 (K, PK_TILE) into dst with leading dimension ldd. */
 void pk_widen(const pmat *p, int t, float *dst, int ldd);
 
-/* Whether the int8 product runs on AVX-512 VNNI here; force_generic makes
- * pk_matmul use the portable loops (the unit test compares the two). */
+/* Whether the int8 product runs on AVX-512 VNNI here (else AVX2 where
+ * present, else portable loops). For the unit test, which compares them:
+ * pk_force_generic 1 makes pk_matmul use the portable loops, 2 AVX2. */
 int pk_vnni(void);
 extern int pk_force_generic;
 

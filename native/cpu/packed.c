@@ -174,16 +174,21 @@ int pk_act_reserve(pk_act *a, int fmt, int R, int K)
 }
 
 /* One group of n <= PK_GROUP inputs: q (PK_GROUP, zero padded), its scale
- * and sum. Rounding is to nearest even, as lrintf and cvtps2dq both do. */
+ * and sum. Rounding is to nearest even, as rintf and cvtps2dq both do; NaN
+ * becomes -127 on both paths. Written so the compiler vectorises it
+ * (target clones) for CPUs without the AVX-512 path below. */
+CLONES
 static void quantize_group(const float *x, int n, int8_t *q, float *scale, int32_t *sum)
 {
-    float m = 0;
-    for (int i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    float v[PK_GROUP], m = 0;
+    for (int i = 0; i < PK_GROUP; i++) v[i] = i < n ? x[i] : 0.0f;
+    for (int i = 0; i < PK_GROUP; i++) m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
     float inv = m > 0 ? 127.0f / m : 0.0f;
     int32_t s = 0;
     for (int i = 0; i < PK_GROUP; i++) {
-        long v = i < n ? lrintf(x[i] * inv) : 0;
-        q[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        float r = rintf(v[i] * inv);
+        r = r > 127.0f ? 127.0f : r >= -127.0f ? r : -127.0f;
+        q[i] = (int8_t)r;
         s += q[i];
     }
     *scale = m / 127.0f;

@@ -94,7 +94,17 @@ static void test_products(int K, int N, int out_in)
         for (int rows = 1; rows <= R; rows++) {
             if (fmt == PK_I8) {
                 CHECK(pk_act_reserve(&a, PK_I8, rows, K) == 0, "act");
+                pk_force_generic = 1; /* the portable quantization gives the same bytes */
                 pk_act_quantize(&a, PK_I8, x, 0, rows, K, K);
+                size_t nq = (size_t)rows * p.groups;
+                int8_t *q = malloc(nq * PK_GROUP);
+                float *sc = malloc(nq * sizeof *sc);
+                memcpy(q, a.q, nq * PK_GROUP), memcpy(sc, a.scale, nq * sizeof *sc);
+                pk_force_generic = 0;
+                pk_act_quantize(&a, PK_I8, x, 0, rows, K, K);
+                CHECK(!memcmp(q, a.q, nq * PK_GROUP) && !memcmp(sc, a.scale, nq * sizeof *sc),
+                      "int8 K %d rows %d: quantized activations differ between paths", K, rows);
+                free(q), free(sc);
             }
             /* reference: the kept weights (and int8 activations) in double */
             for (int r = 0; r < rows; r++)

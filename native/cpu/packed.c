@@ -9,7 +9,12 @@
  *         activations (prompts on AVX-512 BF16).
  *   int8: per group g of 32 inputs, 8 quads of inputs [8][64 c][4 k] bytes
  *         (what one vpdpbusd consumes: 4 consecutive inputs of 16 columns
- *         per 64-byte load), then [64] fp32 scales; 2304 bytes per group.
+ *         per 64-byte load), then [64] scales as fp16, 2176 bytes per group.
+ *         The scales are stored times 2^e, one e per matrix putting its
+ *         largest in [2^14, 2^15): fp16's 11 bits then hold every scale
+ *         within a few hundred times smaller than that to 2^-11 (the int8
+ *         steps are 2^-7); the products multiply e back out (pmat.unscale)
+ *         with the activations' scale.
  *
  * The float kernels keep R x 64 sums in registers (GNU vectors, one
  * target_clones variant per SIMD width); the int8 kernel sums each group in
@@ -34,7 +39,7 @@ typedef uint32_t v16w __attribute__((vector_size(64)));
 
 #define QUADS (PK_GROUP / 4)
 #define GROUP_W (QUADS * PK_TILE * 4)            /* weight bytes of a group: 2048 */
-#define GROUP_BYTES (GROUP_W + PK_TILE * 4)      /* + the scales: 2304 */
+#define GROUP_BYTES (GROUP_W + PK_TILE * 2)      /* + the fp16 scales: 2176 */
 #define RB_F 4 /* rows per pass, float kernels: 16 sums + 4 weights in registers */
 #define RB_Q 3 /* int8: 12 fp32 sums + 12 int32 sums + 4 weights */
 #define RB_D 6 /* bf16 activations: 24 sums + 4 weights + 1 input pair */
@@ -56,6 +61,21 @@ static uint16_t to_bf16(float x)
     uint32_t u;
     memcpy(&u, &x, sizeof u);
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); /* nearest, ties to even */
+}
+
+static uint16_t to_half(float x)
+{
+    _Float16 h = (_Float16)x;
+    uint16_t u;
+    memcpy(&u, &h, sizeof u);
+    return u;
+}
+
+static float from_half(uint16_t u)
+{
+    _Float16 h;
+    memcpy(&h, &u, sizeof h);
+    return (float)h;
 }
 
 static float from_bf16(uint16_t h)
@@ -88,12 +108,12 @@ static void pack_tile(const pmat *p, const float *w, int out_in, int t)
                 v[i] = n < N && k < K ? weight(w, K, N, out_in, k, n) : 0.0f;
                 m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
             }
-            float s = m / 127.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+            double inv = m > 0 ? 127.0 / m : 0.0; /* in float, 127 / m overflows below 3.7e-37 */
             for (int i = 0; i < PK_GROUP; i++) {
-                long q = lrintf(v[i] * inv);
+                long q = lrint(v[i] * inv);
                 gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] = (unsigned char)((q > 127 ? 127 : q < -127 ? -127 : q) + 128);
             }
-            memcpy(gp + GROUP_W + c * sizeof(float), &s, sizeof s);
+            ((uint16_t *)(gp + GROUP_W))[c] = to_half(m / 127.0f / p->unscale); /* exact: a power of two */
         }
     }
 }
@@ -102,8 +122,15 @@ int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *er
 {
     memset(p, 0, sizeof *p);
     size_t n = (size_t)K * N;
-    for (size_t i = 0; fmt == PK_I8 && i < n; i++) /* NaN has no int8 scale */
+    float big = 0;
+    for (size_t i = 0; fmt == PK_I8 && i < n; i++) { /* NaN has no int8 scale */
         if (!isfinite(w[i])) return errf(err, "a weight is not finite (index %zu)", i);
+        big = fabsf(w[i]) > big ? fabsf(w[i]) : big;
+    }
+    int e = 0;
+    if (big > 0) frexpf(big / 127.0f, &e); /* largest scale = f 2^e, f in [0.5, 1) */
+    e = e < -100 ? -100 : e;            /* unscale stays a normal float */
+    p->unscale = ldexpf(1.0f, e - 15);  /* stored: scale 2^(15 - e), below 2^15 */
     p->fmt = fmt;
     p->K = K;
     p->N = N;
@@ -140,8 +167,8 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd)
         } else {
             const unsigned char *gp = tp + (size_t)(k / PK_GROUP) * GROUP_BYTES;
             const unsigned char *q = gp + (k % PK_GROUP / 4) * PK_TILE * 4 + k % 4;
-            const float *s = (const float *)(gp + GROUP_W);
-            for (int c = 0; c < PK_TILE; c++) d[c] = (float)((int)q[c * 4] - 128) * s[c];
+            const uint16_t *s = (const uint16_t *)(gp + GROUP_W);
+            for (int c = 0; c < PK_TILE; c++) d[c] = (float)((int)q[c * 4] - 128) * (from_half(s[c]) * p->unscale);
         }
     }
 }
@@ -173,6 +200,10 @@ int pk_act_reserve(pk_act *a, int fmt, int R, int K)
     return 0;
 }
 
+/* Groups of activations whose largest |x| is at most this quantize to zeros
+ * (127 / m would overflow a float below 3.7e-37). */
+#define ACT_TINY 1e-30f
+
 /* One group of n <= PK_GROUP inputs: q (PK_GROUP, zero padded), its scale
  * and sum. Rounding is to nearest even, as rintf and cvtps2dq both do; NaN
  * becomes -127 on both paths. Written so the compiler vectorises it
@@ -183,7 +214,7 @@ static void quantize_group(const float *x, int n, int8_t *q, float *scale, int32
     float v[PK_GROUP], m = 0;
     for (int i = 0; i < PK_GROUP; i++) v[i] = i < n ? x[i] : 0.0f;
     for (int i = 0; i < PK_GROUP; i++) m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
-    float inv = m > 0 ? 127.0f / m : 0.0f;
+    float inv = m > ACT_TINY ? 127.0f / m : 0.0f;
     int32_t s = 0;
     for (int i = 0; i < PK_GROUP; i++) {
         float r = rintf(v[i] * inv);
@@ -203,7 +234,7 @@ static void quantize_row_avx512(const float *x, int K, int8_t *q, float *scale, 
     for (int g = 0; g < G; g++) {
         __m512 a = _mm512_loadu_ps(x + g * PK_GROUP), b = _mm512_loadu_ps(x + g * PK_GROUP + 16);
         float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-        float inv = m > 0 ? 127.0f / m : 0.0f;
+        float inv = m > ACT_TINY ? 127.0f / m : 0.0f;
         __m512 vi = _mm512_set1_ps(inv);
         __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, vi)), qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vi));
         const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
@@ -398,14 +429,14 @@ static void i8_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a
             for (int g = 0; g < G; g++) {
                 const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
                 const int8_t *xq = a->q + ((size_t)r * G + g) * PK_GROUP;
-                const float *ws = (const float *)(gp + GROUP_W);
-                float xs = a->scale[(size_t)r * G + g];
+                const uint16_t *ws = (const uint16_t *)(gp + GROUP_W);
+                float xs = a->scale[(size_t)r * G + g] * p->unscale;
                 int32_t base = -128 * a->sum[(size_t)r * G + g];
                 for (int c = 0; c < PK_TILE; c++) {
                     int32_t s = base;
                     for (int i = 0; i < PK_GROUP; i++)
                         s += (int32_t)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] * xq[i];
-                    acc[c] = fmaf((float)s, ws[c] * xs, acc[c]);
+                    acc[c] = fmaf((float)s, from_half(ws[c]) * xs, acc[c]);
                 }
             }
             float *o = out + (size_t)r * ldo + c0;
@@ -437,8 +468,8 @@ AVX512 AI void store_acc(float *out, int ldo, __m512 (*acc)[4], const int R, int
     }
 }
 
-VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, const pk_act *a, int r0, const int R,
-                         float *out, int ldo, int n, int accumulate)
+VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, float unscale, const pk_act *a, int r0,
+                         const int R, float *out, int ldo, int n, int accumulate)
 {
     __m512 acc[RB_Q][4];
     for (int r = 0; r < R; r++)
@@ -460,12 +491,12 @@ VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, const pk_act *a, int r
                 for (int j = 0; j < 4; j++) is[r][j] = _mm512_dpbusd_epi32(is[r][j], w[j], xb);
             }
         }
-        const float *ws = (const float *)(gp + GROUP_W);
+        __m512 ws[4];
+        for (int j = 0; j < 4; j++) ws[j] = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + GROUP_W + 32 * j)));
         for (int r = 0; r < R; r++) {
-            __m512 xs = _mm512_set1_ps(a->scale[(size_t)(r0 + r) * G + g]);
+            __m512 xs = _mm512_set1_ps(a->scale[(size_t)(r0 + r) * G + g] * unscale);
             for (int j = 0; j < 4; j++)
-                acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[r][j]),
-                                            _mm512_mul_ps(_mm512_load_ps(ws + 16 * j), xs), acc[r][j]);
+                acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[r][j]), _mm512_mul_ps(ws[j], xs), acc[r][j]);
         }
     }
     store_acc(out + (size_t)r0 * ldo, ldo, acc, R, n, accumulate);
@@ -479,9 +510,9 @@ VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act 
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
         for (int r = 0; r < R; r += RB_Q) {
             switch (R - r < RB_Q ? R - r : RB_Q) {
-            case 1: i8_tile_vnni(tp, p->groups, a, r, 1, out + c0, ldo, n, accumulate); break;
-            case 2: i8_tile_vnni(tp, p->groups, a, r, 2, out + c0, ldo, n, accumulate); break;
-            default: i8_tile_vnni(tp, p->groups, a, r, 3, out + c0, ldo, n, accumulate); break;
+            case 1: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 1, out + c0, ldo, n, accumulate); break;
+            case 2: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 2, out + c0, ldo, n, accumulate); break;
+            default: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 3, out + c0, ldo, n, accumulate); break;
             }
         }
     }
@@ -553,7 +584,7 @@ int pk_vnni(void)
     return has && !pk_force_generic;
 }
 
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
 
 /* int8 without VNNI: the weights made signed (w - 128) and, per byte, given
  * the sign of their input (vpsignb), so vpmaddubsw multiplies |x| (unsigned)
@@ -589,11 +620,12 @@ AVX2 static void i8_tiles_avx2(const pmat *p, float *out, int ldo, const pk_act 
                             is[j] = _mm256_add_epi32(is[j], _mm256_madd_epi16(pairs, ones));
                         }
                     }
-                    const float *ws = (const float *)(tp + (size_t)g * GROUP_BYTES + GROUP_W) + h * 32;
-                    __m256 xs = _mm256_set1_ps(a->scale[(size_t)r * G + g]);
-                    for (int j = 0; j < 4; j++)
-                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j]),
-                                                 _mm256_mul_ps(_mm256_load_ps(ws + 8 * j), xs), acc[j]);
+                    const uint16_t *ws = (const uint16_t *)(tp + (size_t)g * GROUP_BYTES + GROUP_W) + h * 32;
+                    __m256 xs = _mm256_set1_ps(a->scale[(size_t)r * G + g] * p->unscale);
+                    for (int j = 0; j < 4; j++) {
+                        __m256 wsj = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(ws + 8 * j)));
+                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j]), _mm256_mul_ps(wsj, xs), acc[j]);
+                    }
                 }
                 float *o = out + (size_t)r * ldo + c0 + h * 32;
                 int m = n - h * 32; /* columns of this half that exist */
@@ -616,7 +648,8 @@ AVX2 static void i8_tiles_avx2(const pmat *p, float *out, int ldo, const pk_act 
 static int i8_avx2(void)
 {
     static int has = -1;
-    if (has < 0) has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (has < 0)
+        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     return has && pk_force_generic != 1;
 }
 #else

@@ -12,9 +12,9 @@
  *   bf16  the fp32 values rounded to bf16, widened exactly in registers; with
  *         many rows (prefill) on AVX-512 BF16, the activations are rounded
  *         to bf16 too (pk_act) and each pair of inputs is one vdpbf16ps;
- *   int8  per group of PK_GROUP inputs and output column one fp32 scale
- *         (the group's largest |w| maps to 127), stored offset by +128 as
- *         unsigned bytes. Activations are quantized per row and group the
+ *   int8  per group of PK_GROUP inputs and output column one scale (the
+ *         group's largest |w| maps to 127; kept as fp16, see packed.c),
+ *         weights stored offset by +128 as unsigned bytes. Activations are quantized per row and group the
  *         same way (pk_act), so each group's dot product is exact in int32
  *         (AVX-512 VNNI vpdpbusd where present) and is scaled once.
  * Padding (inputs to a whole group, outputs to a whole tile) is zero.
@@ -32,6 +32,7 @@ enum { PK_F32, PK_BF16, PK_I8 };
 
 typedef struct {
     int fmt, K, N, tiles, groups; /* groups: int8 scale groups per column */
+    float unscale;                /* int8: what the stored scales are multiplied by */
     size_t tile_bytes;
     unsigned char *data;          /* tiles back to back, 64-byte aligned */
 } pmat;

@@ -89,7 +89,7 @@ static double median(double *v, int n)
 static double packed_bytes(double K, double N, int fmt)
 {
     double tiles = ceil(N / PK_TILE), groups = ceil(K / PK_GROUP);
-    if (fmt == FWD_INT8) return tiles * groups * (PK_GROUP * PK_TILE + PK_TILE * 4);
+    if (fmt == FWD_INT8) return tiles * groups * (PK_GROUP * PK_TILE + PK_TILE * 2);
     return tiles * PK_TILE * K * (fmt == FWD_FP32 ? 4 : 2);
 }
 

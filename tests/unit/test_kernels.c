@@ -89,7 +89,8 @@ static void test_products(int K, int N, int out_in)
                 for (int c = 0; c < PK_TILE && t * PK_TILE + c < N; c++)
                     kept[(size_t)k * N + t * PK_TILE + c] = wide[(size_t)k * PK_TILE + c];
         }
-        double wtol = fmt == PK_F32 ? 0 : fmt == PK_BF16 ? 4.0 / 256 : 4.0 / 254 + 1e-6;
+        /* int8: half a step of the largest |w| (4), plus its fp16 scale's rounding (2^-11) */
+        double wtol = fmt == PK_F32 ? 0 : fmt == PK_BF16 ? 4.0 / 256 : 4.0 / 254 + 4.0 / 2048 + 1e-6;
         CHECK(werr <= wtol, "fmt %d K %d N %d: widened weights off by %g", fmt, K, N, werr);
         for (int rows = 1; rows <= R; rows++) {
             if (fmt == PK_I8) {
@@ -183,6 +184,20 @@ static void test_pack_rejects_nan(void)
     CHECK(pk_pack(&p, w, 64, 3, 0, PK_I8, err) == -1 && strstr(err, "not finite"), "%s", err);
     CHECK(pk_pack(&p, w, 64, 3, 0, PK_BF16, err) == 0, "bf16 keeps NaN as NaN: %s", err);
     pk_free(&p);
+    /* int8 scales (fp16 times a power of two per matrix) at the ends of the
+     * float range: widened weights stay finite and near the originals */
+    float far[] = {1e-38f, 3e-30f, 1e30f, 3e38f};
+    for (int i = 0; i < 4; i++) {
+        for (int j = 0; j < 64 * 3; j++) w[j] = far[i] * ((j % 5 - 2) * 0.5f);
+        CHECK(pk_pack(&p, w, 64, 3, 0, PK_I8, err) == 0, "%s", err);
+        float wide[64 * PK_TILE];
+        pk_widen(&p, 0, wide, PK_TILE);
+        double worst = 0;
+        for (int k = 0; k < 64; k++)
+            for (int c = 0; c < 3; c++) worst = fmax(worst, fabs(wide[k * PK_TILE + c] - w[k * 3 + c]) / far[i]);
+        CHECK(isfinite(worst) && worst < 0.01, "int8 weights of %g: off by %g of that", far[i], worst);
+        pk_free(&p);
+    }
 }
 
 /* Keys or values of n rows (ld apart, hd used) for a test: random floats,

@@ -24,6 +24,7 @@
 #include "packed.h"
 
 #include "../common.h"
+#include "ops.h"
 
 
 #if defined(__x86_64__)
@@ -63,21 +64,6 @@ static uint16_t to_bf16(float x)
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); /* nearest, ties to even */
 }
 
-static uint16_t to_half(float x)
-{
-    _Float16 h = (_Float16)x;
-    uint16_t u;
-    memcpy(&u, &h, sizeof u);
-    return u;
-}
-
-static float from_half(uint16_t u)
-{
-    _Float16 h;
-    memcpy(&h, &u, sizeof h);
-    return (float)h;
-}
-
 static float from_bf16(uint16_t h)
 {
     uint32_t u = (uint32_t)h << 16;
@@ -113,7 +99,8 @@ static void pack_tile(const pmat *p, const float *w, int out_in, int t)
                 long q = lrint(v[i] * inv);
                 gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] = (unsigned char)((q > 127 ? 127 : q < -127 ? -127 : q) + 128);
             }
-            ((uint16_t *)(gp + GROUP_W))[c] = to_half(m / 127.0f / p->unscale); /* exact: a power of two */
+            float s = m / 127.0f / p->unscale; /* exact: a power of two, below 2^15 */
+            mv_to_half((uint16_t *)(gp + GROUP_W) + c, &s, 1);
         }
     }
 }
@@ -167,8 +154,9 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd)
         } else {
             const unsigned char *gp = tp + (size_t)(k / PK_GROUP) * GROUP_BYTES;
             const unsigned char *q = gp + (k % PK_GROUP / 4) * PK_TILE * 4 + k % 4;
-            const uint16_t *s = (const uint16_t *)(gp + GROUP_W);
-            for (int c = 0; c < PK_TILE; c++) d[c] = (float)((int)q[c * 4] - 128) * (from_half(s[c]) * p->unscale);
+            float s[PK_TILE];
+            mv_from_half(s, (const uint16_t *)(gp + GROUP_W), PK_TILE);
+            for (int c = 0; c < PK_TILE; c++) d[c] = (float)((int)q[c * 4] - 128) * (s[c] * p->unscale);
         }
     }
 }
@@ -429,14 +417,14 @@ static void i8_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a
             for (int g = 0; g < G; g++) {
                 const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
                 const int8_t *xq = a->q + ((size_t)r * G + g) * PK_GROUP;
-                const uint16_t *ws = (const uint16_t *)(gp + GROUP_W);
-                float xs = a->scale[(size_t)r * G + g] * p->unscale;
+                float ws[PK_TILE], xs = a->scale[(size_t)r * G + g] * p->unscale;
+                mv_from_half(ws, (const uint16_t *)(gp + GROUP_W), PK_TILE);
                 int32_t base = -128 * a->sum[(size_t)r * G + g];
                 for (int c = 0; c < PK_TILE; c++) {
                     int32_t s = base;
                     for (int i = 0; i < PK_GROUP; i++)
                         s += (int32_t)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] * xq[i];
-                    acc[c] = fmaf((float)s, from_half(ws[c]) * xs, acc[c]);
+                    acc[c] = fmaf((float)s, ws[c] * xs, acc[c]);
                 }
             }
             float *o = out + (size_t)r * ldo + c0;
@@ -562,25 +550,22 @@ BF16DP static void bf16_tiles_dp(const pmat *p, float *out, int ldo, const pk_ac
     }
 }
 
+/* AVX-512 F, BW and VL plus one more feature (a string literal). */
+#define AVX512_WITH(feature)                                                                     \
+    (__builtin_cpu_init(), __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && \
+                               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports(feature))
+
 int pk_bf16_dp(void)
 {
     static int has = -1;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-    }
+    if (has < 0) has = AVX512_WITH("avx512bf16");
     return has;
 }
 
 int pk_vnni(void)
 {
     static int has = -1;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    }
+    if (has < 0) has = AVX512_WITH("avx512vnni");
     return has && !pk_force_generic;
 }
 

@@ -145,6 +145,7 @@ size_t pk_bytes(const pmat *p) { return p->tile_bytes * p->tiles; }
 void pk_widen(const pmat *p, int t, float *dst, int ldd)
 {
     const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+    float s[PK_TILE]; /* int8: the current group's scales */
     for (int k = 0; k < p->K; k++) {
         float *d = dst + (size_t)k * ldd;
         if (p->fmt == PK_F32) {
@@ -154,8 +155,7 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd)
         } else {
             const unsigned char *gp = tp + (size_t)(k / PK_GROUP) * GROUP_BYTES;
             const unsigned char *q = gp + (k % PK_GROUP / 4) * PK_TILE * 4 + k % 4;
-            float s[PK_TILE];
-            mv_from_half(s, (const uint16_t *)(gp + GROUP_W), PK_TILE);
+            if (k % PK_GROUP == 0) mv_from_half(s, (const uint16_t *)(gp + GROUP_W), PK_TILE);
             for (int c = 0; c < PK_TILE; c++) d[c] = (float)((int)q[c * 4] - 128) * (s[c] * p->unscale);
         }
     }

@@ -16,24 +16,12 @@
 #define GV_GROUPS (GV_THREADS / 2) // row groups
 #define GV_UNROLL 8
 
-__device__ __forceinline__ void widen8(uint4 w, float *f, __half)
+// The 8 16-bit values of w (type T) as floats.
+template <typename T> __device__ __forceinline__ void widen8(uint4 w, float *f)
 {
-    const __half2 *h = (const __half2 *)&w;
+    const T *h = (const T *)&w;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __half22float2(h[i]);
-        f[2 * i] = t.x, f[2 * i + 1] = t.y;
-    }
-}
-
-__device__ __forceinline__ void widen8(uint4 w, float *f, __nv_bfloat16)
-{
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&w;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __bfloat1622float2(h[i]);
-        f[2 * i] = t.x, f[2 * i + 1] = t.y;
-    }
+    for (int i = 0; i < 8; i++) f[i] = to_f32(h[i]);
 }
 
 // The finished value v of row r, column col.
@@ -84,7 +72,7 @@ gemv_kernel(const T *W, const T *x, int K, int O, k_gemv_epi e)
             int i = i0 + u * GV_GROUPS;
             if (i >= K) break;
             float f[8];
-            widen8(w[u], f, T());
+            widen8<T>(w[u], f);
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float xv = to_f32(x[(size_t)r * K + i]);
@@ -179,7 +167,7 @@ logits_kernel(const T *wte, const T *h, int C, int V, float *out)
 #pragma unroll
             for (int u = 0; u < LG_ROWS; u++) {
                 float f[8];
-                widen8(w[s][u], f, T());
+                widen8<T>(w[s][u], f);
 #pragma unroll
                 for (int r = 0; r < R; r++) {
                     const float4 *x = (const float4 *)(hs + r * C + q * 8);

@@ -101,9 +101,9 @@ test-py: $(BUILD)/gpt2 ## oracle, checkpoint, CLI and rpc tests (pytest)
 test-gpu: all ## GPU results against the CPU path (needs a GPU; fails without one)
 	GPT2_REQUIRE_GPU=1 $(PYTHON) -m pytest -v -s -rs tests/test_gpu.py
 
-test-asan: $(BUILD)/asan/gpt2 ## the rpc suite against the ASan/UBSan build
+test-asan: $(BUILD)/asan/gpt2 ## the rpc suite and the CPU formats against the ASan/UBSan build
 	GPT2_BIN=$(BUILD)/asan/gpt2 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $(PYTHON) -m pytest -q tests/test_serve.py
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $(PYTHON) -m pytest -q tests/test_serve.py tests/test_cpu_formats.py
 
 test-nvim: $(BUILD)/gpt2 ## the plugin in a real headless Neovim against the real helper
 	nvim --headless -u NONE -i NONE --cmd 'set rtp^=.' -S tests/nvim/run.lua

@@ -1,5 +1,5 @@
 /* common.c - errors, clocks, checked allocation, file reading, UTF-8. */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* madvise */
 #include "common.h"
 
 #include <errno.h>
@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 int errf(char *err, const char *fmt, ...)
@@ -36,6 +37,21 @@ void *xmallocarray(size_t n, size_t size)
     if (size && n > SIZE_MAX / size) return NULL;
     size_t total = n * size;
     return malloc(total ? total : 1);
+}
+
+void *xbig_alloc(size_t n, size_t size)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (size && n > SIZE_MAX / size) return NULL;
+    size_t total = n * size;
+    if (total < 2 * huge) return aligned_alloc(64, total ? (total + 63) & ~(size_t)63 : 64);
+    if (total > SIZE_MAX - huge) return NULL;
+    total = (total + huge - 1) & ~(huge - 1);
+    void *p = aligned_alloc(huge, total);
+#ifdef MADV_HUGEPAGE
+    if (p) madvise(p, total, MADV_HUGEPAGE); /* advice only: a refusal changes nothing */
+#endif
+    return p;
 }
 
 char *read_file(const char *path, size_t max_bytes, size_t *len, char *err)

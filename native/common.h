@@ -24,6 +24,13 @@ double now_ms(void);
 void *xcalloc(size_t n, size_t size);
 void *xmallocarray(size_t n, size_t size);
 
+/* n * size bytes, 64-byte aligned, released with free(). From 4 MiB up the
+ * block is 2 MiB-aligned and asked to be backed by transparent huge pages
+ * (MADV_HUGEPAGE; this kernel may say no): a stream through weights or a
+ * cache then crosses a 4 KiB page, a TLB miss and a stop of the hardware
+ * prefetcher, 512 times less often. */
+void *xbig_alloc(size_t n, size_t size);
+
 /* Read a whole file (at most max_bytes) into a NUL-terminated buffer owned by
  * the caller. On error returns NULL with err = "PATH: cannot open: reason". */
 char *read_file(const char *path, size_t max_bytes, size_t *len, char *err);

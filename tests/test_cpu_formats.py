@@ -15,6 +15,8 @@ measured on these random fixtures:
 both with their default fp16 keys and values (--cpu-kv auto). fp16 keys and
 values alone (fp32 weights): top-1 >= 99% (measured 100%), max |diff| <= 0.3%
 (measured <= 0.10%).
+A random checkpoint with GPT-2's head size (64) checks a prompt's bf16
+attention (bf16 probabilities and values, AVX-512 BF16) against fp32.
 A checkpoint stored as BF16 must give the fp32 path's logits in bf16 where
 the activations stay fp32 (rows of a decode step, up to 8; fp32 keys and
 values), up to summation order.
@@ -22,22 +24,30 @@ values), up to summation order.
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "tools"))
+import checkpoint as ck  # noqa: E402
+
 GPT2 = os.environ.get("GPT2_BIN", os.path.join(ROOT, "build", "gpt2"))
 MODELS = os.path.join(ROOT, "tests", "fixtures", "models")
 NAMES = ["tiny-f32", "tiny-f16", "tiny-bf16", "odd-f32", "scaled-f32", "hub-f32"]
 
 
-def logits(model, tokens, dtype, out=None, kv="auto", int8=None):
+def logits(model, tokens, dtype, out=None, kv="auto", int8=None, attn=None):
     args = [GPT2, "logits", "--model", model, "--tokens", ",".join(map(str, tokens)),
             "--cpu-dtype", dtype, "--device", "cpu", "--cpu-kv", kv]
     if out:
         args += ["--all", "--out", out]
-    env = dict(os.environ, GPT2_CPU_INT8=int8) if int8 else None
+    env = dict(os.environ)
+    if int8:
+        env["GPT2_CPU_INT8"] = int8
+    if attn:
+        env["GPT2_CPU_ATTN"] = attn
     r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     if out:
@@ -99,6 +109,60 @@ def test_int8_without_vnni(isa, tmp_path):
     assert np.array_equal(want, got), f"{isa}: max diff {np.abs(want - got).max():.3g}"
     ref = logits(model, toks, "fp32", str(tmp_path / "c.bin"))
     check(ref, logits(model, toks, "int8", str(tmp_path / "d.bin"), int8=isa), f"odd-f32 ({isa})", "int8")
+
+
+def has_avx512_bf16():
+    try:
+        return "avx512_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def head64_model(tmp_path_factory, std):
+    """GPT-2's head size (64), which the fixtures above lack: prompts of bf16 and int8 weights on
+    AVX-512 BF16 take the bf16 weighted sum of values (forward.c, attn_block_task)."""
+    d = tmp_path_factory.mktemp("head64")
+    ck.write_checkpoint(d, ck.GPT2Shape(n_layer=2, n_embd=128, n_head=2, n_positions=640,
+                                        vocab_size=512), dtype="f32", seed=3, std=std)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def head64(tmp_path_factory):
+    """Weights large enough (std 0.2) for peaked attention, where rounding matters most (and
+    too chaotic for the formats' bounds: int8 alone moves logits by 15% there)."""
+    return head64_model(tmp_path_factory, 0.2)
+
+
+@pytest.fixture(scope="module")
+def head64_mild(tmp_path_factory):
+    return head64_model(tmp_path_factory, 0.05)
+
+
+def test_prompt_attention_in_bf16(head64, tmp_path):
+    """601 positions: three prompt chunks of up to 256 rows, the later ones over the earlier
+    ones' keys, in 64-row causal blocks, odd contexts included. fp32 weights with the bf16
+    weighted values forced (GPT2_CPU_ATTN=bf16), so nothing else rounds, against fp32: every
+    position within 1.5% of the row's largest logit (measured 0.64%, mean 0.28%)."""
+    if not has_avx512_bf16():
+        pytest.skip("bf16 prompt attention: this CPU has no AVX-512 BF16 (fp32 sgemm runs)")
+    toks = np.random.default_rng(11).integers(0, 512, 601).tolist()
+    want = logits(head64, toks, "fp32", str(tmp_path / "a.bin"))
+    got = logits(head64, toks, "fp32", str(tmp_path / "b.bin"), attn="bf16")
+    rel = np.abs(want - got).max(1) / np.abs(want).max(1)
+    print(f"head64: bf16 against fp32 weighted values, max |diff| {rel.max() * 100:.2f}% "
+          f"(mean {rel.mean() * 100:.3f}%)")
+    assert rel.max() <= 0.015, f"max |diff| {rel.max():.4f} at position {int(rel.argmax())}"
+    assert rel.mean() <= 0.006, f"mean |diff| {rel.mean():.4f}"
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_head64_formats(head64_mild, dtype, tmp_path):
+    """The formats' bounds where their prompts take the bf16 weighted values (on AVX-512 BF16)."""
+    toks = np.random.default_rng(12).integers(0, 512, 601).tolist()
+    ref = logits(head64_mild, toks, "fp32", str(tmp_path / "a.bin"))
+    check(ref, logits(head64_mild, toks, dtype, str(tmp_path / "b.bin")), "head64 all positions",
+          dtype)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])

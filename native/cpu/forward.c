@@ -22,6 +22,7 @@
 void openblas_set_num_threads(int n);
 
 #define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
+#define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
 
 /* Every matrix the passes stream, packed (packed.h) in the context's format. */
 typedef struct {
@@ -34,6 +35,7 @@ struct fwd {
     int fmt;                                /* FWD_FP32 | FWD_BF16 | FWD_INT8 */
     int kv_half;                            /* caches hold half floats */
     layerp *wp;                             /* per layer */
+    void *arena;                            /* every pmat's data (pack_all) */
     pmat wte;                               /* the tied embedding as (C, V) */
     pk_act act;                             /* int8, bf16 prefill: the product's input */
     int cap;                                /* rows the buffers hold */
@@ -43,6 +45,9 @@ struct fwd {
     size_t score_cap;
     float *wkv;                             /* (threads, wkv_cap): half keys/values widened */
     size_t wkv_cap;
+    int att_bf16;                           /* a prompt's weighted values in bf16 */
+    uint32_t *abf;                          /* (threads, abf_cap): their tiles and rows */
+    size_t abf_cap;
 };
 
 static size_t kv_elt(const kv_cache *kv) { return kv->half ? sizeof(uint16_t) : sizeof(float); }
@@ -54,8 +59,8 @@ kv_cache *kv_new(const fwd *f, int cap)
     if (!kv) return NULL;
     kv->half = f->kv_half;
     size_t n = (size_t)c->n_layer * cap * c->n_embd;
-    kv->k = xmallocarray(n, kv_elt(kv));
-    kv->v = xmallocarray(n, kv_elt(kv));
+    kv->k = xbig_alloc(n, kv_elt(kv));
+    kv->v = xbig_alloc(n, kv_elt(kv));
     if (!kv->k || !kv->v) {
         kv_free(kv);
         return NULL;
@@ -95,22 +100,37 @@ static const float *kv_floats(void *base, const kv_cache *kv, int layer, int hea
     return w;
 }
 
+/* w packed at *at, which then moves past it. */
+static int pack_at(fwd *f, unsigned char **at, pmat *p, const float *w, int K, int N, int out_in,
+                   char *err)
+{
+    if (pk_pack_into(p, *at, w, K, N, out_in, f->fmt, err)) return -1;
+    *at += pk_size(K, N, f->fmt);
+    return 0;
+}
+
+/* Every matrix, packed back to back into one block of huge pages
+ * (xbig_alloc), in the order a decode step streams them. */
 static int pack_all(fwd *f, char *err)
 {
     const model_cfg *c = &f->m->cfg;
     int C = c->n_embd, I = c->n_inner, fmt = f->fmt;
     if (!(f->wp = xcalloc(c->n_layer, sizeof *f->wp))) return errf(err, "out of memory");
-    if (pk_pack(&f->wte, f->m->lm_head, C, c->n_vocab, 1, fmt, err)) return -1;
+    size_t layer = pk_size(C, 3 * C, fmt) + pk_size(C, C, fmt) + pk_size(C, I, fmt) + pk_size(I, C, fmt);
+    size_t total = pk_size(C, c->n_vocab, fmt) + c->n_layer * layer;
+    if (!(f->arena = xbig_alloc(total, 1)))
+        return errf(err, "out of memory (%zu MB of packed weights)", total >> 20);
+    unsigned char *at = f->arena;
     for (int l = 0; l < c->n_layer; l++) {
         const layer_weights *w = &f->m->layers[l];
         layerp *d = &f->wp[l];
-        if (pk_pack(&d->qkv, w->qkv_w, C, 3 * C, 0, fmt, err) ||
-            pk_pack(&d->attn, w->attn_w, C, C, 0, fmt, err) ||
-            pk_pack(&d->fc, w->fc_w, C, I, 0, fmt, err) ||
-            pk_pack(&d->proj, w->proj_w, I, C, 0, fmt, err))
+        if (pack_at(f, &at, &d->qkv, w->qkv_w, C, 3 * C, 0, err) ||
+            pack_at(f, &at, &d->attn, w->attn_w, C, C, 0, err) ||
+            pack_at(f, &at, &d->fc, w->fc_w, C, I, 0, err) ||
+            pack_at(f, &at, &d->proj, w->proj_w, I, C, 0, err))
             return -1;
     }
-    return 0;
+    return pack_at(f, &at, &f->wte, f->m->lm_head, C, c->n_vocab, 1, err);
 }
 
 fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
@@ -124,6 +144,10 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     f->pool = p;
     f->fmt = fmt;
     f->kv_half = kv == FWD_KV_FP16 || (kv == FWD_KV_AUTO && fmt != FWD_FP32 && mv_half_fast());
+    /* for tests, GPT2_CPU_ATTN=fp32|bf16: a prompt's weighted values so, whatever the weights */
+    const char *att = getenv("GPT2_CPU_ATTN");
+    f->att_bf16 = pk_bf16_dp() && m->cfg.n_embd == m->cfg.n_head * PK_TILE &&
+                  (att && !strcmp(att, "bf16") ? 1 : att && !strcmp(att, "fp32") ? 0 : fmt != FWD_FP32);
     const char *isa = getenv("GPT2_CPU_INT8"); /* for tests: the int8 kernels without VNNI */
     pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
     char why[ERR_MAX];
@@ -147,6 +171,7 @@ void fwd_free(fwd *f)
     free(f->wide);
     free(f->scores);
     free(f->wkv);
+    free(f->abf);
     for (int l = 0; f->wp && l < f->m->cfg.n_layer; l++) {
         pk_free(&f->wp[l].qkv);
         pk_free(&f->wp[l].attn);
@@ -155,6 +180,7 @@ void fwd_free(fwd *f)
     }
     free(f->wp);
     pk_free(&f->wte);
+    free(f->arena);
     pk_act_free(&f->act);
     free(f);
 }
@@ -189,6 +215,11 @@ static int reserve(fwd *f, int rows)
         if (!(f->wkv = xmallocarray(wk * pool_size(f->pool), sizeof(float)))) return -1;
         f->wkv_cap = wk;
     }
+    if (f->att_bf16 && !f->abf) { /* a prompt's value tile and a block's probabilities */
+        size_t pairs = (size_t)(c->n_ctx + 1) / 2, wa = pairs * PK_TILE + ATT_BLOCK * pairs;
+        if (!(f->abf = xmallocarray(wa * pool_size(f->pool), sizeof *f->abf))) return -1;
+        f->abf_cap = wa;
+    }
     if ((f->fmt == FWD_INT8 || (f->fmt == FWD_BF16 && pk_bf16_dp())) &&
         pk_act_reserve(&f->act, f->fmt == FWD_INT8 ? PK_I8 : PK_BF16, rows, (int)(C > I ? C : I)) < 0)
         return -1;
@@ -197,17 +228,6 @@ static int reserve(fwd *f, int rows)
 }
 
 /* ==== Elementwise ==== */
-
-static void layernorm(float *out, const float *x, const float *w, const float *b, int C,
-                      float eps)
-{
-    double mean = 0, var = 0;
-    for (int i = 0; i < C; i++) mean += x[i];
-    mean /= C;
-    for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
-    float rstd = (float)(1.0 / sqrt(var / C + eps)), m = (float)mean;
-    for (int i = 0; i < C; i++) out[i] = (x[i] - m) * rstd * w[i] + b[i];
-}
 
 /* o[0..n) = act(o): GPT-2's own GELU vectorised, the others per value. */
 static void activate(float *o, int n, act_kind k)
@@ -338,7 +358,7 @@ static void norm_task(void *arg, int task, int thread)
     const model_cfg *c = &j->f->m->cfg;
     int C = c->n_embd, r0 = task * j->rows, r1 = r0 + j->rows < j->R ? r0 + j->rows : j->R;
     for (int r = r0; r < r1; r++)
-        layernorm(j->f->h + (size_t)r * C, j->f->x + (size_t)r * C, j->g, j->b, C, c->eps);
+        mv_layernorm(j->f->h + (size_t)r * C, j->f->x + (size_t)r * C, j->g, j->b, C, c->eps);
     if (j->fmt >= 0) pk_act_quantize(&j->f->act, j->fmt, j->f->h, r0, r1, C, C);
 }
 
@@ -427,9 +447,11 @@ static void group_rows(attn_job *j)
 /* One head over all rows of a prompt chunk (rows at consecutive positions of
  * one cache): scores and outputs as GEMMs, in blocks of ATT_BLOCK rows, each
  * over the positions its last row sees (causal: what lies above the diagonal
- * is computed only within a block). */
-#define ATT_BLOCK 64
-
+ * is computed only within a block). With bf16 and int8 weights on AVX-512
+ * BF16 (att_bf16), the weighted sum of values is a vdpbf16ps product of
+ * probabilities and values rounded to bf16, at twice sgemm's rate. Scores
+ * stay fp32 sgemm: in bf16 they tripled the logits' error where attention
+ * is peaked (measured). */
 static void attn_block_task(void *arg, int h, int thread)
 {
     attn_job *j = arg;
@@ -440,8 +462,17 @@ static void attn_block_task(void *arg, int h, int thread)
     float *S = j->f->scores + (size_t)thread * j->f->score_cap; /* (R, N) */
     /* half caches: keys, then values, of positions 0..N widened here */
     float *wk = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL;
+    const float *v = NULL;
+    uint32_t *vt = NULL, *pb = NULL;
+    int pairs = (N + 1) / 2;
+    if (j->f->att_bf16) { /* values as one bf16 tile (packed.h), probabilities as bf16 pairs */
+        vt = j->f->abf + (size_t)thread * j->f->abf_cap;
+        pb = vt + (size_t)pairs * PK_TILE;
+        pk_bf16_values(vt, kv_floats(own->v, own, l, h, N, wk), N);
+    } else {
+        v = kv_floats(own->v, own, l, h, N, wk ? wk + (size_t)c->n_ctx * hd : NULL);
+    }
     const float *k = kv_floats(own->k, own, l, h, N, wk);
-    const float *v = kv_floats(own->v, own, l, h, N, wk ? wk + (size_t)c->n_ctx * hd : NULL);
     for (int b0 = 0; b0 < R; b0 += ATT_BLOCK) {
         int m = R - b0 < ATT_BLOCK ? R - b0 : ATT_BLOCK, nb = N - R + b0 + m;
         const float *q = j->f->qkv + (size_t)b0 * 3 * C + h * hd;
@@ -452,8 +483,10 @@ static void attn_block_task(void *arg, int h, int thread)
             int n = nb - m + r + 1;
             mv_softmax(Sb + (size_t)r * N, n);
             memset(Sb + (size_t)r * N + n, 0, (size_t)(nb - n) * sizeof *S);
+            if (pb) pk_bf16_pairs(pb + (size_t)r * pairs, Sb + (size_t)r * N, nb);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, nb, 1.0f, Sb, N, v, hd, 0, out, C);
+        if (pb) pk_bf16_product(vt, (nb + 1) / 2, pb, pairs, m, out, C, hd, 0);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, nb, 1.0f, Sb, N, v, hd, 0, out, C);
     }
 }
 
@@ -561,7 +594,7 @@ int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
     }
     for (int i = 0; i < n_out; i++) {
         if (out_rows[i] < 0 || out_rows[i] >= R) return errf(err, "internal error: logit row");
-        layernorm(f->h + (size_t)i * C, f->x + (size_t)out_rows[i] * C, m->lnf_w, m->lnf_b, C,
+        mv_layernorm(f->h + (size_t)i * C, f->x + (size_t)out_rows[i] * C, m->lnf_w, m->lnf_b, C,
                   c->eps);
     }
     if (n_out)

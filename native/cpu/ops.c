@@ -70,6 +70,29 @@ AI v16 vexp(v16 x)
 }
 
 CLONES
+void mv_layernorm(float *out, const float *x, const float *w, const float *b, int C, float eps)
+{
+    v16 acc = {0};
+    int i = 0;
+    for (; i + 16 <= C; i += 16) acc += *(const v16u *)(x + i);
+    float sum = hsum(acc);
+    for (; i < C; i++) sum += x[i];
+    float mean = sum / C, var;
+    acc = (v16){0};
+    for (i = 0; i + 16 <= C; i += 16) {
+        v16 d = *(const v16u *)(x + i) - mean;
+        acc += d * d;
+    }
+    var = hsum(acc);
+    for (; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+    float rstd = 1.0f / sqrtf(var / C + eps);
+    for (i = 0; i + 16 <= C; i += 16)
+        *(v16u *)(out + i) = (*(const v16u *)(x + i) - mean) * rstd * *(const v16u *)(w + i) +
+                             *(const v16u *)(b + i);
+    for (; i < C; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+CLONES
 void mv_add(float *o, const float *b, int n)
 {
     int i = 0;
@@ -268,30 +291,46 @@ AI float score(const v16 *qv, const float *k, const int HDV)
 /* Lanes a[i..i+n) of each of a, b side by side, for the fold below. */
 #define HALVES(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 
+/* Keys in bit-reversed order within a block of 16, for fold16. */
+static const int rev16[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+
+/* The product vectors t[0..8) of a query with 8 keys, folded pairwise, each
+ * level halving the lanes a key owns (a transpose tree), with no
+ * horizontal sum per key: 2 lanes per key are left (fold8, fold16). */
+AI v16 fold_to_pairs(const v16 *t)
+{
+    v16 u[4], x[2];
+    for (int i = 0; i < 4; i++) /* 8 lanes per key */
+        u[i] = HALVES(t[2 * i], t[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               HALVES(t[2 * i], t[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++) /* 4 */
+        x[i] = HALVES(u[2 * i], u[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+               HALVES(u[2 * i], u[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    return HALVES(x[0], x[1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) + /* 2 */
+           HALVES(x[0], x[1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+}
+
+/* The product vectors t[j] of a query with the 16 keys rev16[j] of a block,
+ * folded to one lane per key: taking the keys in bit-reversed order leaves
+ * lane i with key i's score. */
+AI v16 fold16(const v16 *t)
+{
+    v16 y0 = fold_to_pairs(t), y1 = fold_to_pairs(t + 8);
+    return HALVES(y0, y1, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+           HALVES(y0, y1, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+}
+
 /* The scores of a query (HDV vectors in registers) against 16 keys k + j ld,
- * j = 0..15, with no horizontal sum per key: the 16 product vectors are
- * folded pairwise, each level halving the lanes a key owns (a transpose
- * tree). Taking the keys in bit-reversed order leaves lane i with key i. */
+ * j = 0..15 (fold16). */
 AI v16 score16(const v16 *qv, const float *k, size_t ld, const int HDV)
 {
-    static const int rev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-    v16 t[16], u[8], x[4], y[2];
+    v16 t[16];
     for (int j = 0; j < 16; j++) {
-        const float *kj = k + rev[j] * ld;
+        const float *kj = k + rev16[j] * ld;
         t[j] = qv[0] * *(const v16u *)kj;
         for (int v = 1; v < HDV; v++) t[j] += qv[v] * *(const v16u *)(kj + 16 * v);
     }
-    for (int i = 0; i < 8; i++) /* 8 lanes per key */
-        u[i] = HALVES(t[2 * i], t[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-               HALVES(t[2 * i], t[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    for (int i = 0; i < 4; i++) /* 4 */
-        x[i] = HALVES(u[2 * i], u[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
-               HALVES(u[2 * i], u[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-    for (int i = 0; i < 2; i++) /* 2 */
-        y[i] = HALVES(x[2 * i], x[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
-               HALVES(x[2 * i], x[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-    return HALVES(y[0], y[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
-           HALVES(y[0], y[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    return fold16(t);
 }
 
 /* s[p] = scale * q.k_p for keys k_0..k_{n-1}, ld apart. */
@@ -301,6 +340,102 @@ AI void scores(const v16 *qv, const float *k, size_t ld, int n, float scale, flo
     for (; p + 16 <= n; p += 16) *(v16u *)(s + p) = score16(qv, k + p * ld, ld, HDV) * scale;
     for (; p < n; p++) s[p] = score(qv, k + p * ld, HDV) * scale;
 }
+
+/* fold16 for 8 keys: with t[j] from key rev8[j], lane i of the result is
+ * key i's score. */
+static const int rev8[8] = {0, 4, 2, 6, 1, 5, 3, 7};
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+
+AI v8 fold8(const v16 *t)
+{
+    v16 y = fold_to_pairs(t);
+    return HALVES(y, y, 0, 2, 4, 6, 8, 10, 12, 14) + HALVES(y, y, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
+#if defined(__x86_64__)
+#define AVX512F __attribute__((target("avx512f")))
+
+/* 64 half floats as 4 vectors of fp32, exactly. */
+AVX512F AI void widen64(v16 *x, const uint16_t *h)
+{
+    for (int u = 0; u < 4; u++) x[u] = (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16 * u)));
+}
+
+/* Half keys and values of 64-float heads, read in place: each vector is
+ * widened in registers (cvtph2ps) where it is used, once for all R rows,
+ * so nothing goes through scratch. Scores of R rows (queries qv) against n
+ * keys, ld apart, into s (rows S apart), 8 keys at a time (fold8: R x 8
+ * sums fit the registers where R x 16 would not). */
+AVX512F AI void scores_half64(const v16 (*qv)[4], const uint16_t *k, size_t ld, int n, float scale,
+                              float *s, int S, const int R)
+{
+    int p = 0;
+    for (; p + 8 <= n; p += 8) { /* each key widened once for all R rows */
+        v16 t[MV_ATTN_ROWS][8];
+        for (int j = 0; j < 8; j++) {
+            v16 x[4];
+            widen64(x, k + (size_t)(p + rev8[j]) * ld);
+            for (int r = 0; r < R; r++) {
+                t[r][j] = qv[r][0] * x[0];
+                for (int v = 1; v < 4; v++) t[r][j] += qv[r][v] * x[v];
+            }
+        }
+        for (int r = 0; r < R; r++) *(v8u *)(s + (size_t)r * S + p) = fold8(t[r]) * scale;
+    }
+    for (; p < n; p++) {
+        v16 x[4];
+        widen64(x, k + (size_t)p * ld);
+        for (int r = 0; r < R; r++) {
+            v16 acc = qv[r][0] * x[0];
+            for (int v = 1; v < 4; v++) acc += qv[r][v] * x[v];
+            s[(size_t)r * S + p] = hsum(acc) * scale;
+        }
+    }
+}
+
+/* o[r] += s[r * S + p] * v_p over n values ld apart, for R rows. */
+AVX512F AI void values_half64(v16 (*o)[4], const float *s, int S, const uint16_t *v, size_t ld, int n,
+                              const int R)
+{
+    for (int p = 0; p < n; p++) {
+        v16 x[4];
+        widen64(x, v + (size_t)p * ld);
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < 4; u++) o[r][u] += s[(size_t)r * S + p] * x[u];
+    }
+}
+
+/* attend_rows for half caches and 64-float heads, in place. */
+AVX512F AI void attend_half64_rows(const mv_attn *a, float *s, const int R)
+{
+    int n0 = a->n0, S = 0;
+    for (int r = 0; r < R; r++) S = a->n1[r] > S ? a->n1[r] : S;
+    S += n0;
+    v16 qv[MV_ATTN_ROWS][4], o[MV_ATTN_ROWS][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++) qv[r][v] = *(const v16u *)(a->q[r] + 16 * v), o[r][v] = (v16){0};
+    scores_half64(qv, a->k0, a->ld, n0, a->scale, s, S, R);
+    for (int r = 0; r < R; r++) {
+        scores_half64(qv + r, a->k1[r], a->ld, a->n1[r], a->scale, s + r * S + n0, S, 1);
+        mv_softmax(s + r * S, n0 + a->n1[r]);
+    }
+    values_half64(o, s, S, a->v0, a->ld, n0, R);
+    for (int r = 0; r < R; r++) {
+        values_half64(o + r, s + r * S + n0, S, a->v1[r], a->ld, a->n1[r], 1);
+        for (int u = 0; u < 4; u++) *(v16u *)(a->out[r] + 16 * u) = o[r][u];
+    }
+}
+
+AVX512F static void attend_half64(const mv_attn *a)
+{
+    switch (a->R) {
+    case 1: attend_half64_rows(a, a->s, 1); break;
+    case 2: attend_half64_rows(a, a->s, 2); break;
+    case 3: attend_half64_rows(a, a->s, 3); break;
+    default: attend_half64_rows(a, a->s, 4); break;
+    }
+}
+#endif
 
 /* R rows whose heads are HDV whole vectors of 16: every shared key and value
  * is loaded (or widened) once for all rows, the queries and the R x HDV
@@ -362,6 +497,14 @@ AI void attend_hdv(const mv_attn *a, const int HDV)
 CLONES
 void mv_attend(const mv_attn *a)
 {
+#if defined(__x86_64__)
+    static int avx512 = -1;
+    if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
+    if (a->half && a->hd == 64 && avx512 && !mv_half_path) {
+        attend_half64(a);
+        return;
+    }
+#endif
     switch (a->hd) { /* GPT-2's sizes all have 64-float heads */
     case 16: attend_hdv(a, 1); break;
     case 32: attend_hdv(a, 2); break;

@@ -35,7 +35,9 @@ typedef struct {
 } mv_attn;
 
 /* Half keys and values are widened MV_KV_CHUNK floats at a time (at least
- * one position): the floats of scratch that takes. */
+ * one position): the floats of scratch that takes. 64-float heads on
+ * AVX-512 (GPT-2's) read them in place, widened in registers (the scores
+ * then fold 8 keys at a time, so their sums differ in order). */
 #define MV_KV_CHUNK 2048
 #define mv_attn_wide(hd) ((hd) > MV_KV_CHUNK ? (size_t)(hd) : (size_t)MV_KV_CHUNK)
 
@@ -54,6 +56,10 @@ void mv_from_half(float *dst, const uint16_t *src, size_t n);
 /* For the unit test: 0 the fastest conversion here, 1 no wider than F16C
  * (AVX2), 2 the portable loops. */
 extern int mv_half_path;
+
+/* out[0..C) = (x - mean) / sqrt(var + eps) * w + b over x[0..C): sums in
+ * fp32, 16 lanes then across them, the variance from a second pass. */
+void mv_layernorm(float *out, const float *x, const float *w, const float *b, int C, float eps);
 
 /* o[0..n) += b[0..n). */
 void mv_add(float *o, const float *b, int n);

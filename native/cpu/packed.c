@@ -105,7 +105,24 @@ static void pack_tile(const pmat *p, const float *w, int out_in, int t)
     }
 }
 
+static size_t tile_bytes(int K, int fmt)
+{
+    return fmt == PK_I8 ? (size_t)((K + PK_GROUP - 1) / PK_GROUP) * GROUP_BYTES
+           : fmt == PK_F32 ? (size_t)K * PK_TILE * 4
+                           : (size_t)(K + 1) / 2 * 2 * PK_TILE * 2;
+}
+
+size_t pk_size(int K, int N, int fmt)
+{
+    return (tile_bytes(K, fmt) * ((N + PK_TILE - 1) / PK_TILE) + 63) & ~(size_t)63;
+}
+
 int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *err)
+{
+    return pk_pack_into(p, NULL, w, K, N, out_in, fmt, err);
+}
+
+int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, int fmt, char *err)
 {
     memset(p, 0, sizeof *p);
     size_t n = (size_t)K * N;
@@ -123,11 +140,10 @@ int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *er
     p->N = N;
     p->tiles = (N + PK_TILE - 1) / PK_TILE;
     p->groups = (K + PK_GROUP - 1) / PK_GROUP;
-    p->tile_bytes = fmt == PK_I8 ? (size_t)p->groups * GROUP_BYTES
-                   : fmt == PK_F32 ? (size_t)K * PK_TILE * 4
-                                   : (size_t)(K + 1) / 2 * 2 * PK_TILE * 2;
+    p->tile_bytes = tile_bytes(K, fmt);
     size_t bytes = p->tile_bytes * p->tiles;
-    if (!(p->data = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
+    p->borrowed = mem != NULL;
+    if (!(p->data = mem ? mem : xbig_alloc(pk_size(K, N, fmt), 1)))
         return errf(err, "out of memory (%zu MB of packed weights)", bytes >> 20);
     memset(p->data, 0, bytes); /* padding (bf16's odd last input, tile tails) is zero */
     for (int t = 0; t < p->tiles; t++) pack_tile(p, w, out_in, t);
@@ -136,7 +152,7 @@ int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *er
 
 void pk_free(pmat *p)
 {
-    free(p->data);
+    if (!p->borrowed) free(p->data);
     p->data = NULL;
 }
 
@@ -269,6 +285,8 @@ static void bf16_row(const float *x, int K, uint16_t *d)
     for (; k < K; k++) d[k] = act_bf16(x[k]);
     if (K & 1) d[K] = 0;
 }
+
+void pk_bf16_pairs(uint32_t *d, const float *x, int n) { bf16_row(x, n, (uint16_t *)d); }
 
 void pk_act_quantize(pk_act *a, int fmt, const float *x, int r0, int r1, int K, int ldx)
 {
@@ -517,7 +535,7 @@ BF16DP AI void bf16_tile_dp(const unsigned char *tp, int P, const uint32_t *x, s
         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
     for (int i = 0; i < P; i++) {
         __m512bh w[4];
-        for (int j = 0; j < 4; j++) w[j] = (__m512bh)_mm512_load_si512(tp + ((size_t)i * PK_TILE + 16 * j) * 4);
+        for (int j = 0; j < 4; j++) w[j] = (__m512bh)_mm512_loadu_si512(tp + ((size_t)i * PK_TILE + 16 * j) * 4);
         for (int r = 0; r < R; r++) {
             __m512bh xb = (__m512bh)_mm512_set1_epi32((int)x[(size_t)r * ldx + i]);
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], w[j], xb);
@@ -526,26 +544,55 @@ BF16DP AI void bf16_tile_dp(const unsigned char *tp, int P, const uint32_t *x, s
     store_acc(out, ldo, acc, R, n, accumulate);
 }
 
+/* R rows of bf16 pairs by one bf16 tile, RB_D rows at a time. */
+BF16DP static void bf16_rows_dp(const unsigned char *tp, int P, const uint32_t *x, size_t ldx, int R,
+                                float *out, int ldo, int n, int accumulate)
+{
+    for (int r = 0; r < R; r += RB_D) {
+        const uint32_t *xr = x + (size_t)r * ldx;
+        float *o = out + (size_t)r * ldo;
+        switch (R - r < RB_D ? R - r : RB_D) {
+        case 1: bf16_tile_dp(tp, P, xr, ldx, 1, o, ldo, n, accumulate); break;
+        case 2: bf16_tile_dp(tp, P, xr, ldx, 2, o, ldo, n, accumulate); break;
+        case 3: bf16_tile_dp(tp, P, xr, ldx, 3, o, ldo, n, accumulate); break;
+        case 4: bf16_tile_dp(tp, P, xr, ldx, 4, o, ldo, n, accumulate); break;
+        case 5: bf16_tile_dp(tp, P, xr, ldx, 5, o, ldo, n, accumulate); break;
+        default: bf16_tile_dp(tp, P, xr, ldx, 6, o, ldo, n, accumulate); break;
+        }
+    }
+}
+
 BF16DP static void bf16_tiles_dp(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
                                  int t1, int accumulate)
 {
-    int P = (p->K + 1) / 2;
-    const uint32_t *x = (const uint32_t *)a->bf;
-    size_t ldx = a->cap_pairs;
     for (int t = t0; t < t1; t++) {
-        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
-        for (int r = 0; r < R; r += RB_D) {
-            const uint32_t *xr = x + (size_t)r * ldx;
-            float *o = out + (size_t)r * ldo + c0;
-            switch (R - r < RB_D ? R - r : RB_D) {
-            case 1: bf16_tile_dp(tp, P, xr, ldx, 1, o, ldo, n, accumulate); break;
-            case 2: bf16_tile_dp(tp, P, xr, ldx, 2, o, ldo, n, accumulate); break;
-            case 3: bf16_tile_dp(tp, P, xr, ldx, 3, o, ldo, n, accumulate); break;
-            case 4: bf16_tile_dp(tp, P, xr, ldx, 4, o, ldo, n, accumulate); break;
-            case 5: bf16_tile_dp(tp, P, xr, ldx, 5, o, ldo, n, accumulate); break;
-            default: bf16_tile_dp(tp, P, xr, ldx, 6, o, ldo, n, accumulate); break;
-            }
+        bf16_rows_dp(p->data + (size_t)t * p->tile_bytes, (p->K + 1) / 2, (const uint32_t *)a->bf,
+                     a->cap_pairs, R, out + c0, ldo, n, accumulate);
+    }
+}
+
+void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx, int R, float *out,
+                     int ldo, int n, int accumulate)
+{
+    bf16_rows_dp((const unsigned char *)tile, P, x, ldx, R, out, ldo, n, accumulate);
+}
+
+/* Two bf16 halves, lo and hi, of one 32-bit word per lane. */
+BF16DP AI __m512i bf16_words(__m512 lo, __m512 hi)
+{
+    __m512i a = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    __m512i b = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    return _mm512_or_si512(a, _mm512_slli_epi32(b, 16));
+}
+
+BF16DP void pk_bf16_values(uint32_t *dst, const float *v, int n)
+{
+    for (int i = 0; 2 * i < n; i++) {
+        const float *a = v + (size_t)2 * i * PK_TILE, *b = a + PK_TILE;
+        for (int j = 0; j < PK_TILE; j += 16) {
+            __m512 hi = 2 * i + 1 < n ? _mm512_loadu_ps(b + j) : _mm512_setzero_ps();
+            _mm512_storeu_si512(dst + (size_t)i * PK_TILE + j, bf16_words(_mm512_loadu_ps(a + j), hi));
         }
     }
 }
@@ -640,6 +687,10 @@ static int i8_avx2(void)
 #else
 int pk_vnni(void) { return 0; }
 int pk_bf16_dp(void) { return 0; }
+/* Only called where pk_bf16_dp() holds. */
+void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx, int R, float *out,
+                     int ldo, int n, int accumulate) { abort(); }
+void pk_bf16_values(uint32_t *dst, const float *v, int n) { abort(); }
 #endif
 
 void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, const pk_act *a,

@@ -35,6 +35,7 @@ typedef struct {
     float unscale;                /* int8: what the stored scales are multiplied by */
     size_t tile_bytes;
     unsigned char *data;          /* tiles back to back, 64-byte aligned */
+    int borrowed;                 /* data is the caller's (pk_pack_into) */
 } pmat;
 
 /* Rows of activations in the form a product reads them: quantized for
@@ -51,6 +52,13 @@ typedef struct {
  * memory or, for int8, when a weight is not finite (err says which). */
 int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *err);
 void pk_free(pmat *p);
+
+/* The bytes a packed (K, N) matrix of format fmt takes (a multiple of 64),
+ * and pk_pack into mem, 64-byte aligned memory of that size that stays the
+ * caller's (pk_free leaves it): one block, of huge pages, holds every
+ * matrix of a model (forward.c). */
+size_t pk_size(int K, int N, int fmt);
+int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, int fmt, char *err);
 size_t pk_bytes(const pmat *p);
 
 /* Room for R rows of K inputs for matrices of format fmt (PK_I8, or PK_BF16
@@ -78,5 +86,20 @@ extern int pk_force_generic;
 
 /* Whether bf16 products can take bf16 activations (AVX-512 BF16) here. */
 int pk_bf16_dp(void);
+
+/* bf16 tiles built at run time (a prompt's attention), only where
+ * pk_bf16_dp(). A tile is P pairs of inputs by PK_TILE columns in the bf16
+ * layout: word (i, c) holds column c's inputs 2i and 2i+1.
+ *   pk_bf16_values  n positions of PK_TILE floats each as one tile of
+ *                   ceil(n / 2) pairs (positions are inputs, a zero one
+ *                   after an odd n);
+ *   pk_bf16_pairs   a row of n floats as ceil(n / 2) pairs (a zero after an
+ *                   odd n), nearest-even as vcvtneps2bf16;
+ *   pk_bf16_product out (R, ldo)[:, 0..n) (+)= x (R rows of P pairs, ldx
+ *                   words apart) @ tile, summed in fp32. */
+void pk_bf16_values(uint32_t *dst, const float *v, int n);
+void pk_bf16_pairs(uint32_t *d, const float *x, int n);
+void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx, int R, float *out,
+                     int ldo, int n, int accumulate);
 
 #endif

@@ -2,8 +2,8 @@
  * products in every format and shape class (tails of tiles and of int8
  * groups, 1..MV_MAX_ROWS rows), the VNNI int8 path against the portable one
  * (bit for bit), decode attention for every head-size path over float and
- * half-float caches, half-float conversion, and the vectorised GELU /
- * exponential. Called from test_main.c.
+ * half-float caches, half-float conversion, the vectorised GELU /
+ * exponential and layer norm, and a prompt's bf16 weighted values. Called from test_main.c.
  */
 #include "../../native/common.h"
 #include "../../native/cpu/ops.h"
@@ -47,11 +47,13 @@ static float bf16_round(float x)
     return x;
 }
 
-/* Max |got - want| over max |want|, both (R, N). */
+/* Max |got - want| over max |want|, both (R, N); infinite where got is not
+ * a number (fmax alone would pass over it). */
 static double rel_err(const float *got, const double *want, size_t n)
 {
     double d = 0, m = 1e-30;
     for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i])) return INFINITY;
         d = fmax(d, fabs(got[i] - want[i]));
         m = fmax(m, fabs(want[i]));
     }
@@ -307,6 +309,61 @@ static void test_half(void)
     free(h), free(back), free(f);
 }
 
+/* A prompt's weighted values on AVX-512 BF16: m rows of n probabilities
+ * (pk_bf16_pairs) by n positions of values (pk_bf16_values), against the
+ * same bf16-rounded numbers summed in double. */
+static void test_bf16_values(int m, int n)
+{
+    int pairs = (n + 1) / 2;
+    float *v = malloc(sizeof(float) * (n + 1) * PK_TILE), *p = malloc(sizeof(float) * m * n);
+    uint32_t *vt = malloc(sizeof(uint32_t) * pairs * PK_TILE), *pb = malloc(sizeof(uint32_t) * m * pairs);
+    float *got = malloc(sizeof(float) * m * PK_TILE);
+    double *want = malloc(sizeof(double) * m * PK_TILE);
+    for (int i = 0; i < n * PK_TILE; i++) v[i] = frand() * 3;
+    for (int i = 0; i < PK_TILE; i++) v[n * PK_TILE + i] = NAN; /* past the last position: never read */
+    for (int i = 0; i < m * n; i++) p[i] = (frand() + 1) / n;
+    memset(vt, 0xFF, sizeof(uint32_t) * pairs * PK_TILE); /* NaN: what the pad must overwrite */
+    pk_bf16_values(vt, v, n);
+    for (int r = 0; r < m; r++) {
+        pk_bf16_pairs(pb + (size_t)r * pairs, p + (size_t)r * n, n);
+        for (int c = 0; c < PK_TILE; c++) {
+            double s = 0;
+            for (int i = 0; i < n; i++)
+                s += (double)bf16_round(p[(size_t)r * n + i]) * bf16_round(v[(size_t)i * PK_TILE + c]);
+            want[r * PK_TILE + c] = s;
+        }
+    }
+    pk_bf16_product(vt, pairs, pb, pairs, m, got, PK_TILE, PK_TILE, 0);
+    double e = rel_err(got, want, (size_t)m * PK_TILE);
+    CHECK(e < 1e-5, "bf16 weighted values, %d rows of %d positions: rel err %g", m, n, e);
+    /* a partial tile of columns, added to what is there */
+    for (int i = 0; i < m * PK_TILE; i++) got[i] = 1.0f, want[i] += 1.0;
+    pk_bf16_product(vt, pairs, pb, pairs, m, got, PK_TILE, 37, 1);
+    int kept = 1;
+    for (int r = 0; r < m; r++)
+        for (int c = 37; c < PK_TILE; c++) kept &= got[r * PK_TILE + c] == 1.0f, got[r * PK_TILE + c] = (float)want[r * PK_TILE + c];
+    e = rel_err(got, want, (size_t)m * PK_TILE);
+    CHECK(kept && e < 1e-5, "bf16 product of 37 columns, accumulating: rel err %g, rest kept %d", e, kept);
+    free(v), free(p), free(vt), free(pb), free(got), free(want);
+}
+
+#define LN_MAX 1600
+
+static void test_layernorm(int C, float offset)
+{
+    float x[LN_MAX], w[LN_MAX], b[LN_MAX], out[LN_MAX];
+    double mean = 0, var = 0, worst = 0;
+    for (int i = 0; i < C; i++) /* and an outlier, as GPT-2's residual stream has */
+        x[i] = offset + frand() * 2 + (i == C / 2 ? 50 : 0), w[i] = frand(), b[i] = frand();
+    for (int i = 0; i < C; i++) mean += x[i];
+    mean /= C;
+    for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+    double rstd = 1 / sqrt(var / C + 1e-5);
+    mv_layernorm(out, x, w, b, C, 1e-5f);
+    for (int i = 0; i < C; i++) worst = fmax(worst, fabs(out[i] - ((x[i] - mean) * rstd * w[i] + b[i])));
+    CHECK(worst < 2e-5 * (1 + fabs(offset) * rstd), "layernorm C %d offset %g: off by %g", C, offset, worst);
+}
+
 static void test_gelu(void)
 {
     double worst = 0, worst_exp = 0;
@@ -348,4 +405,15 @@ void kernel_tests(int *passed, int *failed)
                 test_attention(hds[i], R, 45, half, hds[i] + 3); /* rows apart from their heads */
             }
     test_gelu();
+    if (pk_bf16_dp()) {
+        int ns[] = {1, 2, 63, 64, 65, 301, 512};
+        for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
+            for (int m = 1; m <= 13; m += 6) test_bf16_values(m, ns[i]);
+        test_bf16_values(64, 301);
+    }
+    int cs[] = {16, 45, 768, LN_MAX};
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+        test_layernorm(cs[i], 0);
+        test_layernorm(cs[i], 300);
+    }
 }

@@ -1,6 +1,6 @@
 /* test_main.c - C unit tests for the pieces below the CLI: UTF-8 helpers,
- * the tokenizer's decode and streaming guarantees, the sampler and the stop
- * rules; test_kernels.c adds the CPU kernels. The oracle comparisons (ids, logits, greedy text against Hugging
+ * the tokenizer's decode and streaming guarantees, the sampler, the stop
+ * rules and big (huge-page) blocks; test_kernels.c adds the CPU kernels. The oracle comparisons (ids, logits, greedy text against Hugging
  * Face) live in tests/test_oracle.py and run through the real binary.
  *
  * usage: test_unit TOKENIZER_DIR   (prints "N passed, N failed" last)
@@ -11,6 +11,7 @@
 #include "../../native/tokenizer.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,6 +255,44 @@ static void test_stop(void)
     CHECK(stop_parse("sentence") == STOP_SENTENCE && stop_parse("bogus") < 0, "parse");
 }
 
+/* ==== Large blocks ==== */
+
+/* xbig_alloc: alignment, overflow, and huge pages where the kernel's
+ * transparent huge pages allow madvise (else SKIP). */
+static void test_big_alloc(void)
+{
+    CHECK(xbig_alloc(SIZE_MAX / 2, 4) == NULL, "n * size overflow");
+    CHECK(xbig_alloc(SIZE_MAX - 4096, 1) == NULL, "rounding up past SIZE_MAX");
+    char *small = xbig_alloc(1000, 3);
+    CHECK(small && (uintptr_t)small % 64 == 0, "a small block is 64-byte aligned");
+    free(small);
+    size_t n = (size_t)9 << 20;
+    char *big = xbig_alloc(n, 1);
+    CHECK(big && (uintptr_t)big % ((size_t)2 << 20) == 0, "a big block is 2 MiB-aligned");
+    if (!big) return;
+    memset(big, 1, n);
+    char mode[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        if (!fgets(mode, sizeof mode, f)) mode[0] = 0;
+        fclose(f);
+    }
+    if (!strstr(mode, "[always]") && !strstr(mode, "[madvise]")) {
+        printf("SKIP huge pages: transparent huge pages are '%s' here\n", mode[0] ? strtok(mode, "\n") : "absent");
+    } else if ((f = fopen("/proc/self/smaps", "r"))) { /* the mapping that holds big */
+        char line[256];
+        unsigned long lo, hi, kb = 0;
+        int in = 0;
+        while (fgets(line, sizeof line, f)) {
+            if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) in = lo <= (uintptr_t)big && (uintptr_t)big < hi;
+            else if (in && sscanf(line, "AnonHugePages: %lu kB", &kb) == 1) break;
+        }
+        fclose(f);
+        CHECK(kb >= 2048, "9 MiB block: %lu kB on huge pages", kb);
+    }
+    free(big);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -267,6 +306,7 @@ int main(int argc, char **argv)
     test_rng();
     test_sampling();
     test_stop();
+    test_big_alloc();
     kernel_tests(&passed, &failed);
     tokenizer *t = tok_load(vocab, merges, err);
     CHECK(t != NULL, "load: %s", err);

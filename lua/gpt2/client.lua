@@ -58,10 +58,8 @@ function M.start()
     fail('no model: set model = DIR in setup(), or run `make weights` in the plugin directory')
     return false
   end
-  local cmd = { cfg.helper, 'serve', '--model', cfg.model }
-  vim.list_extend(cmd, cfg.helper_args)
   stopping = false
-  local ok, chan = pcall(vim.fn.jobstart, cmd, {
+  local ok, chan = pcall(vim.fn.jobstart, require('gpt2.config').helper_cmd(cfg), {
     rpc = true,
     on_stderr = function(_, data)
       for _, l in ipairs(data or {}) do

@@ -31,9 +31,7 @@ local function handshake(cfg)
   local client = require('gpt2.client')
   local chan, own = client.chan, false
   if not chan then
-    local cmd = { cfg.helper, 'serve', '--model', cfg.model }
-    vim.list_extend(cmd, cfg.helper_args)
-    chan = vim.fn.jobstart(cmd, { rpc = true })
+    chan = vim.fn.jobstart(require('gpt2.config').helper_cmd(cfg), { rpc = true })
     own = true
     if chan <= 0 then
       return nil, nil, 'cannot start ' .. cfg.helper
@@ -117,7 +115,7 @@ function M.check()
   end
   ok(string.format('model loaded and ran%s', m.load_ms and string.format(' (loaded in %.0f ms)', m.load_ms) or ''))
   local device = result.device or m.device or status.device or 'unknown'
-  if device == 'cpu' then
+  if device:match('^cpu') then -- "cpu", or "cpu (bf16)" and the like
     local note = (m.device_note and m.device_note ~= '') and m.device_note or 'no usable GPU'
     warn('device: cpu: ' .. note .. '; suggestions are computed on the CPU, slower', { 'a CUDA GPU with its driver makes them faster' })
   else

@@ -31,6 +31,25 @@ case('status() and statusline() before and after the first suggestion', function
   H.eq(c:lua("return require('gpt2').statusline()"), 'gpt2:disabled', 'statusline when disabled')
 end)
 
+case('cpu_dtype reaches the helper (bf16 by default); helper_args come after it and win', function(c)
+  for _, t in ipairs({
+    { {}, 'cpu (bf16)' },
+    { { cpu_dtype = 'int8' }, 'cpu (int8)' },
+    { { cpu_dtype = 'int8', helper_args = { '--threads', '1', '--cpu-dtype', 'fp32' } }, 'cpu' },
+  }) do
+    c:setup(vim.tbl_extend('force', { auto_trigger = false }, t[1]))
+    c:cmd('Gpt2 restart') -- a helper with the new options
+    c:edit({ 'Hello there' })
+    c:suggest()
+    local dev = c:status().device
+    if not dev:match('^cpu') then
+      print('SKIP cpu_dtype: the helper runs on ' .. dev .. ', where it does not apply')
+      return
+    end
+    H.eq(dev, t[2], 'device with ' .. vim.inspect(t[1]))
+  end
+end)
+
 case('statusline() with a missing helper says error', function(c)
   c:setup({ helper = '/nonexistent/gpt2' })
   c:edit({ 'Hello' })
@@ -58,7 +77,7 @@ case(':Gpt2 status shows state, pid, model and device', function(c)
   H.ok(text:find('state:%s+running'), 'state in ' .. text)
   H.ok(text:find('helper pid:%s+' .. st.helper_pid), 'pid in ' .. text)
   H.ok(text:find(H.model, 1, true), 'model in ' .. text)
-  H.ok(text:find('device:%s+' .. st.device), 'device in ' .. text)
+  H.ok(text:find('device:%s+' .. vim.pesc(st.device)), 'device in ' .. text)
   H.ok(text:find('helper:%s+gpt2'), 'the helper status line in ' .. text)
   c:input('<Esc>')
   c:cmd('Gpt2 status') -- the command itself runs without error

@@ -3,9 +3,10 @@
 nothing here asserts a time.
 
 1. Per weight format (fp32, bf16, int8), from build/bench_cpu: the memory
-   bandwidth measured in the same run, the floor of a decode step (the bytes
-   it must stream / that bandwidth), the decode step at batch 1 and 3 (after
-   a 256-token context) and its ratio to the floor, and cold prefill of 128
+   bandwidth measured between the decode steps (the median of samples; the
+   best of the run in brackets), the floor of a decode step (the bytes it
+   must stream / that bandwidth), the decode step at batch 1 and 3 (after a
+   256-token context) and its ratio to the floor, and cold prefill of 128
    and 512 tokens.
 2. End to end through the CLI: a 256-token prompt, n=3 continuations of 24
    new tokens (no stop rule, so every run decodes all 24), process included.
@@ -123,12 +124,12 @@ def main():
 
     k = kernels(model)
     print("decode step after a 256-token context (median of 40) and cold prefill; floor = bytes "
-          "streamed per step / bandwidth measured in this run")
-    print(f"  {'format':6s} {'bytes/step':>10s} {'bandwidth':>10s} {'floor':>8s} {'batch 1':>8s} "
+          "streamed per step / bandwidth sampled between the steps (best of the run in brackets)")
+    print(f"  {'format':6s} {'bytes/step':>10s} {'bandwidth':>16s} {'floor':>8s} {'batch 1':>8s} "
           f"{'ratio':>6s} {'batch 3':>8s} {'ratio':>6s}  {'prefill 128':>20s}  {'prefill 512':>20s}")
     for dtype in FORMATS:
         r = k[dtype]
-        print(f"  {dtype:6s} {r['step_bytes'] / 1e6:7.0f} MB {r['bandwidth_gbs']:6.1f} GB/s "
+        print(f"  {dtype:6s} {r['step_bytes'] / 1e6:7.0f} MB {r['bandwidth_gbs']:5.1f} ({r['bandwidth_best_gbs']:4.1f}) GB/s "
               f"{r['floor_ms']:5.2f} ms {r['step1_ms']:5.2f} ms {r['step1_ms'] / r['floor_ms']:5.2f}x "
               f"{r['step3_ms']:5.2f} ms {r['step3_ms'] / r['floor_ms']:5.2f}x  "
               f"{r['prefill128_ms']:6.1f} ms {128e3 / r['prefill128_ms']:5.0f} tok/s  "

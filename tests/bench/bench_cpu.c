@@ -2,13 +2,17 @@
  * `make bench-gpu` (gpu-fp16, gpu-bf16), measured directly on the forward
  * pass (no process start, no sampling):
  *
- *   bandwidth  streaming read of a buffer far larger than the caches, by all
- *              threads of the pool at once (the same pool the engine uses),
- *              best of runs before and after the decode timings; on a GPU
- *              a device-to-device copy (bytes read plus written);
+ *   bandwidth  streaming reads of buffers far larger than the caches (on
+ *              huge pages where the kernel gives them, as the weights are), by all
+ *              threads of the pool at once (the same pool the engine uses):
+ *              the median of 1 GiB reads between the decode steps (every
+ *              4th step), so floor and step meet the same neighbours on a
+ *              shared machine, and the best of reads before and after them
+ *              (bandwidth_best_gbs); on a GPU a device-to-device copy (bytes
+ *              read plus written), best of runs;
  *   floor      bytes the decode step must stream (every matrix once, in the
  *              format given, plus the tied embedding for the logits) divided
- *              by that bandwidth;
+ *              by the bandwidth during the steps;
  *   decode     one batched step at batch 1 and 3 after a shared context (on
  *              a GPU with the top-40 candidates, as generation asks);
  *   prefill    a cold prompt of 128 and 512 tokens, and 1000 on a GPU
@@ -49,25 +53,32 @@ static void read_task(void *arg, int task, int thread)
     j->sums[task] = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
 }
 
+/* One streaming read of buf (n vectors) by every thread of the pool, in GB/s. */
+static double read_once(pool *p, const v16 *buf, size_t n)
+{
+    int tasks = pool_size(p);
+    v16 sums[256];
+    read_job j = {buf, n, (n + tasks - 1) / tasks, sums};
+    double t0 = now_ms();
+    pool_run(p, read_task, &j, tasks);
+    double gbs = n * sizeof(v16) / ((now_ms() - t0) * 1e6);
+    volatile float sink = sums[0][0];
+    (void)sink;
+    return gbs;
+}
+
 /* Best of several streaming reads of 1 GiB, in GB/s. */
 static double bandwidth(pool *p)
 {
     size_t bytes = (size_t)1 << 30, n = bytes / sizeof(v16);
-    v16 *buf = aligned_alloc(64, bytes);
+    v16 *buf = xbig_alloc(bytes, 1); /* huge pages where the kernel gives them, as the weights get */
     if (!buf) return 0;
     memset(buf, 1, bytes);
-    int tasks = pool_size(p);
-    v16 sums[256];
-    read_job j = {buf, n, (n + tasks - 1) / tasks, sums};
     double best = 0;
     for (int rep = 0; rep < 7; rep++) {
-        double t0 = now_ms();
-        pool_run(p, read_task, &j, tasks);
-        double gbs = bytes / ((now_ms() - t0) * 1e6);
+        double gbs = read_once(p, buf, n);
         if (gbs > best) best = gbs;
     }
-    volatile float sink = sums[0][0];
-    (void)sink;
     free(buf);
     return best;
 }
@@ -84,13 +95,11 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* Bytes of a packed (K, N) matrix (packed.h): whole tiles, int8 with its
- * per-group scales. */
-static double packed_bytes(double K, double N, int fmt)
+/* Bytes of a packed (K, N) matrix (packed.h's pk_size): whole tiles, int8
+ * with its per-group scales. */
+static double packed_bytes(int K, int N, int fmt)
 {
-    double tiles = ceil(N / PK_TILE), groups = ceil(K / PK_GROUP);
-    if (fmt == FWD_INT8) return tiles * groups * (PK_GROUP * PK_TILE + PK_TILE * 2);
-    return tiles * PK_TILE * K * (fmt == FWD_FP32 ? 4 : 2);
+    return (double)pk_size(K, N, fmt == FWD_INT8 ? PK_I8 : fmt == FWD_BF16 ? PK_BF16 : PK_F32);
 }
 
 /* Bytes one decode step streams: every layer matrix and the embedding for
@@ -101,7 +110,7 @@ static double step_bytes(const model_cfg *c, int fmt)
         double C = c->n_embd, I = c->n_inner;
         return 2 * (c->n_layer * (4 * C * C + 2 * C * I) + C * c->n_vocab);
     }
-    double C = c->n_embd, I = c->n_inner;
+    int C = c->n_embd, I = c->n_inner;
     double layer = packed_bytes(C, 3 * C, fmt) + packed_bytes(C, C, fmt) +
                    packed_bytes(C, I, fmt) + packed_bytes(I, C, fmt);
     return c->n_layer * layer + packed_bytes(C, c->n_vocab, fmt);
@@ -191,6 +200,14 @@ int main(int argc, char **argv)
     double step_ms[2];
     int batch[2] = {1, 3};
     double *t = malloc(steps * sizeof *t);
+    /* the CPU's bandwidth sampled between steps (a 1 GiB read every 4th
+     * step, untimed): the floor under the conditions the steps met */
+    size_t sample_n = ((size_t)1 << 30) / sizeof(v16);
+    v16 *sample_buf = gpu ? NULL : xbig_alloc(sample_n, sizeof(v16));
+    double *bw_at = malloc((steps / 4 + 1) * 2 * sizeof *bw_at);
+    int n_bw = 0;
+    if ((!gpu && !sample_buf) || !t || !bw_at) return fail("out of memory");
+    if (sample_buf) memset(sample_buf, 1, sample_n * sizeof(v16));
     for (int k = 0; k < 2; k++) {
         int B = batch[k], out[3] = {0, 1, 2};
         kv_cache *own[3];
@@ -201,6 +218,7 @@ int main(int argc, char **argv)
             for (int b = 0; b < B; b++)
                 rows[b] = (fwd_row){.token = toks[(at * 3 + b) % 512], .ctx0 = prefix,
                                     .len0 = context, .own = own[b], .own_at = at};
+            if (sample_buf && s >= 0 && s % 4 == 0) bw_at[n_bw++] = read_once(e->pool, sample_buf, sample_n);
             double t0 = now_ms();
             if (device_run(e->dev, rows, B, out, B, logits, topk, err) < 0) return fail(err);
             if (s >= 0) t[s] = now_ms() - t0;
@@ -210,18 +228,20 @@ int main(int argc, char **argv)
     }
     device_kv_free(e->dev, prefix);
     double bw2 = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool);
-    bw = bw2 > bw ? bw2 : bw;
-    double floor_ms = bytes / (bw * 1e6);
+    double best = bw2 > bw ? bw2 : bw, during = n_bw ? median(bw_at, n_bw) : best;
+    double floor_ms = bytes / (during * 1e6);
     printf("{\"format\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"bandwidth_gbs\": %.2f, "
-           "\"step_bytes\": %.0f, \"floor_ms\": %.4f, \"context\": %d, \"steps\": %d, "
-           "\"step1_ms\": %.4f, \"step3_ms\": %.4f, \"prefill128_ms\": %.3f, "
-           "\"prefill512_ms\": %.3f",
-           argv[2], device_name(e->dev), pool_size(e->pool), bw, bytes, floor_ms, context, steps,
-           step_ms[0], step_ms[1], prefill_ms[0], prefill_ms[1]);
+           "\"bandwidth_best_gbs\": %.2f, \"step_bytes\": %.0f, \"floor_ms\": %.4f, "
+           "\"context\": %d, \"steps\": %d, \"step1_ms\": %.4f, \"step3_ms\": %.4f, "
+           "\"prefill128_ms\": %.3f, \"prefill512_ms\": %.3f",
+           argv[2], device_name(e->dev), pool_size(e->pool), during, best, bytes, floor_ms, context,
+           steps, step_ms[0], step_ms[1], prefill_ms[0], prefill_ms[1]);
     if (gpu) printf(", \"prefill1000_ms\": %.3f", prefill_ms[2]);
     printf("}\n");
     free(toks1000);
     free(t);
+    free(bw_at);
+    free(sample_buf);
     free(rows);
     free(toks);
     free(logits);

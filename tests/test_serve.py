@@ -815,10 +815,12 @@ def test_supersession(serve, big_model):
     ev2 = h.final_or_error(2)
     assert ev1["kind"] == "error" and "superseded" in ev1["error"], ev1
     assert ev2["kind"] == "final" and len(ev2["suggestions"]) == 3, ev2
-    # two queued together: only the newest survives; other buffers are untouched
+    # two sent together: only the newest survives; other buffers are untouched. 3 and 4 are
+    # long, so they are still queued or decoding when 6 arrives: a short one could finish
+    # first if the loop thread were descheduled between two of these messages
     h.send_raw(b"".join(msgpack.packb([2, "complete", [p]]) for p in [
-        {"text": TEXT, "id": 3, "buffer": 6, "max_tokens": 8},
-        {"text": TEXT, "id": 4, "buffer": 6, "max_tokens": 8},
+        long_params(id=3, buffer=6, model=big),
+        long_params(id=4, buffer=6, model=big),
         {"text": TEXT, "id": 5, "buffer": 7, "max_tokens": 8},
         {"text": TEXT + " x", "id": 6, "buffer": 6, "max_tokens": 8}]))
     got = {i: h.final_or_error(i) for i in (3, 4, 5, 6)}

@@ -52,7 +52,7 @@ enum { FWD_KV_AUTO, FWD_KV_FP32, FWD_KV_FP16 };
  * Its matrices are packed copies in format fmt (packed.h): fp32; bf16 (half
  * the memory traffic, widened exactly; prompts on AVX-512 BF16 round their
  * activations to bf16 for vdpbf16ps); int8 (a bit over a quarter: one
- * scale per 32 inputs of each output, activations quantized the same way,
+ * scale per 64 inputs of each output, activations quantized the same way,
  * exact int32 group sums). Products accumulate in fp32. Keys and values
  * (kv): fp32, fp16 (half the bytes a decode step at a long context streams
  * from its cache), or auto: fp16 for bf16 and int8 where the CPU converts

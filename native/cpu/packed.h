@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define PK_TILE 64
-#define PK_GROUP 32
+#define PK_GROUP 64
 
 enum { PK_F32, PK_BF16, PK_I8 };
 

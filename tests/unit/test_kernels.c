@@ -176,6 +176,33 @@ static void test_products(int K, int N, int out_in)
     free(w), free(x), free(got), free(gen), free(want), free(wide), free(kept);
 }
 
+/* Activations with a NaN or an infinity quantize to the same bytes and scales on
+ * every path: a NaN never becomes a group's largest |x| and turns into -127. */
+static void test_quantize_specials(void)
+{
+    int K = 3 * PK_GROUP + 5;
+    float *x = malloc(sizeof(float) * K);
+    pk_act a = {0}, b = {0};
+    CHECK(pk_act_reserve(&a, PK_I8, 1, K) == 0 && pk_act_reserve(&b, PK_I8, 1, K) == 0, "act");
+    int G = (K + PK_GROUP - 1) / PK_GROUP;
+    for (int at = 0; at < K; at += 7) {
+        for (int k = 0; k < K; k++) x[k] = frand();
+        x[at] = NAN;
+        if (at + 3 < K) x[at + 3] = at % 2 ? INFINITY : -INFINITY;
+        pk_force_generic = 1;
+        pk_act_quantize(&a, PK_I8, x, 0, 1, K, K);
+        pk_force_generic = 0;
+        pk_act_quantize(&b, PK_I8, x, 0, 1, K, K);
+        CHECK(!memcmp(a.q, b.q, (size_t)G * PK_GROUP) && !memcmp(a.scale, b.scale, G * sizeof *a.scale) &&
+                  !memcmp(a.sum, b.sum, G * sizeof *a.sum),
+              "NaN at %d: quantized activations differ between paths", at);
+        CHECK(a.q[at] == -127 && !isnan(a.scale[at / PK_GROUP]), "NaN at %d: q %d scale %g", at, a.q[at],
+              a.scale[at / PK_GROUP]);
+    }
+    pk_act_free(&a), pk_act_free(&b);
+    free(x);
+}
+
 static void test_pack_rejects_nan(void)
 {
     char err[ERR_MAX] = "";
@@ -392,6 +419,7 @@ void kernel_tests(int *passed, int *failed)
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int out_in = 0; out_in < 2; out_in++) test_products(shapes[i][0], shapes[i][1], out_in);
     test_pack_rejects_nan();
+    test_quantize_specials();
     if (!mv_half_fast()) printf("SKIP half floats in hardware (no F16C here): their portable loops are tested\n");
     for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) test_half();
     mv_half_path = 0;

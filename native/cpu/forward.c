@@ -383,6 +383,28 @@ typedef struct {
     int start[FWD_ROWS_MAX], len[FWD_ROWS_MAX];
 } attn_job;
 
+/* The keys and values of R rows (from f->qkv) into their caches, heads h0..h1. */
+static void store_kv(fwd *f, const fwd_row *rows, int R, int l, int h0, int h1)
+{
+    int C = f->m->cfg.n_embd, hd = C / f->m->cfg.n_head;
+    for (int r = 0; r < R; r++) {
+        const fwd_row *row = &rows[r];
+        const float *k = f->qkv + (size_t)r * 3 * C + C, *v = k + C;
+        size_t at = (size_t)row->own_at * hd * kv_elt(row->own);
+        for (int h = h0; h < h1; h++) {
+            char *kd = (char *)kv_head(row->own->k, row->own, l, h) + at;
+            char *vd = (char *)kv_head(row->own->v, row->own, l, h) + at;
+            if (row->own->half) {
+                mv_to_half((uint16_t *)kd, k + h * hd, hd);
+                mv_to_half((uint16_t *)vd, v + h * hd, hd);
+            } else {
+                memcpy(kd, k + h * hd, hd * sizeof(float));
+                memcpy(vd, v + h * hd, hd * sizeof(float));
+            }
+        }
+    }
+}
+
 /* One (group of decode rows sharing a context, head): the shared keys and
  * values are read once for the whole group. */
 static void attn_rows_task(void *arg, int task, int thread)
@@ -459,6 +481,7 @@ static void attn_block_task(void *arg, int h, int thread)
     const kv_cache *own = j->rows[0].own;
     int C = c->n_embd, hd = C / c->n_head, R = j->R, l = j->layer;
     int N = j->rows[0].own_at + R; /* context length of the last row */
+    store_kv(j->f, j->rows, R, l, h, h + 1);
     float *S = j->f->scores + (size_t)thread * j->f->score_cap; /* (R, N) */
     /* half caches: keys, then values, of positions 0..N widened here */
     float *wk = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL;
@@ -512,29 +535,13 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     const pk_act *q = norm(f, R, w->ln1_w, w->ln1_b, &wp->qkv);
     gemm(f, &(gemm_job){.out = f->qkv, .x = f->h, .w = &wp->qkv, .q = q, .bias = w->qkv_b, .R = R,
                         .I = C, .O = 3 * C});
-    int H = c->n_head, hd = C / H;
-    for (int r = 0; r < R; r++) { /* store this row's key and value, head by head */
-        const fwd_row *row = &rows[r];
-        const float *k = f->qkv + (size_t)r * 3 * C + C, *v = k + C;
-        size_t at = (size_t)row->own_at * hd * kv_elt(row->own);
-        for (int h = 0; h < H; h++) {
-            char *kd = (char *)kv_head(row->own->k, row->own, l, h) + at;
-            char *vd = (char *)kv_head(row->own->v, row->own, l, h) + at;
-            if (row->own->half) {
-                mv_to_half((uint16_t *)kd, k + h * hd, hd);
-                mv_to_half((uint16_t *)vd, v + h * hd, hd);
-            } else {
-                memcpy(kd, k + h * hd, hd * sizeof(float));
-                memcpy(vd, v + h * hd, hd * sizeof(float));
-            }
-        }
-    }
     float scale = c->scale_attn ? 1.0f / sqrtf((float)(C / c->n_head)) : 1.0f;
     if (c->scale_inv_layer) scale /= (float)(l + 1);
     attn_job job = {.f = f, .rows = rows, .R = R, .layer = l, .scale = scale};
-    if (is_block(rows, R)) {
+    if (is_block(rows, R)) { /* each head's task stores its keys and values */
         pool_run(f->pool, attn_block_task, &job, c->n_head);
     } else { /* decode rows */
+        store_kv(f, rows, R, l, 0, c->n_head);
         group_rows(&job);
         pool_run(f->pool, attn_rows_task, &job, job.groups * c->n_head);
     }

@@ -63,7 +63,7 @@ static double rel_err(const float *got, const double *want, size_t n)
 static void test_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
-    int R = MV_MAX_ROWS, RD = 13; /* bf16 activations: two 6-row blocks and a tail */
+    int R = MV_MAX_ROWS, RD = 13; /* bf16 activations and int8 prompts: two 6-row blocks and a tail */
     float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * RD * K);
     float *got = malloc(sizeof(float) * RD * N), *gen = malloc(sizeof(float) * RD * N);
     double *want = malloc(sizeof(double) * RD * N);
@@ -94,7 +94,7 @@ static void test_products(int K, int N, int out_in)
         /* int8: half a step of the largest |w| (4), plus its fp16 scale's rounding (2^-11) */
         double wtol = fmt == PK_F32 ? 0 : fmt == PK_BF16 ? 4.0 / 256 : 4.0 / 254 + 4.0 / 2048 + 1e-6;
         CHECK(werr <= wtol, "fmt %d K %d N %d: widened weights off by %g", fmt, K, N, werr);
-        for (int rows = 1; rows <= R; rows++) {
+        for (int rows = 1; rows <= (fmt == PK_I8 ? RD : R); rows++) { /* int8: 6-row prompt blocks and tails */
             if (fmt == PK_I8) {
                 CHECK(pk_act_reserve(&a, PK_I8, rows, K) == 0, "act");
                 pk_force_generic = 1; /* the portable quantization gives the same bytes */

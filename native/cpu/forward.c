@@ -338,8 +338,11 @@ static void gemm(fwd *f, gemm_job *j)
         j->q = &f->act;
     }
     /* Decode (few rows) is bandwidth-bound: one contiguous run of tiles per
-     * thread streams best. Prefill: a few runs per thread balance load. */
-    int tasks = pool_size(f->pool) * (j->R <= MV_MAX_ROWS ? 1 : 4);
+     * thread streams best. Prompts: a tile per task where the product reads
+     * the packed tiles (int8, bf16 activations), so the threads end within a
+     * tile of each other; a few runs per thread where tiles are widened for
+     * sgemm, whose calls want several tiles. */
+    int tasks = j->R <= MV_MAX_ROWS ? pool_size(f->pool) : j->q ? j->w->tiles : pool_size(f->pool) * 4;
     j->tiles = (j->w->tiles + tasks - 1) / tasks;
     pool_run(f->pool, gemm_task, j, (j->w->tiles + j->tiles - 1) / j->tiles);
 }

@@ -63,7 +63,7 @@ static double rel_err(const float *got, const double *want, size_t n)
 static void test_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
-    int R = MV_MAX_ROWS, RD = 13; /* bf16 activations and int8 prompts: two 6-row blocks and a tail */
+    int R = MV_MAX_ROWS, RD = 13; /* bf16 activations: two 6-row blocks and a tail; int8 prompts: 3-row blocks and a tail */
     float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * RD * K);
     float *got = malloc(sizeof(float) * RD * N), *gen = malloc(sizeof(float) * RD * N);
     double *want = malloc(sizeof(double) * RD * N);

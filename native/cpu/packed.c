@@ -76,37 +76,131 @@ static float from_bf16(uint16_t h)
     return f;
 }
 
+/* One group of int8 weights of tile column c (the reference packer): the
+ * group's largest |w| maps to 127, v * (127 / m) rounded in double to the
+ * nearest integer (ties to even), stored + 128; the scale as fp16. */
+static void pack_group(const pmat *p, const float *w, int out_in, int t, int c, int g)
+{
+    unsigned char *gp = p->data + (size_t)t * p->tile_bytes + (size_t)g * GROUP_BYTES;
+    int K = p->K, N = p->N, n = t * PK_TILE + c;
+    float m = 0, v[PK_GROUP];
+    for (int i = 0; i < PK_GROUP; i++) {
+        int k = g * PK_GROUP + i;
+        v[i] = n < N && k < K ? weight(w, K, N, out_in, k, n) : 0.0f;
+        m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
+    }
+    double inv = m > 0 ? 127.0 / m : 0.0; /* in float, 127 / m overflows below 3.7e-37 */
+    for (int i = 0; i < PK_GROUP; i++) {
+        long q = lrint(v[i] * inv);
+        gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] = (unsigned char)((q > 127 ? 127 : q < -127 ? -127 : q) + 128);
+    }
+    float s = m / 127.0f / p->unscale; /* exact: a power of two, below 2^15 */
+    mv_to_half((uint16_t *)(gp + GROUP_W) + c, &s, 1);
+}
+
+#if defined(__x86_64__)
+#define PACK512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+/* 8 weights times their columns' 127 / m in double, rounded to the nearest
+ * integer (cvtpd2dq: ties to even, as lrint), clamped, + 128. */
+PACK512 AI __m256i quantize8(__m256 v, __m512d inv)
+{
+    __m256i q = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(v), inv));
+    q = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
+    return _mm256_add_epi32(q, _mm256_set1_epi32(128));
+}
+
+/* A whole group of a whole tile, the same bytes as pack_group's, from
+ * (K, N) weights: the group's 64 input rows are 64 contiguous columns each,
+ * so the maxima, scales and 4-input words go 8 or 16 columns at a time. */
+PACK512 static void pack_group_rows(const pmat *p, const float *w, int t, int g)
+{
+    unsigned char *gp = p->data + (size_t)t * p->tile_bytes + (size_t)g * GROUP_BYTES;
+    const float *src = w + (size_t)g * PK_GROUP * p->N + (size_t)t * PK_TILE;
+    __m512 m[4];
+    for (int j = 0; j < 4; j++) m[j] = _mm512_setzero_ps();
+    for (int i = 0; i < PK_GROUP; i++)
+        for (int j = 0; j < 4; j++) m[j] = _mm512_max_ps(m[j], _mm512_abs_ps(_mm512_loadu_ps(src + (size_t)i * p->N + 16 * j)));
+    __m512d inv[8];
+    float mf[PK_TILE], s[PK_TILE];
+    for (int j = 0; j < 4; j++) _mm512_storeu_ps(mf + 16 * j, m[j]);
+    for (int h = 0; h < 8; h++) {
+        __m512d md = _mm512_cvtps_pd(_mm256_loadu_ps(mf + 8 * h));
+        inv[h] = _mm512_maskz_div_pd(_mm512_cmp_pd_mask(md, _mm512_setzero_pd(), _CMP_GT_OQ), _mm512_set1_pd(127.0), md);
+    }
+    for (int q = 0; q < QUADS; q++)
+        for (int h = 0; h < 8; h++) { /* columns 8h..8h+7: one 32-bit word each of 4 inputs */
+            __m256i word = _mm256_setzero_si256();
+            for (int b = 0; b < 4; b++) {
+                __m256 v = _mm256_loadu_ps(src + (size_t)(4 * q + b) * p->N + 8 * h);
+                word = _mm256_or_si256(word, _mm256_slli_epi32(quantize8(v, inv[h]), 8 * b));
+            }
+            _mm256_storeu_si256((__m256i *)(gp + (size_t)q * PK_TILE * 4 + 32 * h), word);
+        }
+    for (int c = 0; c < PK_TILE; c++) s[c] = mf[c] / 127.0f / p->unscale;
+    mv_to_half((uint16_t *)(gp + GROUP_W), s, PK_TILE);
+}
+
+/* The same from (N, K) weights (out_in): a column's 64 inputs are contiguous. */
+PACK512 static void pack_group_cols(const pmat *p, const float *w, int t, int g)
+{
+    unsigned char *gp = p->data + (size_t)t * p->tile_bytes + (size_t)g * GROUP_BYTES;
+    float s[PK_TILE];
+    for (int c = 0; c < PK_TILE; c++) {
+        const float *src = w + (size_t)(t * PK_TILE + c) * p->K + (size_t)g * PK_GROUP;
+        __m512 v[4], m = _mm512_setzero_ps();
+        for (int j = 0; j < 4; j++) m = _mm512_max_ps(m, _mm512_abs_ps(v[j] = _mm512_loadu_ps(src + 16 * j)));
+        float mc = _mm512_reduce_max_ps(m);
+        __m512d inv = _mm512_set1_pd(mc > 0 ? 127.0 / mc : 0.0);
+        for (int j = 0; j < 4; j++) {
+            __m256i lo = quantize8(_mm512_castps512_ps256(v[j]), inv);
+            __m256i hi = quantize8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[j]), 1)), inv);
+            uint32_t b[4];
+            _mm_storeu_si128((__m128i *)b, _mm512_cvtepi32_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)));
+            for (int u = 0; u < 4; u++) /* inputs 16j + 4u .. +3: quad 4j + u */
+                memcpy(gp + (size_t)(4 * j + u) * PK_TILE * 4 + c * 4, &b[u], 4);
+        }
+        s[c] = mc / 127.0f / p->unscale;
+    }
+    mv_to_half((uint16_t *)(gp + GROUP_W), s, PK_TILE);
+}
+
+static int pack_vec(void)
+{
+    static int has = -1;
+    if (has < 0)
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return has && !pk_force_generic;
+}
+#endif
+
 static void pack_tile(const pmat *p, const float *w, int out_in, int t)
 {
     unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
     int K = p->K, N = p->N;
-    for (int c = 0; c < PK_TILE; c++) {
-        int n = t * PK_TILE + c;
-        if (p->fmt != PK_I8) {
-            for (int k = 0; k < K; k++) {
+    if (p->fmt == PK_I8) {
+        for (int g = 0; g < p->groups; g++) {
+#if defined(__x86_64__)
+            if (pack_vec() && (t + 1) * PK_TILE <= N && (g + 1) * PK_GROUP <= K) { /* whole */
+                if (out_in) pack_group_cols(p, w, t, g);
+                else pack_group_rows(p, w, t, g);
+                continue;
+            }
+#endif
+            for (int c = 0; c < PK_TILE; c++) pack_group(p, w, out_in, t, c, g);
+        }
+        return;
+    }
+    for (int k0 = 0; k0 < K; k0 += PK_TILE) /* 64 x 64 blocks: source and tile stay in L1 */
+        for (int c = 0; c < PK_TILE; c++) {
+            int n = t * PK_TILE + c;
+            for (int k = k0; k < K && k < k0 + PK_TILE; k++) {
                 float v = n < N ? weight(w, K, N, out_in, k, n) : 0.0f;
                 if (p->fmt == PK_F32) ((float *)tp)[(size_t)k * PK_TILE + c] = v;
                 else ((uint16_t *)tp)[bf16_at(k, c)] = to_bf16(v);
             }
-            continue;
         }
-        for (int g = 0; g < p->groups; g++) {
-            unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
-            float m = 0, v[PK_GROUP];
-            for (int i = 0; i < PK_GROUP; i++) {
-                int k = g * PK_GROUP + i;
-                v[i] = n < N && k < K ? weight(w, K, N, out_in, k, n) : 0.0f;
-                m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
-            }
-            double inv = m > 0 ? 127.0 / m : 0.0; /* in float, 127 / m overflows below 3.7e-37 */
-            for (int i = 0; i < PK_GROUP; i++) {
-                long q = lrint(v[i] * inv);
-                gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] = (unsigned char)((q > 127 ? 127 : q < -127 ? -127 : q) + 128);
-            }
-            float s = m / 127.0f / p->unscale; /* exact: a power of two, below 2^15 */
-            mv_to_half((uint16_t *)(gp + GROUP_W) + c, &s, 1);
-        }
-    }
 }
 
 static size_t tile_bytes(int K, int fmt)

@@ -38,7 +38,7 @@ MODELS = os.path.join(ROOT, "tests", "fixtures", "models")
 NAMES = ["tiny-f32", "tiny-f16", "tiny-bf16", "odd-f32", "scaled-f32", "hub-f32"]
 
 
-def logits(model, tokens, dtype, out=None, kv="auto", int8=None, attn=None):
+def logits(model, tokens, dtype, out=None, kv="auto", int8=None, attn=None, fuse=None):
     args = [GPT2, "logits", "--model", model, "--tokens", ",".join(map(str, tokens)),
             "--cpu-dtype", dtype, "--device", "cpu", "--cpu-kv", kv]
     if out:
@@ -48,6 +48,8 @@ def logits(model, tokens, dtype, out=None, kv="auto", int8=None, attn=None):
         env["GPT2_CPU_INT8"] = int8
     if attn:
         env["GPT2_CPU_ATTN"] = attn
+    if fuse is not None:
+        env["GPT2_CPU_FUSE"] = fuse
     r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     if out:
@@ -137,6 +139,29 @@ def head64(tmp_path_factory):
 @pytest.fixture(scope="module")
 def head64_mild(tmp_path_factory):
     return head64_model(tmp_path_factory, 0.05)
+
+
+def has_cpu_flag(flag):
+    try:
+        return flag in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_prompt_qkv_in_attention_tasks(head64_mild, dtype, tmp_path):
+    """A prompt's q, k, v computed head by head inside the attention tasks (64-float heads,
+    packed products) give the bits of the qkv product run as a pass of its own
+    (GPT2_CPU_FUSE=0): 300 positions, two chunks, every logit."""
+    flag = "avx512_bf16" if dtype == "bf16" else "avx512_vnni"
+    if not has_cpu_flag(flag):
+        pytest.skip(f"{dtype} prompts: this CPU has no {flag}, so their products are not packed "
+                    "and nothing is fused")
+    toks = np.random.default_rng(5).integers(0, 512, 300).tolist()
+    want = logits(head64_mild, toks, dtype, str(tmp_path / "a.bin"), fuse="0")
+    got = logits(head64_mild, toks, dtype, str(tmp_path / "b.bin"))
+    assert want.shape == got.shape == (300, 512)
+    assert np.array_equal(want, got), f"max |diff| {np.abs(want - got).max()}"
 
 
 def test_prompt_attention_in_bf16(head64, tmp_path):

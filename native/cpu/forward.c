@@ -487,7 +487,6 @@ static void attn_rows_task(void *arg, int task, int thread)
     attn_rows(j, task / H, task % H, thread);
 }
 
-
 /* Cut decode rows into runs of at most MV_ATTN_ROWS that share a context. */
 static void group_rows(attn_job *j)
 {
@@ -587,7 +586,8 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     if (!fused) pool_run(f->pool, gemm_task, &qkv, (qkv.w->tiles + qkv.tiles - 1) / qkv.tiles);
     float scale = c->scale_attn ? 1.0f / sqrtf((float)(C / c->n_head)) : 1.0f;
     if (c->scale_inv_layer) scale /= (float)(l + 1);
-    attn_job job = {.f = f, .rows = rows, .R = R, .layer = l, .scale = scale, .qkv = fused ? &qkv : NULL};
+    attn_job job = {.f = f, .rows = rows, .R = R, .layer = l, .scale = scale,
+                    .qkv = fused ? &qkv : NULL};
     if (block) { /* each head's task stores its keys and values */
         pool_run(f->pool, attn_block_task, &job, c->n_head);
     } else { /* decode rows */

@@ -120,13 +120,15 @@ PACK512 static void pack_group_rows(const pmat *p, const float *w, int t, int g)
     __m512 m[4];
     for (int j = 0; j < 4; j++) m[j] = _mm512_setzero_ps();
     for (int i = 0; i < PK_GROUP; i++)
-        for (int j = 0; j < 4; j++) m[j] = _mm512_max_ps(m[j], _mm512_abs_ps(_mm512_loadu_ps(src + (size_t)i * p->N + 16 * j)));
+        for (int j = 0; j < 4; j++)
+            m[j] = _mm512_max_ps(m[j], _mm512_abs_ps(_mm512_loadu_ps(src + (size_t)i * p->N + 16 * j)));
     __m512d inv[8];
     float mf[PK_TILE], s[PK_TILE];
     for (int j = 0; j < 4; j++) _mm512_storeu_ps(mf + 16 * j, m[j]);
     for (int h = 0; h < 8; h++) {
         __m512d md = _mm512_cvtps_pd(_mm256_loadu_ps(mf + 8 * h));
-        inv[h] = _mm512_maskz_div_pd(_mm512_cmp_pd_mask(md, _mm512_setzero_pd(), _CMP_GT_OQ), _mm512_set1_pd(127.0), md);
+        __mmask8 pos = _mm512_cmp_pd_mask(md, _mm512_setzero_pd(), _CMP_GT_OQ);
+        inv[h] = _mm512_maskz_div_pd(pos, _mm512_set1_pd(127.0), md); /* 0 where m is 0 */
     }
     for (int q = 0; q < QUADS; q++)
         for (int h = 0; h < 8; h++) { /* columns 8h..8h+7: one 32-bit word each of 4 inputs */
@@ -156,7 +158,8 @@ PACK512 static void pack_group_cols(const pmat *p, const float *w, int t, int g)
             __m256i lo = quantize8(_mm512_castps512_ps256(v[j]), inv);
             __m256i hi = quantize8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[j]), 1)), inv);
             uint32_t b[4];
-            _mm_storeu_si128((__m128i *)b, _mm512_cvtepi32_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)));
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            _mm_storeu_si128((__m128i *)b, _mm512_cvtepi32_epi8(q));
             for (int u = 0; u < 4; u++) /* inputs 16j + 4u .. +3: quad 4j + u */
                 memcpy(gp + (size_t)(4 * j + u) * PK_TILE * 4 + c * 4, &b[u], 4);
         }
@@ -701,6 +704,12 @@ VNNI static void i8_tile3_asm(const unsigned char *tp, int G, float unscale, con
         for (int j = 0; j < 4; j++) sums[r][j] = _mm512_loadu_ps(acc[r] + 16 * j);
     store_acc(out + (size_t)r0 * ldo, ldo, sums, RB_Q, n, accumulate);
 }
+#undef Q_ROW
+#undef BASE
+#undef RESCALE
+#undef RESCALE_ROW
+#undef ZERO
+#undef SAVE
 
 VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
                                int t1, int accumulate)

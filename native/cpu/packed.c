@@ -620,8 +620,9 @@ VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, float unscale, const p
  * i8_tile_vnni for R = 3 with the same operations in the same order (so the
  * same bits), but with the 12 int32 group sums in zmm0-11 and the 12 fp32
  * sums in zmm12-23 throughout. gcc, given that loop in intrinsics, shuffles
- * the sums between registers (about 20 moves a quad) and reaches 72-78% of
- * the vpdpbusd peak in isolation; the rescale alone leaves 89% (measured).
+ * the sums between registers (about 20 moves a quad): 69-83% of the
+ * vpdpbusd peak in isolation against 78-87% here; the rescale alone leaves
+ * 89% (measured). Prompts only: decode rows stream from memory either way.
  *   zmm24-27  the quad's weights, then the group's weight scales
  *   zmm28     the broadcast activations, then a row's scale
  *   zmm29     unscale; zmm30 a scale product */

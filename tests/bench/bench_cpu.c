@@ -67,19 +67,14 @@ static double read_once(pool *p, const v16 *buf, size_t n)
     return gbs;
 }
 
-/* Best of several streaming reads of 1 GiB, in GB/s. */
-static double bandwidth(pool *p)
+/* Best of several streaming reads of buf (n vectors), in GB/s. */
+static double bandwidth(pool *p, const v16 *buf, size_t n)
 {
-    size_t bytes = (size_t)1 << 30, n = bytes / sizeof(v16);
-    v16 *buf = xbig_alloc(bytes, 1); /* huge pages where the kernel gives them, as the weights get */
-    if (!buf) return 0;
-    memset(buf, 1, bytes);
     double best = 0;
     for (int rep = 0; rep < 7; rep++) {
         double gbs = read_once(p, buf, n);
         if (gbs > best) best = gbs;
     }
-    free(buf);
     return best;
 }
 
@@ -148,9 +143,16 @@ int main(int argc, char **argv)
     const model_cfg *c = &m->cfg;
     if (context < 1 || context + steps + 1 > c->n_ctx || steps < 1) return fail("bad --context/--steps");
 
+    /* 1 GiB for every CPU bandwidth read below, on huge pages where the
+     * kernel gives them, as the weights get */
+    size_t sample_n = ((size_t)1 << 30) / sizeof(v16);
+    v16 *sample_buf = gpu ? NULL : xbig_alloc(sample_n, sizeof(v16));
+    if (!gpu && !sample_buf) return fail("out of memory");
+    if (sample_buf) memset(sample_buf, 1, sample_n * sizeof(v16));
     /* other tenants of a shared machine move the bandwidth: take the best of
      * a measurement before and one after the timed steps */
-    double bw = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool), bytes = step_bytes(c, fmt);
+    double bw = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool, sample_buf, sample_n);
+    double bytes = step_bytes(c, fmt);
     int topk = gpu ? 40 : 0;
     float *logits = malloc((size_t)3 * c->n_vocab * sizeof(float));
     int *toks = malloc(512 * sizeof(int));
@@ -202,12 +204,9 @@ int main(int argc, char **argv)
     double *t = malloc(steps * sizeof *t);
     /* the CPU's bandwidth sampled between steps (a 1 GiB read every 4th
      * step, untimed): the floor under the conditions the steps met */
-    size_t sample_n = ((size_t)1 << 30) / sizeof(v16);
-    v16 *sample_buf = gpu ? NULL : xbig_alloc(sample_n, sizeof(v16));
     double *bw_at = malloc((steps / 4 + 1) * 2 * sizeof *bw_at);
     int n_bw = 0;
-    if ((!gpu && !sample_buf) || !t || !bw_at) return fail("out of memory");
-    if (sample_buf) memset(sample_buf, 1, sample_n * sizeof(v16));
+    if (!t || !bw_at) return fail("out of memory");
     for (int k = 0; k < 2; k++) {
         int B = batch[k], out[3] = {0, 1, 2};
         kv_cache *own[3];
@@ -227,7 +226,7 @@ int main(int argc, char **argv)
         for (int b = 0; b < B; b++) device_kv_free(e->dev, own[b]);
     }
     device_kv_free(e->dev, prefix);
-    double bw2 = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool);
+    double bw2 = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool, sample_buf, sample_n);
     double best = bw2 > bw ? bw2 : bw, during = n_bw ? median(bw_at, n_bw) : best;
     double floor_ms = bytes / (during * 1e6);
     printf("{\"format\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"bandwidth_gbs\": %.2f, "

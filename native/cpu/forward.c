@@ -652,7 +652,7 @@ int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
     for (int i = 0; i < n_out; i++) {
         if (out_rows[i] < 0 || out_rows[i] >= R) return errf(err, "internal error: logit row");
         mv_layernorm(f->h + (size_t)i * C, f->x + (size_t)out_rows[i] * C, m->lnf_w, m->lnf_b, C,
-                  c->eps);
+                     c->eps);
     }
     if (n_out)
         gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = &f->wte, .R = n_out, .I = C,

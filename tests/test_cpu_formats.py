@@ -113,9 +113,9 @@ def test_int8_without_vnni(isa, tmp_path):
     check(ref, logits(model, toks, "int8", str(tmp_path / "d.bin"), int8=isa), f"odd-f32 ({isa})", "int8")
 
 
-def has_avx512_bf16():
+def has_cpu_flag(flag):
     try:
-        return "avx512_bf16" in open("/proc/cpuinfo").read()
+        return flag in open("/proc/cpuinfo").read().split()
     except OSError:
         return False
 
@@ -141,13 +141,6 @@ def head64_mild(tmp_path_factory):
     return head64_model(tmp_path_factory, 0.05)
 
 
-def has_cpu_flag(flag):
-    try:
-        return flag in open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 def test_prompt_qkv_in_attention_tasks(head64_mild, dtype, tmp_path):
     """A prompt's q, k, v computed head by head inside the attention tasks (64-float heads,
@@ -169,7 +162,7 @@ def test_prompt_attention_in_bf16(head64, tmp_path):
     ones' keys, in 64-row causal blocks, odd contexts included. fp32 weights with the bf16
     weighted values forced (GPT2_CPU_ATTN=bf16), so nothing else rounds, against fp32: every
     position within 1.5% of the row's largest logit (measured 0.64%, mean 0.28%)."""
-    if not has_avx512_bf16():
+    if not has_cpu_flag("avx512_bf16"):
         pytest.skip("bf16 prompt attention: this CPU has no AVX-512 BF16 (fp32 sgemm runs)")
     toks = np.random.default_rng(11).integers(0, 512, 601).tolist()
     want = logits(head64, toks, "fp32", str(tmp_path / "a.bin"))

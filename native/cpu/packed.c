@@ -882,6 +882,95 @@ AVX2 static void i8_tiles_avx2(const pmat *p, float *out, int ldo, const pk_act 
     }
 }
 
+/* ==== AVX2 without AVX-512 ==== */
+
+/* fp32 and bf16 tiles with fp32 activations. A tile's 64 sums of a row are
+ * 8 ymm, so AVX2's 16 registers hold one row's at most: the generic kernel,
+ * compiled for them, spilled its sums on every input (3 rows measured 3x
+ * slower than 1 on Zen 3). Here the sums of up to MV_MAX_ROWS rows wait in
+ * an L1 buffer while blocks of KB_A inputs go by in two halves of 32
+ * columns, 3 rows at a time: 12 sums, a weight and the rows' inputs in
+ * registers. The first half fetches the second half's lines (prefetcht0),
+ * so the matrix still streams once. Each sum is the fma chain of the
+ * generic kernel, inputs in order, so the results are its bits. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint32_t v8w __attribute__((vector_size(32)));
+#define KB_A 64 /* inputs per block: 16 KB of fp32 tile */
+
+AVX2 AI void half_avx2(const unsigned char *tp, int K, int k0, int k1, int h, const float *x,
+                       int ldx, float (*acc)[PK_TILE], const int R, const int fmt)
+{
+    v8f s[3][4];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++) s[r][j] = *(v8f *)(acc[r] + h * 32 + 8 * j);
+    if (fmt == PK_F32) {
+        for (int k = k0; k < k1; k++) {
+            const float *w = (const float *)tp + (size_t)k * PK_TILE + h * 32;
+            if (!h) {
+                _mm_prefetch((const char *)(w + 32), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 48), _MM_HINT_T0);
+            }
+            for (int j = 0; j < 4; j++) {
+                v8f wj = *(const v8f *)(w + 8 * j);
+                for (int r = 0; r < R; r++) s[r][j] += x[(size_t)r * ldx + k] * wj;
+            }
+        }
+    } else {
+        for (int k = k0; k < k1; k += 2) {
+            const uint32_t *w = (const uint32_t *)tp + (size_t)(k / 2) * PK_TILE + h * 32;
+            if (!h) {
+                _mm_prefetch((const char *)(w + 32), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 48), _MM_HINT_T0);
+            }
+            int ko = k + 1 < K ? k + 1 : k; /* as float_tile: an odd K's zero weight */
+            for (int j = 0; j < 4; j++) {
+                v8w u = *(const v8w *)(w + 8 * j);
+                v8f we = (v8f)(u << 16), wo = (v8f)(u & 0xFFFF0000u);
+                for (int r = 0; r < R; r++) {
+                    s[r][j] += x[(size_t)r * ldx + k] * we;
+                    s[r][j] += x[(size_t)r * ldx + ko] * wo;
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++) *(v8f *)(acc[r] + h * 32 + 8 * j) = s[r][j];
+}
+
+AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const float *x, int ldx, int R,
+                                  int t0, int t1, int accumulate)
+{
+    float acc[MV_MAX_ROWS][PK_TILE] __attribute__((aligned(32)));
+    for (int t = t0; t < t1; t++) {
+        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
+        for (int r0 = 0; r0 < R; r0 += MV_MAX_ROWS) {
+            int m = R - r0 < MV_MAX_ROWS ? R - r0 : MV_MAX_ROWS;
+            memset(acc, 0, sizeof(float) * PK_TILE * m);
+            for (int k0 = 0; k0 < p->K; k0 += KB_A) {
+                int k1 = p->K - k0 < KB_A ? p->K - k0 : KB_A;
+                k1 += k0;
+                for (int h = 0; h < 2; h++)
+                    for (int r = 0; r < m; r += 3) {
+                        const float *xr = x + (size_t)(r0 + r) * ldx;
+                        switch ((m - r < 3 ? m - r : 3) + (p->fmt == PK_F32 ? 0 : 3)) {
+                        case 1: half_avx2(tp, p->K, k0, k1, h, xr, ldx, acc + r, 1, PK_F32); break;
+                        case 2: half_avx2(tp, p->K, k0, k1, h, xr, ldx, acc + r, 2, PK_F32); break;
+                        case 3: half_avx2(tp, p->K, k0, k1, h, xr, ldx, acc + r, 3, PK_F32); break;
+                        case 4: half_avx2(tp, p->K, k0, k1, h, xr, ldx, acc + r, 1, PK_BF16); break;
+                        case 5: half_avx2(tp, p->K, k0, k1, h, xr, ldx, acc + r, 2, PK_BF16); break;
+                        default: half_avx2(tp, p->K, k0, k1, h, xr, ldx, acc + r, 3, PK_BF16); break;
+                        }
+                    }
+            }
+            for (int r = 0; r < m; r++) {
+                float *o = out + (size_t)(r0 + r) * ldo + c0;
+                for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[r][c];
+            }
+        }
+    }
+}
+
 /* int8 on AVX2 (pk_force_generic 1: the portable loops instead). */
 static int i8_avx2(void)
 {
@@ -889,6 +978,15 @@ static int i8_avx2(void)
     if (has < 0)
         has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     return has && pk_force_generic != 1;
+}
+
+/* The float kernels above: on AVX2 CPUs without AVX-512 (whose 32
+ * registers suit the generic kernel), or forced (pk_force_generic 2). */
+static int float_avx2(void)
+{
+    static int fit = -1;
+    if (fit < 0) fit = !__builtin_cpu_supports("avx512f");
+    return i8_avx2() && (fit || pk_force_generic == 2) && pk_force_generic != 1;
 }
 #else
 int pk_vnni(void) { return 0; }
@@ -903,11 +1001,23 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
                int R, int t0, int t1, int accumulate)
 {
     switch (p->fmt) {
-    case PK_F32: f32_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate); break;
+    case PK_F32:
+#if defined(__x86_64__)
+        if (float_avx2()) {
+            float_tiles_avx2(p, out, ldo, x, ldx, R, t0, t1, accumulate);
+            break;
+        }
+#endif
+        f32_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate);
+        break;
     case PK_BF16:
 #if defined(__x86_64__)
         if (a && a->bf && pk_bf16_dp()) {
             bf16_tiles_dp(p, out, ldo, a, R, t0, t1, accumulate);
+            break;
+        }
+        if (float_avx2()) {
+            float_tiles_avx2(p, out, ldo, x, ldx, R, t0, t1, accumulate);
             break;
         }
 #endif

@@ -63,7 +63,7 @@ static double rel_err(const float *got, const double *want, size_t n)
 static void test_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
-    int R = MV_MAX_ROWS, RD = 13; /* bf16 activations: two 6-row blocks and a tail; int8 prompts: 3-row blocks and a tail */
+    int RD = 13; /* rows: 3-row blocks, 6-row bf16 blocks, 8-row AVX2 chunks and tails */
     float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * RD * K);
     float *got = malloc(sizeof(float) * RD * N), *gen = malloc(sizeof(float) * RD * N);
     double *want = malloc(sizeof(double) * RD * N);
@@ -103,7 +103,7 @@ static void test_products(int K, int N, int out_in)
         /* int8: half a step of the largest |w| (4), plus its fp16 scale's rounding (2^-11) */
         double wtol = fmt == PK_F32 ? 0 : fmt == PK_BF16 ? 4.0 / 256 : 4.0 / 254 + 4.0 / 2048 + 1e-6;
         CHECK(werr <= wtol, "fmt %d K %d N %d: widened weights off by %g", fmt, K, N, werr);
-        for (int rows = 1; rows <= (fmt == PK_I8 ? RD : R); rows++) { /* int8: 6-row prompt blocks and tails */
+        for (int rows = 1; rows <= RD; rows++) { /* 3-row blocks, 8-row chunks (AVX2) and tails */
             if (fmt == PK_I8) {
                 CHECK(pk_act_reserve(&a, PK_I8, rows, K) == 0, "act");
                 pk_force_generic = 1; /* the portable quantization gives the same bytes */
@@ -141,14 +141,15 @@ static void test_products(int K, int N, int out_in)
             double e = rel_err(got, want, (size_t)rows * N);
             CHECK(e < 1e-5, "fmt %d K %d N %d rows %d out_in %d: rel err %g", fmt, K, N, rows,
                   out_in, e);
-            for (int force = 1; fmt == PK_I8 && force <= 2; force++) {
-                /* the portable loops and the AVX2 kernel give the same bits */
+            for (int force = 1; force <= 2; force++) {
+                /* the portable loops and the AVX2 kernels give the same bits (float
+                 * formats: the generic kernel, compiled with fma where the CPU has it) */
                 for (int i = 0; i < rows * N; i++) gen[i] = 1.0f;
                 pk_force_generic = force;
                 pk_matmul(&p, gen, N, x, K, &a, rows, 0, p.tiles, 1);
                 pk_force_generic = 0;
-                CHECK(!memcmp(gen, got, sizeof(float) * rows * N), "int8 K %d N %d rows %d: %s differ from %s",
-                      K, N, rows, force == 1 ? "the portable loops" : "the AVX2 kernel's sums",
+                CHECK(!memcmp(gen, got, sizeof(float) * rows * N), "fmt %d K %d N %d rows %d: %s differ from %s",
+                      fmt, K, N, rows, force == 1 ? "the portable loops" : "the AVX2 kernel's sums",
                       pk_vnni() ? "VNNI's" : "the default path's");
             }
         }

@@ -38,14 +38,14 @@ MODELS = os.path.join(ROOT, "tests", "fixtures", "models")
 NAMES = ["tiny-f32", "tiny-f16", "tiny-bf16", "odd-f32", "scaled-f32", "hub-f32"]
 
 
-def logits(model, tokens, dtype, out=None, kv="auto", int8=None, attn=None, fuse=None):
+def logits(model, tokens, dtype, out=None, kv="auto", isa=None, attn=None, fuse=None):
     args = [GPT2, "logits", "--model", model, "--tokens", ",".join(map(str, tokens)),
             "--cpu-dtype", dtype, "--device", "cpu", "--cpu-kv", kv]
     if out:
         args += ["--all", "--out", out]
     env = dict(os.environ)
-    if int8:
-        env["GPT2_CPU_INT8"] = int8
+    if isa:
+        env["GPT2_CPU_ISA"] = isa
     if attn:
         env["GPT2_CPU_ATTN"] = attn
     if fuse is not None:
@@ -102,15 +102,32 @@ def test_half_kv(name, tmp_path):
 
 @pytest.mark.parametrize("isa", ["avx2", "portable"])
 def test_int8_without_vnni(isa, tmp_path):
-    """The int8 kernels of a CPU without AVX-512 VNNI (forced by GPT2_CPU_INT8): rows of a decode
-    pass give the default kernel's bits; a prompt (weights widened for sgemm) keeps int8's bounds."""
+    """The int8 kernels of a CPU without AVX-512 VNNI (forced by GPT2_CPU_ISA): the AVX2 kernel's
+    sums are exact, so its logits are the default path's bits, decode rows and prompts alike; the
+    portable loops give those bits for decode rows, and prompts there (weights widened for sgemm)
+    keep int8's bounds."""
     model = os.path.join(MODELS, "odd-f32")  # tile and group tails
     toks = np.random.default_rng(9).integers(0, 300, 64).tolist()
     want = logits(model, toks[:8], "int8", str(tmp_path / "a.bin"))
-    got = logits(model, toks[:8], "int8", str(tmp_path / "b.bin"), int8=isa)
+    got = logits(model, toks[:8], "int8", str(tmp_path / "b.bin"), isa=isa)
     assert np.array_equal(want, got), f"{isa}: max diff {np.abs(want - got).max():.3g}"
+    prompt = logits(model, toks, "int8", str(tmp_path / "d.bin"), isa=isa)
+    if isa == "avx2":
+        want = logits(model, toks, "int8", str(tmp_path / "e.bin"))
+        assert np.array_equal(want, prompt), f"avx2 prompt: max diff {np.abs(want - prompt).max():.3g}"
     ref = logits(model, toks, "fp32", str(tmp_path / "c.bin"))
-    check(ref, logits(model, toks, "int8", str(tmp_path / "d.bin"), int8=isa), f"odd-f32 ({isa})", "int8")
+    check(ref, prompt, f"odd-f32 ({isa})", "int8")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_float_avx2(dtype, tmp_path):
+    """The AVX2 fp32 and bf16 kernels (forced by GPT2_CPU_ISA=avx2 where the CPU has AVX-512) sum
+    each output in the generic kernel's order with the same fma: decode rows give its bits."""
+    model = os.path.join(MODELS, "odd-f32")
+    toks = np.random.default_rng(10).integers(0, 300, 8).tolist()
+    want = logits(model, toks, dtype, str(tmp_path / "a.bin"))
+    got = logits(model, toks, dtype, str(tmp_path / "b.bin"), isa="avx2")
+    assert np.array_equal(want, got), f"{dtype}: max diff {np.abs(want - got).max():.3g}"
 
 
 def has_cpu_flag(flag):

@@ -152,7 +152,7 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     const char *att = getenv("GPT2_CPU_ATTN");
     f->att_bf16 = pk_bf16_dp() && m->cfg.n_embd == m->cfg.n_head * PK_TILE &&
                   (att && !strcmp(att, "bf16") ? 1 : att && !strcmp(att, "fp32") ? 0 : fmt != FWD_FP32);
-    const char *isa = getenv("GPT2_CPU_INT8"); /* for tests: the int8 kernels without VNNI */
+    const char *isa = getenv("GPT2_CPU_ISA"); /* for tests: the AVX2 kernels, or the portable loops */
     pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
     char why[ERR_MAX];
     if (pack_all(f, why) < 0) {
@@ -324,7 +324,7 @@ static void quant_task(void *arg, int task, int thread)
  * format), or -1 when they read the floats. */
 static int act_fmt(const pmat *w, int R)
 {
-    if (w->fmt == PK_I8) return R <= MV_MAX_ROWS || pk_vnni() ? PK_I8 : -1; /* else widened for sgemm */
+    if (w->fmt == PK_I8) return R <= MV_MAX_ROWS || pk_i8_prompts() ? PK_I8 : -1; /* else widened for sgemm */
     return w->fmt == PK_BF16 && R > MV_MAX_ROWS && pk_bf16_dp() ? PK_BF16 : -1;
 }
 

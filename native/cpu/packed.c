@@ -824,61 +824,154 @@ int pk_vnni(void)
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
-/* int8 without VNNI: the weights made signed (w - 128) and, per byte, given
- * the sign of their input (vpsignb), so vpmaddubsw multiplies |x| (unsigned)
- * by them: a pair sums to at most 2 * 127 * 127, no saturation; vpmaddwd
- * then sums the pairs into int32. The group sums are the VNNI kernel's
- * exactly, and so is their fp32 epilogue. One row and half a tile (32
- * columns, 4 ymm) at a time: 4 int32 and 4 fp32 sums in registers. */
+/* int8 without VNNI: vpmaddwd, 16 exact products of int16 at a time. The
+ * stored bytes (w + 128) are zero-extended to int16 (vpmovzxbw: 4 inputs of
+ * 4 columns per ymm) and multiplied with the row's 4 inputs of the quad,
+ * widened once per group and broadcast; each column gets two int32 sums,
+ * which vphaddd folds at the group's end before the -128 * sum(x) that
+ * undoes the offset. The group sums are the VNNI kernel's exactly, and so
+ * is their fp32 epilogue. 6 rows (prompts) or fewer (decode) by 8 columns
+ * at a time, the weights read once for all of them; the fp32 sums of the
+ * tile's 64 columns wait in an L1 buffer. Without VNNI the multiply and the
+ * add are two instructions, and Zen 3 (measured, a KVM guest) issues about
+ * two vector-integer instructions a cycle of any kind, so 16 products take
+ * about as long as 16 fp32 fmas: 6 rows run at 55-58 GMAC/s per core, where
+ * sgemm on widened tiles ran at 37-45 (the vpmaddubsw kernel this replaced
+ * needed a vpsignb per weight and row, and read the tile once per row). */
+#define RB_A 6
+
+/* 6 rows by 8 columns over a group's 16 quads in assembly: gcc's code for
+ * the same intrinsics spilled sums (12 of them, two weights, an input and
+ * a product fill all 16 ymm). sums: the rows' lo, hi int32 pairs. */
+#define A2_ROW(r, lo, hi)                                                                          \
+    "vpbroadcastq " #r "*128(%[x]), %%ymm14\n\t"                                                \
+    "vpmaddwd %%ymm14, %%ymm12, %%ymm15\n\t"                                                    \
+    "vpaddd %%ymm15, %%ymm" #lo ", %%ymm" #lo "\n\t"                                              \
+    "vpmaddwd %%ymm14, %%ymm13, %%ymm15\n\t"                                                    \
+    "vpaddd %%ymm15, %%ymm" #hi ", %%ymm" #hi "\n\t"
+
+AVX2 static inline void i8_quads6_asm(const unsigned char *w, const int16_t *x, __m256i *sums)
+{
+    __asm__ volatile(
+        "vpxor %%xmm0, %%xmm0, %%xmm0\n\t"
+        "vpxor %%xmm1, %%xmm1, %%xmm1\n\t"
+        "vpxor %%xmm2, %%xmm2, %%xmm2\n\t"
+        "vpxor %%xmm3, %%xmm3, %%xmm3\n\t"
+        "vpxor %%xmm4, %%xmm4, %%xmm4\n\t"
+        "vpxor %%xmm5, %%xmm5, %%xmm5\n\t"
+        "vpxor %%xmm6, %%xmm6, %%xmm6\n\t"
+        "vpxor %%xmm7, %%xmm7, %%xmm7\n\t"
+        "vpxor %%xmm8, %%xmm8, %%xmm8\n\t"
+        "vpxor %%xmm9, %%xmm9, %%xmm9\n\t"
+        "vpxor %%xmm10, %%xmm10, %%xmm10\n\t"
+        "vpxor %%xmm11, %%xmm11, %%xmm11\n\t"
+        "mov $16, %%ecx\n"
+        "1:\n\t"
+        "vpmovzxbw (%[w]), %%ymm12\n\t"
+        "vpmovzxbw 16(%[w]), %%ymm13\n\t"
+        A2_ROW(0, 0, 1) A2_ROW(1, 2, 3) A2_ROW(2, 4, 5) A2_ROW(3, 6, 7) A2_ROW(4, 8, 9) A2_ROW(5, 10, 11)
+        "add $256, %[w]\n\t"
+        "add $8, %[x]\n\t"
+        "dec %%ecx\n\t"
+        "jnz 1b\n\t"
+        "vmovdqu %%ymm0, 0(%[s])\n\t"
+        "vmovdqu %%ymm1, 32(%[s])\n\t"
+        "vmovdqu %%ymm2, 64(%[s])\n\t"
+        "vmovdqu %%ymm3, 96(%[s])\n\t"
+        "vmovdqu %%ymm4, 128(%[s])\n\t"
+        "vmovdqu %%ymm5, 160(%[s])\n\t"
+        "vmovdqu %%ymm6, 192(%[s])\n\t"
+        "vmovdqu %%ymm7, 224(%[s])\n\t"
+        "vmovdqu %%ymm8, 256(%[s])\n\t"
+        "vmovdqu %%ymm9, 288(%[s])\n\t"
+        "vmovdqu %%ymm10, 320(%[s])\n\t"
+        "vmovdqu %%ymm11, 352(%[s])\n\t"
+        : [w] "+r"(w), [x] "+r"(x)
+        : [s] "r"(sums)
+        : "ecx", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
+}
+
+/* i8_quads6_asm's sums for fewer rows (decode, a prompt's last rows). */
+AVX2 AI void i8_quads_avx2(const unsigned char *w, int16_t (*xw)[PK_GROUP], const int R, __m256i *lo,
+                          __m256i *hi)
+{
+    for (int r = 0; r < R; r++) lo[r] = hi[r] = _mm256_setzero_si256();
+    for (int q = 0; q < QUADS; q++) {
+        const unsigned char *wq = w + (size_t)q * PK_TILE * 4;
+        __m256i wl = _mm256_cvtepu8_epi16(_mm_load_si128((const __m128i *)wq));
+        __m256i wh = _mm256_cvtepu8_epi16(_mm_load_si128((const __m128i *)(wq + 16)));
+        for (int r = 0; r < R; r++) {
+            int64_t x4;
+            memcpy(&x4, xw[r] + 4 * q, sizeof x4);
+            __m256i xb = _mm256_set1_epi64x(x4);
+            lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(wl, xb));
+            hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(wh, xb));
+        }
+    }
+}
+
+AVX2 AI void i8_block_avx2(const unsigned char *tp, int G, float unscale, const pk_act *a, int r0,
+                          const int R, float *out, int ldo, int n, int accumulate)
+{
+    float acc[RB_A][PK_TILE] __attribute__((aligned(32)));
+    memset(acc, 0, sizeof acc);
+    for (int g = 0; g < G; g++) {
+        const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
+        int16_t xw[RB_A][PK_GROUP] __attribute__((aligned(32)));
+        __m256 xs[RB_A];
+        __m256i base[RB_A];
+        for (int r = 0; r < R; r++) {
+            size_t at = (size_t)(r0 + r) * G + g;
+            const int8_t *xq = a->q + at * PK_GROUP;
+            for (int i = 0; i < PK_GROUP; i += 16)
+                _mm256_store_si256((__m256i *)(xw[r] + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(xq + i))));
+            xs[r] = _mm256_set1_ps(a->scale[at] * unscale);
+            base[r] = _mm256_set1_epi32(-128 * a->sum[at]);
+        }
+        const uint16_t *scales = (const uint16_t *)(gp + GROUP_W);
+        for (int c = 0; c < PK_TILE; c += 8) {
+            __m256i lo[RB_A], hi[RB_A]; /* columns c..c+3, c+4..c+7: two sums each */
+            if (R == RB_A) {
+                __m256i sums[2 * RB_A];
+                i8_quads6_asm(gp + c * 4, xw[0], sums);
+                for (int r = 0; r < R; r++) lo[r] = sums[2 * r], hi[r] = sums[2 * r + 1];
+            } else {
+                i8_quads_avx2(gp + c * 4, xw, R, lo, hi);
+            }
+            __m256 ws = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(scales + c)));
+            for (int r = 0; r < R; r++) {
+                /* hadd: c, c+1, c+4, c+5 | c+2, c+3, c+6, c+7; then in order */
+                __m256i sum = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo[r], hi[r]), 0xD8);
+                __m256 *o = (__m256 *)(acc[r] + c);
+                *o = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(sum, base[r])),
+                                     _mm256_mul_ps(ws, xs[r]), *o);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float *o = out + (size_t)(r0 + r) * ldo;
+        for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[r][c];
+    }
+}
+
 AVX2 static void i8_tiles_avx2(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
                                int t1, int accumulate)
 {
-    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-    int G = p->groups;
     for (int t = t0; t < t1; t++) {
         const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
-        for (int r = 0; r < R; r++)
-            for (int h = 0; h < 2; h++) {
-                __m256 acc[4];
-                for (int j = 0; j < 4; j++) acc[j] = _mm256_setzero_ps();
-                for (int g = 0; g < G; g++) {
-                    const unsigned char *gp = tp + (size_t)g * GROUP_BYTES + h * PK_TILE * 2;
-                    const int8_t *xq = a->q + ((size_t)r * G + g) * PK_GROUP;
-                    __m256i is[4];
-                    for (int j = 0; j < 4; j++) is[j] = _mm256_setzero_si256();
-                    for (int q = 0; q < QUADS; q++) {
-                        int32_t x4;
-                        memcpy(&x4, xq + 4 * q, sizeof x4);
-                        __m256i xb = _mm256_set1_epi32(x4), xa = _mm256_abs_epi8(xb);
-                        for (int j = 0; j < 4; j++) {
-                            __m256i w = _mm256_xor_si256(
-                                _mm256_load_si256((const __m256i *)(gp + q * PK_TILE * 4 + 32 * j)), flip);
-                            __m256i pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xb));
-                            is[j] = _mm256_add_epi32(is[j], _mm256_madd_epi16(pairs, ones));
-                        }
-                    }
-                    const uint16_t *ws = (const uint16_t *)(tp + (size_t)g * GROUP_BYTES + GROUP_W) + h * 32;
-                    __m256 xs = _mm256_set1_ps(a->scale[(size_t)r * G + g] * p->unscale);
-                    for (int j = 0; j < 4; j++) {
-                        __m256 wsj = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(ws + 8 * j)));
-                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j]), _mm256_mul_ps(wsj, xs), acc[j]);
-                    }
-                }
-                float *o = out + (size_t)r * ldo + c0 + h * 32;
-                int m = n - h * 32; /* columns of this half that exist */
-                if (m >= 32) {
-                    for (int j = 0; j < 4; j++) {
-                        __m256 v = acc[j];
-                        if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(o + 8 * j), v);
-                        _mm256_storeu_ps(o + 8 * j, v);
-                    }
-                } else {
-                    float tmp[32];
-                    for (int j = 0; j < 4; j++) _mm256_storeu_ps(tmp + 8 * j, acc[j]);
-                    for (int c = 0; c < m; c++) o[c] = (accumulate ? o[c] : 0.0f) + tmp[c];
-                }
+        for (int r = 0; r < R; r += RB_A) {
+            float *o = out + c0;
+            switch (R - r < RB_A ? R - r : RB_A) {
+            case 1: i8_block_avx2(tp, p->groups, p->unscale, a, r, 1, o, ldo, n, accumulate); break;
+            case 2: i8_block_avx2(tp, p->groups, p->unscale, a, r, 2, o, ldo, n, accumulate); break;
+            case 3: i8_block_avx2(tp, p->groups, p->unscale, a, r, 3, o, ldo, n, accumulate); break;
+            case 4: i8_block_avx2(tp, p->groups, p->unscale, a, r, 4, o, ldo, n, accumulate); break;
+            case 5: i8_block_avx2(tp, p->groups, p->unscale, a, r, 5, o, ldo, n, accumulate); break;
+            default: i8_block_avx2(tp, p->groups, p->unscale, a, r, 6, o, ldo, n, accumulate); break;
             }
+        }
     }
 }
 
@@ -980,6 +1073,8 @@ static int i8_avx2(void)
     return has && pk_force_generic != 1;
 }
 
+int pk_i8_prompts(void) { return pk_vnni() || i8_avx2(); }
+
 /* The float kernels above: on AVX2 CPUs without AVX-512 (whose 32
  * registers suit the generic kernel), or forced (pk_force_generic 2). */
 static int float_avx2(void)
@@ -989,6 +1084,7 @@ static int float_avx2(void)
     return i8_avx2() && (fit || pk_force_generic == 2) && pk_force_generic != 1;
 }
 #else
+int pk_i8_prompts(void) { return 0; }
 int pk_vnni(void) { return 0; }
 int pk_bf16_dp(void) { return 0; }
 /* Only called where pk_bf16_dp() holds. */

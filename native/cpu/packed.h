@@ -84,6 +84,10 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd);
 int pk_vnni(void);
 extern int pk_force_generic;
 
+/* Whether int8 prompts should read the packed tiles (VNNI or AVX2 here),
+ * rather than widening them for sgemm (the portable loops). */
+int pk_i8_prompts(void);
+
 /* Whether bf16 products can take bf16 activations (AVX-512 BF16) here. */
 int pk_bf16_dp(void);
 

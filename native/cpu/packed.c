@@ -99,43 +99,43 @@ static void pack_group(const pmat *p, const float *w, int out_in, int t, int c, 
 }
 
 #if defined(__x86_64__)
-#define PACK512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define PACK_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 /* 8 weights times their columns' 127 / m in double, rounded to the nearest
  * integer (cvtpd2dq: ties to even, as lrint), clamped, + 128. */
-PACK512 AI __m256i quantize8(__m256 v, __m512d inv)
+PACK_AVX2 AI __m256i quantize8(__m256 v, __m256d inv_lo, __m256d inv_hi)
 {
-    __m256i q = _mm512_cvtpd_epi32(_mm512_mul_pd(_mm512_cvtps_pd(v), inv));
+    __m128i lo = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), inv_lo));
+    __m128i hi = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), inv_hi));
+    __m256i q = _mm256_setr_m128i(lo, hi);
     q = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
     return _mm256_add_epi32(q, _mm256_set1_epi32(128));
 }
 
+PACK_AVX2 AI __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
 /* A whole group of a whole tile, the same bytes as pack_group's, from
  * (K, N) weights: the group's 64 input rows are 64 contiguous columns each,
- * so the maxima, scales and 4-input words go 8 or 16 columns at a time. */
-PACK512 static void pack_group_rows(const pmat *p, const float *w, int t, int g)
+ * so the maxima, scales and 4-input words go 8 columns at a time. */
+PACK_AVX2 static void pack_group_rows(const pmat *p, const float *w, int t, int g)
 {
     unsigned char *gp = p->data + (size_t)t * p->tile_bytes + (size_t)g * GROUP_BYTES;
     const float *src = w + (size_t)g * PK_GROUP * p->N + (size_t)t * PK_TILE;
-    __m512 m[4];
-    for (int j = 0; j < 4; j++) m[j] = _mm512_setzero_ps();
-    for (int i = 0; i < PK_GROUP; i++)
-        for (int j = 0; j < 4; j++)
-            m[j] = _mm512_max_ps(m[j], _mm512_abs_ps(_mm512_loadu_ps(src + (size_t)i * p->N + 16 * j)));
-    __m512d inv[8];
     float mf[PK_TILE], s[PK_TILE];
-    for (int j = 0; j < 4; j++) _mm512_storeu_ps(mf + 16 * j, m[j]);
+    double inv[PK_TILE];
     for (int h = 0; h < 8; h++) {
-        __m512d md = _mm512_cvtps_pd(_mm256_loadu_ps(mf + 8 * h));
-        __mmask8 pos = _mm512_cmp_pd_mask(md, _mm512_setzero_pd(), _CMP_GT_OQ);
-        inv[h] = _mm512_maskz_div_pd(pos, _mm512_set1_pd(127.0), md); /* 0 where m is 0 */
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < PK_GROUP; i++) m = _mm256_max_ps(m, abs8(_mm256_loadu_ps(src + (size_t)i * p->N + 8 * h)));
+        _mm256_storeu_ps(mf + 8 * h, m);
     }
+    for (int c = 0; c < PK_TILE; c++) inv[c] = mf[c] > 0 ? 127.0 / mf[c] : 0.0;
     for (int q = 0; q < QUADS; q++)
         for (int h = 0; h < 8; h++) { /* columns 8h..8h+7: one 32-bit word each of 4 inputs */
+            __m256d il = _mm256_loadu_pd(inv + 8 * h), ih = _mm256_loadu_pd(inv + 8 * h + 4);
             __m256i word = _mm256_setzero_si256();
             for (int b = 0; b < 4; b++) {
                 __m256 v = _mm256_loadu_ps(src + (size_t)(4 * q + b) * p->N + 8 * h);
-                word = _mm256_or_si256(word, _mm256_slli_epi32(quantize8(v, inv[h]), 8 * b));
+                word = _mm256_or_si256(word, _mm256_slli_epi32(quantize8(v, il, ih), 8 * b));
             }
             _mm256_storeu_si256((__m256i *)(gp + (size_t)q * PK_TILE * 4 + 32 * h), word);
         }
@@ -143,25 +143,27 @@ PACK512 static void pack_group_rows(const pmat *p, const float *w, int t, int g)
     mv_to_half((uint16_t *)(gp + GROUP_W), s, PK_TILE);
 }
 
-/* The same from (N, K) weights (out_in): a column's 64 inputs are contiguous. */
-PACK512 static void pack_group_cols(const pmat *p, const float *w, int t, int g)
+/* The same from (N, K) weights (out_in): a column's 64 inputs are
+ * contiguous, 4 of them one word. */
+PACK_AVX2 static void pack_group_cols(const pmat *p, const float *w, int t, int g)
 {
     unsigned char *gp = p->data + (size_t)t * p->tile_bytes + (size_t)g * GROUP_BYTES;
+    const __m256i bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                           0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
     float s[PK_TILE];
     for (int c = 0; c < PK_TILE; c++) {
         const float *src = w + (size_t)(t * PK_TILE + c) * p->K + (size_t)g * PK_GROUP;
-        __m512 v[4], m = _mm512_setzero_ps();
-        for (int j = 0; j < 4; j++) m = _mm512_max_ps(m, _mm512_abs_ps(v[j] = _mm512_loadu_ps(src + 16 * j)));
-        float mc = _mm512_reduce_max_ps(m);
-        __m512d inv = _mm512_set1_pd(mc > 0 ? 127.0 / mc : 0.0);
-        for (int j = 0; j < 4; j++) {
-            __m256i lo = quantize8(_mm512_castps512_ps256(v[j]), inv);
-            __m256i hi = quantize8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[j]), 1)), inv);
-            uint32_t b[4];
-            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            _mm_storeu_si128((__m128i *)b, _mm512_cvtepi32_epi8(q));
-            for (int u = 0; u < 4; u++) /* inputs 16j + 4u .. +3: quad 4j + u */
-                memcpy(gp + (size_t)(4 * j + u) * PK_TILE * 4 + c * 4, &b[u], 4);
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < 8; j++) m = _mm256_max_ps(m, abs8(_mm256_loadu_ps(src + 8 * j)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float mc = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        __m256d inv = _mm256_set1_pd(mc > 0 ? 127.0 / mc : 0.0);
+        for (int j = 0; j < 8; j++) { /* inputs 8j..8j+7: quads 2j, 2j + 1 */
+            __m256i q = _mm256_shuffle_epi8(quantize8(_mm256_loadu_ps(src + 8 * j), inv, inv), bytes);
+            uint32_t lo = (uint32_t)_mm256_extract_epi32(q, 0), hi = (uint32_t)_mm256_extract_epi32(q, 4);
+            memcpy(gp + (size_t)(2 * j) * PK_TILE * 4 + c * 4, &lo, 4);
+            memcpy(gp + (size_t)(2 * j + 1) * PK_TILE * 4 + c * 4, &hi, 4);
         }
         s[c] = mc / 127.0f / p->unscale;
     }
@@ -172,9 +174,8 @@ static int pack_vec(void)
 {
     static int has = -1;
     if (has < 0)
-        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return has && !pk_force_generic;
+        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return has && pk_force_generic != 1;
 }
 #endif
 

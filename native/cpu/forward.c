@@ -22,6 +22,7 @@
 void openblas_set_num_threads(int n);
 
 #define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
+#define FINISH_ROWS 24 /* a prompt's packed products: rows per pk_matmul, then bias and activation */
 #define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
 
 /* Every matrix the passes stream, packed (packed.h) in the context's format. */
@@ -266,11 +267,11 @@ typedef struct {
     act_kind kind;
 } gemm_job;
 
-/* Bias and activation on columns c0..c1 of every row. */
-static void finish_cols(const gemm_job *j, int c0, int c1)
+/* Bias and activation on columns c0..c1 of rows r0..r1. */
+static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1)
 {
     if (!j->bias && !j->act) return;
-    for (int r = 0; r < j->R; r++) {
+    for (int r = r0; r < r1; r++) {
         float *o = j->out + (size_t)r * j->O + c0;
         if (j->bias) mv_add(o, j->bias + c0, c1 - c0);
         if (j->act) activate(o, c1 - c0, j->kind);
@@ -289,6 +290,16 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
     for (int t = t0; t < t1; t += step) {
         int te = t + step < t1 ? t + step : t1;
         int c0 = t * PK_TILE, c1 = te * PK_TILE < j->O ? te * PK_TILE : j->O;
+        if (packed && j->R > MV_MAX_ROWS) { /* a prompt: finished FINISH_ROWS at a time, in L2 */
+            for (int r0 = 0; r0 < j->R; r0 += FINISH_ROWS) {
+                int r1 = j->R - r0 < FINISH_ROWS ? j->R : r0 + FINISH_ROWS;
+                pk_act rows = pk_act_rows(j->q, j->I, r0);
+                pk_matmul(j->w, j->out + (size_t)r0 * j->O, j->O, j->x + (size_t)r0 * j->I, j->I,
+                          &rows, r1 - r0, t, te, j->accumulate);
+                finish_cols(j, r0, r1, c0, c1);
+            }
+            continue;
+        }
         if (packed) {
             pk_matmul(j->w, j->out, j->O, j->x, j->I, j->q, j->R, t, te, j->accumulate);
         } else {
@@ -296,7 +307,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->R, c1 - c0, j->I, 1.0f, j->x,
                         j->I, wf, SUB, j->accumulate ? 1.0f : 0.0f, j->out + c0, j->O);
         }
-        finish_cols(j, c0, c1);
+        finish_cols(j, 0, j->R, c0, c1);
     }
 }
 

@@ -424,6 +424,20 @@ void pk_act_quantize(pk_act *a, int fmt, const float *x, int r0, int r1, int K, 
     }
 }
 
+pk_act pk_act_rows(const pk_act *a, int K, int r0)
+{
+    pk_act v = *a;
+    size_t G = (size_t)(K + PK_GROUP - 1) / PK_GROUP;
+    if (v.q) {
+        v.q += r0 * G * PK_GROUP;
+        v.scale += r0 * G;
+        v.sum += r0 * G;
+    }
+    if (v.bf) v.bf += (size_t)r0 * a->cap_pairs * 2;
+    v.cap_rows -= r0;
+    return v;
+}
+
 void pk_act_free(pk_act *a)
 {
     free(a->q);

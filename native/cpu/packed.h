@@ -69,6 +69,10 @@ int pk_act_reserve(pk_act *a, int fmt, int R, int K);
 void pk_act_quantize(pk_act *a, int fmt, const float *x, int r0, int r1, int K, int ldx);
 void pk_act_free(pk_act *a);
 
+/* Rows r0.. of a (put in form for K inputs) as activations of their own, a
+ * view into a's memory: a product over some of a prompt's rows. */
+pk_act pk_act_rows(const pk_act *a, int K, int r0);
+
 /* out (R, ldo)[:, columns of tiles t0..t1) (+)= x (R, ldx) @ W. int8
  * matrices read a (quantized from x by pk_act_quantize) instead of x; bf16
  * ones read a's bf16 rows when a is given (and pk_bf16_dp()), else x. */

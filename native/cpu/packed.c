@@ -170,7 +170,10 @@ PACK_AVX2 static void pack_group_cols(const pmat *p, const float *w, int t, int 
     mv_to_half((uint16_t *)(gp + GROUP_W), s, PK_TILE);
 }
 
-static int pack_vec(void)
+/* AVX2 with FMA and F16C here, and the portable loops not forced
+ * (pk_force_generic 1): the packers above, activation quantization and the
+ * AVX2 kernels below. */
+static int avx2(void)
 {
     static int has = -1;
     if (has < 0)
@@ -186,7 +189,7 @@ static void pack_tile(const pmat *p, const float *w, int out_in, int t)
     if (p->fmt == PK_I8) {
         for (int g = 0; g < p->groups; g++) {
 #if defined(__x86_64__)
-            if (pack_vec() && (t + 1) * PK_TILE <= N && (g + 1) * PK_GROUP <= K) { /* whole */
+            if (avx2() && (t + 1) * PK_TILE <= N && (g + 1) * PK_GROUP <= K) { /* whole */
                 if (out_in) pack_group_cols(p, w, t, g);
                 else pack_group_rows(p, w, t, g);
                 continue;
@@ -333,30 +336,38 @@ static void quantize_group(const float *x, int n, int8_t *q, float *scale, int32
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bw,avx512vl")))
-static void quantize_row_avx512(const float *x, int K, int8_t *q, float *scale, int32_t *sum)
+PACK_AVX2 static void quantize_row_avx2(const float *x, int K, int8_t *q, float *scale, int32_t *sum)
 {
     int G = K / PK_GROUP; /* whole groups; the caller does a partial last one */
-    enum { V = PK_GROUP / 16 };
-    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    enum { V = PK_GROUP / 8 };
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int g = 0; g < G; g++) {
         const float *xg = x + (size_t)g * PK_GROUP;
-        __m512 v[V], mx = _mm512_setzero_ps();
+        __m256 v[V], mx = _mm256_setzero_ps();
         for (int i = 0; i < V; i++) { /* maxps returns its second operand for a NaN: NaN never wins */
-            v[i] = _mm512_loadu_ps(xg + 16 * i);
-            mx = _mm512_max_ps(_mm512_abs_ps(v[i]), mx);
+            v[i] = _mm256_loadu_ps(xg + 8 * i);
+            mx = _mm256_max_ps(abs8(v[i]), mx);
         }
-        float m = _mm512_reduce_max_ps(mx);
-        __m512 vi = _mm512_set1_ps(m > ACT_TINY ? 127.0f / m : 0.0f);
-        __m512i s = _mm512_setzero_si512();
-        for (int i = 0; i < V; i++) {
-            __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], vi));
-            qi = _mm512_min_epi32(_mm512_max_epi32(qi, lo), hi);
-            _mm_storeu_si128((__m128i *)(q + (size_t)g * PK_GROUP + 16 * i), _mm512_cvtepi32_epi8(qi));
-            s = _mm512_add_epi32(s, qi);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        __m256 vi = _mm256_set1_ps(m > ACT_TINY ? 127.0f / m : 0.0f);
+        __m256i qi[V], s = _mm256_setzero_si256();
+        for (int i = 0; i < V; i++) { /* NaN converts to INT_MIN: -127, as rintf's NaN */
+            qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vi));
+            qi[i] = _mm256_min_epi32(_mm256_max_epi32(qi[i], lo), hi);
+            s = _mm256_add_epi32(s, qi[i]);
         }
+        for (int i = 0; i < V; i += 4) { /* packs work per 128-bit lane: 4 dwords out of order */
+            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(qi[i], qi[i + 1]), _mm256_packs_epi32(qi[i + 2], qi[i + 3]));
+            _mm256_storeu_si256((__m256i *)(q + (size_t)g * PK_GROUP + 8 * i), _mm256_permutevar8x32_epi32(b, order));
+        }
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
         scale[g] = m / 127.0f;
-        sum[g] = _mm512_reduce_add_epi32(s);
+        sum[g] = _mm_cvtsi128_si32(s4);
     }
 }
 #endif
@@ -411,8 +422,8 @@ void pk_act_quantize(pk_act *a, int fmt, const float *x, int r0, int r1, int K, 
         int32_t *sm = a->sum + (size_t)r * G;
         int g = 0;
 #if defined(__x86_64__)
-        if (pk_vnni()) {
-            quantize_row_avx512(xr, K, q, sc, sm);
+        if (avx2()) {
+            quantize_row_avx2(xr, K, q, sc, sm);
             g = K / PK_GROUP;
         }
 #endif
@@ -1079,16 +1090,7 @@ AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const floa
     }
 }
 
-/* int8 on AVX2 (pk_force_generic 1: the portable loops instead). */
-static int i8_avx2(void)
-{
-    static int has = -1;
-    if (has < 0)
-        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    return has && pk_force_generic != 1;
-}
-
-int pk_i8_prompts(void) { return pk_vnni() || i8_avx2(); }
+int pk_i8_prompts(void) { return pk_vnni() || avx2(); }
 
 /* The float kernels above: on AVX2 CPUs without AVX-512 (whose 32
  * registers suit the generic kernel), or forced (pk_force_generic 2). */
@@ -1096,7 +1098,7 @@ static int float_avx2(void)
 {
     static int fit = -1;
     if (fit < 0) fit = !__builtin_cpu_supports("avx512f");
-    return i8_avx2() && (fit || pk_force_generic == 2) && pk_force_generic != 1;
+    return avx2() && (fit || pk_force_generic == 2);
 }
 #else
 int pk_i8_prompts(void) { return 0; }
@@ -1140,7 +1142,7 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
             i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate);
             break;
         }
-        if (i8_avx2()) {
+        if (avx2()) {
             i8_tiles_avx2(p, out, ldo, a, R, t0, t1, accumulate);
             break;
         }

@@ -865,6 +865,7 @@ int pk_vnni(void)
  * sgemm on widened tiles ran at 37-45 (the vpmaddubsw kernel this replaced
  * needed a vpsignb per weight and row, and read the tile once per row). */
 #define RB_A 6
+#define PF_A 2 /* groups ahead */
 
 /* 6 rows by 8 columns over a group's 16 quads in assembly: gcc's code for
  * the same intrinsics spilled sums (12 of them, two weights, an input and
@@ -957,6 +958,12 @@ AVX2 AI void i8_block_avx2(const unsigned char *tp, int G, float unscale, const 
         }
         const uint16_t *scales = (const uint16_t *)(gp + GROUP_W);
         for (int c = 0; c < PK_TILE; c += 8) {
+            /* 8 columns read 32 bytes of every 256: the hardware prefetcher
+             * misses the rest (decode measured 1.7x slower without these
+             * prefetches), so fetch the group PF_A ahead, a ninth per pass.
+             * Past the tile is the next tile, or nothing (no fault). */
+            for (int l = c / 8 * 9; l < c / 8 * 9 + 9; l++)
+                _mm_prefetch((const char *)gp + PF_A * GROUP_BYTES + 64 * l, _MM_HINT_T0);
             __m256i lo[RB_A], hi[RB_A]; /* columns c..c+3, c+4..c+7: two sums each */
             if (R == RB_A) {
                 __m256i sums[2 * RB_A];

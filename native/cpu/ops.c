@@ -437,6 +437,87 @@ AVX512F static void attend_half64(const mv_attn *a)
 }
 #endif
 
+#if defined(__x86_64__)
+#define AVX2F __attribute__((target("avx2,fma,f16c")))
+
+/* 8 floats of a key or value: widened from half floats (F16C), or loaded. */
+AVX2F AI __m256 load8(const void *base, size_t i, const int half)
+{
+    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+    return _mm256_loadu_ps((const float *)base + i);
+}
+
+/* Lane j: the sum of t[j]'s 8 lanes. */
+AVX2F AI __m256 hsum8x8(const __m256 *t)
+{
+    __m256 b0 = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+    __m256 b1 = _mm256_hadd_ps(_mm256_hadd_ps(t[4], t[5]), _mm256_hadd_ps(t[6], t[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+}
+
+/* One query row of a 64-float head against n keys ld elements apart:
+ * scale * q.k into s, 8 keys at a time (8 sums and a slice of the query in
+ * registers; the keys stay where they are, widened as read). */
+AVX2F AI void scores64_avx2(const float *q, const void *k, size_t ld, int n, float scale, float *s,
+                            const int half)
+{
+    int p = 0;
+    for (; p + 8 <= n; p += 8) {
+        __m256 t[8];
+        for (int j = 0; j < 8; j++) t[j] = _mm256_setzero_ps();
+        for (int u = 0; u < 8; u++) {
+            __m256 qv = _mm256_loadu_ps(q + 8 * u);
+            for (int j = 0; j < 8; j++) t[j] = _mm256_fmadd_ps(load8(k, (size_t)(p + j) * ld + 8 * u, half), qv, t[j]);
+        }
+        _mm256_storeu_ps(s + p, _mm256_mul_ps(hsum8x8(t), _mm256_set1_ps(scale)));
+    }
+    for (; p < n; p++) {
+        __m256 t = _mm256_setzero_ps();
+        for (int u = 0; u < 8; u++)
+            t = _mm256_fmadd_ps(load8(k, (size_t)p * ld + 8 * u, half), _mm256_loadu_ps(q + 8 * u), t);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        s[p] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale;
+    }
+}
+
+/* o += s[p] * v_p over n values ld elements apart (o: 8 vectors). */
+AVX2F AI void values64_avx2(__m256 *o, const float *s, const void *v, size_t ld, int n, const int half)
+{
+    for (int p = 0; p < n; p++) {
+        __m256 w = _mm256_broadcast_ss(s + p);
+        for (int u = 0; u < 8; u++) o[u] = _mm256_fmadd_ps(w, load8(v, (size_t)p * ld + 8 * u, half), o[u]);
+    }
+}
+
+/* 64-float heads without AVX-512: one row at a time, 8 scores or the 64
+ * output sums and a key or value slice in registers, which AVX2's 16 hold
+ * (attend_rows keeps R x 64 floats of queries and sums there, which spilled
+ * on every key: 15% of an int8 decode step at 3 rows, measured on Zen 3).
+ * The shared context is read once per row, from L1 or L2 after the first. */
+AVX2F AI void attend64_avx2_rows(const mv_attn *a, const int half)
+{
+    for (int r = 0; r < a->R; r++) {
+        int n0 = a->n0, n = n0 + a->n1[r];
+        float *s = a->s;
+        scores64_avx2(a->q[r], a->k0, a->ld, n0, a->scale, s, half);
+        scores64_avx2(a->q[r], a->k1[r], a->ld, a->n1[r], a->scale, s + n0, half);
+        mv_softmax(s, n);
+        __m256 o[8];
+        for (int u = 0; u < 8; u++) o[u] = _mm256_setzero_ps();
+        values64_avx2(o, s, a->v0, a->ld, n0, half);
+        values64_avx2(o, s + n0, a->v1[r], a->ld, a->n1[r], half);
+        for (int u = 0; u < 8; u++) _mm256_storeu_ps(a->out[r] + 8 * u, o[u]);
+    }
+}
+
+AVX2F static void attend64_avx2(const mv_attn *a)
+{
+    if (a->half) attend64_avx2_rows(a, 1);
+    else attend64_avx2_rows(a, 0);
+}
+#endif
+
 /* R rows whose heads are HDV whole vectors of 16: every shared key and value
  * is loaded (or widened) once for all rows, the queries and the R x HDV
  * output sums stay in registers. s: R rows of S scores. */
@@ -502,6 +583,14 @@ void mv_attend(const mv_attn *a)
     if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
     if (a->half && a->hd == 64 && avx512 && !mv_half_path) {
         attend_half64(a);
+        return;
+    }
+    static int avx2 = -1;
+    if (avx2 < 0)
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    /* mv_half_path 1 (the unit test) takes this path on AVX-512 CPUs too */
+    if (a->hd == 64 && avx2 && (!avx512 || mv_half_path == 1) && mv_half_path != 2) {
+        attend64_avx2(a);
         return;
     }
 #endif

@@ -37,7 +37,8 @@ typedef struct {
 /* Half keys and values are widened MV_KV_CHUNK floats at a time (at least
  * one position): the floats of scratch that takes. 64-float heads on
  * AVX-512 (GPT-2's) read them in place, widened in registers (the scores
- * then fold 8 keys at a time, so their sums differ in order). */
+ * then fold 8 keys at a time, so their sums differ in order), and so do
+ * 64-float heads of either element type on AVX2 without AVX-512. */
 #define MV_KV_CHUNK 2048
 #define mv_attn_wide(hd) ((hd) > MV_KV_CHUNK ? (size_t)(hd) : (size_t)MV_KV_CHUNK)
 

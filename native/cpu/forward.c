@@ -283,7 +283,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
 {
     /* decode streams the tiles once; int8 products stay exact in int32; bf16
      * prompts take vdpbf16ps; else a prompt widens a few tiles for sgemm */
-    int packed = j->R <= MV_MAX_ROWS || j->q; /* j->q: int8 (VNNI for a prompt), or bf16 activations */
+    int packed = j->R <= MV_MAX_ROWS || j->q; /* j->q: int8 (VNNI or AVX2 for a prompt), or bf16 activations */
     /* a prompt's columns are finished block by block, while still in cache */
     int step = j->R <= MV_MAX_ROWS ? t1 - t0 : packed ? 1 : SUB / PK_TILE;
     float *wf = j->scratch + (size_t)thread * j->I * SUB;

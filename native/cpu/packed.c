@@ -316,7 +316,7 @@ int pk_act_reserve(pk_act *a, int fmt, int R, int K)
 /* One group of n <= PK_GROUP inputs: q (PK_GROUP, zero padded), its scale
  * and sum. Rounding is to nearest even, as rintf and cvtps2dq both do; NaN
  * becomes -127 on both paths. Written so the compiler vectorises it
- * (target clones) for CPUs without the AVX-512 path below. */
+ * (target clones) for CPUs without the AVX2 path below. */
 CLONES
 static void quantize_group(const float *x, int n, int8_t *q, float *scale, int32_t *sum)
 {
@@ -1008,7 +1008,7 @@ AVX2 static void i8_tiles_avx2(const pmat *p, float *out, int ldo, const pk_act 
     }
 }
 
-/* ==== AVX2 without AVX-512 ==== */
+/* ==== AVX2 ==== */
 
 /* fp32 and bf16 tiles with fp32 activations. A tile's 64 sums of a row are
  * 8 ymm, so AVX2's 16 registers hold one row's at most: the generic kernel,

@@ -74,7 +74,7 @@ static void test_products(int K, int N, int out_in)
         pmat p;
         pk_act a = {0};
         CHECK(pk_pack(&p, w, K, N, out_in, fmt, err) == 0, "pack: %s", err);
-        if (fmt == PK_I8) { /* the AVX-512 packer writes the reference packer's bytes */
+        if (fmt == PK_I8) { /* the AVX2 packer writes the reference packer's bytes */
             pmat ref;
             pk_force_generic = 1;
             CHECK(pk_pack(&ref, w, K, N, out_in, fmt, err) == 0, "pack: %s", err);

@@ -114,6 +114,14 @@ PACK_AVX2 AI __m256i quantize8(__m256 v, __m256d inv_lo, __m256d inv_hi)
 
 PACK_AVX2 AI __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
 
+/* The largest of v's 8 lanes (none of them NaN). */
+PACK_AVX2 AI float hmax8(__m256 v)
+{
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+}
+
 /* A whole group of a whole tile, the same bytes as pack_group's, from
  * (K, N) weights: the group's 64 input rows are 64 contiguous columns each,
  * so the maxima, scales and 4-input words go 8 columns at a time. */
@@ -155,9 +163,7 @@ PACK_AVX2 static void pack_group_cols(const pmat *p, const float *w, int t, int 
         const float *src = w + (size_t)(t * PK_TILE + c) * p->K + (size_t)g * PK_GROUP;
         __m256 m = _mm256_setzero_ps();
         for (int j = 0; j < 8; j++) m = _mm256_max_ps(m, abs8(_mm256_loadu_ps(src + 8 * j)));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        float mc = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        float mc = hmax8(m);
         __m256d inv = _mm256_set1_pd(mc > 0 ? 127.0 / mc : 0.0);
         for (int j = 0; j < 8; j++) { /* inputs 8j..8j+7: quads 2j, 2j + 1 */
             __m256i q = _mm256_shuffle_epi8(quantize8(_mm256_loadu_ps(src + 8 * j), inv, inv), bytes);
@@ -349,9 +355,7 @@ PACK_AVX2 static void quantize_row_avx2(const float *x, int K, int8_t *q, float 
             v[i] = _mm256_loadu_ps(xg + 8 * i);
             mx = _mm256_max_ps(abs8(v[i]), mx);
         }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        float m = hmax8(mx);
         __m256 vi = _mm256_set1_ps(m > ACT_TINY ? 127.0f / m : 0.0f);
         __m256i qi[V], s = _mm256_setzero_si256();
         for (int i = 0; i < V; i++) { /* NaN converts to INT_MIN: -127, as rintf's NaN */
@@ -477,6 +481,15 @@ AI void store_tile(float *out, int ldo, v16 acc[][4], const int R, int n, int ac
     }
 }
 
+/* out[r][0..n) (+)= acc[r][0..n) for R rows, ldo apart. */
+AI void add_rows(float *out, int ldo, float (*acc)[PK_TILE], int R, int n, int accumulate)
+{
+    for (int r = 0; r < R; r++) {
+        float *o = out + (size_t)r * ldo;
+        for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[r][c];
+    }
+}
+
 /* ==== fp32 / bf16 ==== */
 
 /* out[r][0..64) (+)= x[r] @ tile for R rows, sums in registers. fp32: one
@@ -579,8 +592,7 @@ static void i8_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a
                     acc[c] = fmaf((float)s, ws[c] * xs, acc[c]);
                 }
             }
-            float *o = out + (size_t)r * ldo + c0;
-            for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[c];
+            add_rows(out + (size_t)r * ldo + c0, ldo, &acc, 1, n, accumulate);
         }
     }
 }
@@ -982,10 +994,7 @@ AVX2 AI void i8_block_avx2(const unsigned char *tp, int G, float unscale, const 
             }
         }
     }
-    for (int r = 0; r < R; r++) {
-        float *o = out + (size_t)(r0 + r) * ldo;
-        for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[r][c];
-    }
+    add_rows(out + (size_t)r0 * ldo, ldo, acc, R, n, accumulate);
 }
 
 AVX2 static void i8_tiles_avx2(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
@@ -1089,10 +1098,7 @@ AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const floa
                         }
                     }
             }
-            for (int r = 0; r < m; r++) {
-                float *o = out + (size_t)(r0 + r) * ldo + c0;
-                for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[r][c];
-            }
+            add_rows(out + (size_t)r0 * ldo + c0, ldo, acc, m, n, accumulate);
         }
     }
 }

@@ -38,7 +38,7 @@ MODELS = os.path.join(ROOT, "tests", "fixtures", "models")
 NAMES = ["tiny-f32", "tiny-f16", "tiny-bf16", "odd-f32", "scaled-f32", "hub-f32"]
 
 
-def logits(model, tokens, dtype, out=None, kv="auto", isa=None, attn=None, fuse=None):
+def logits(model, tokens, dtype, out=None, kv="auto", isa=None, attn=None, fuse=None, bf16=None):
     args = [GPT2, "logits", "--model", model, "--tokens", ",".join(map(str, tokens)),
             "--cpu-dtype", dtype, "--device", "cpu", "--cpu-kv", kv]
     if out:
@@ -50,6 +50,8 @@ def logits(model, tokens, dtype, out=None, kv="auto", isa=None, attn=None, fuse=
         env["GPT2_CPU_ATTN"] = attn
     if fuse is not None:
         env["GPT2_CPU_FUSE"] = fuse
+    if bf16:
+        env["GPT2_CPU_BF16"] = bf16
     r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     if out:
@@ -189,6 +191,23 @@ def test_prompt_attention_in_bf16(head64, tmp_path):
           f"(mean {rel.mean() * 100:.3f}%)")
     assert rel.max() <= 0.015, f"max |diff| {rel.max():.4f} at position {int(rel.argmax())}"
     assert rel.mean() <= 0.006, f"mean |diff| {rel.mean():.4f}"
+
+
+@pytest.mark.parametrize("route", ["dp", "fp32"])
+def test_bf16_prompt_routes(head64_mild, route, tmp_path):
+    """bf16 prompts take bf16 activations (vdpbf16ps) where that outruns fp32 fmas (timed at
+    load), else fp32 ones against widened tiles; GPT2_CPU_BF16 forces either. Each keeps bf16's
+    bounds against fp32 weights at every position of three prompt chunks, and the fp32 route
+    is the closer one (only the weights round there)."""
+    if route == "dp" and not has_cpu_flag("avx512_bf16"):
+        pytest.skip("bf16 activations: this CPU has no AVX-512 BF16")
+    toks = np.random.default_rng(13).integers(0, 512, 601).tolist()
+    ref = logits(head64_mild, toks, "fp32", str(tmp_path / "a.bin"))
+    got = logits(head64_mild, toks, "bf16", str(tmp_path / "b.bin"), bf16=route)
+    check(ref, got, f"head64 bf16 prompts ({route})", "bf16")
+    if route == "dp":
+        fp = logits(head64_mild, toks, "bf16", str(tmp_path / "c.bin"), bf16="fp32")
+        assert np.abs(fp - ref).mean() < np.abs(got - ref).mean()
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])

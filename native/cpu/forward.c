@@ -3,11 +3,13 @@
  * Per layer: x += attn(ln_1(x)) ; x += mlp(ln_2(x)), then ln_f and logits
  * through the tied embedding. Every matrix is repacked at load (packed.h) in
  * the context's format. Products of a few rows (decode, the logits) stream
- * the tiles once; prompt chunks widen a few tiles at a time for OpenBLAS
- * sgemm, except int8, whose exact int32 kernel serves every row count, and
- * bf16 on AVX-512 BF16, whose prompts round activations to bf16. Our
- * own pool splits the tiles among threads (OpenBLAS itself is kept
- * single-threaded so two thread systems never fight over the cores).
+ * the tiles once. Prompt chunks: int8's exact int32 kernel serves every row
+ * count; bf16 rounds activations to bf16 where vdpbf16ps outruns fp32 fmas;
+ * otherwise fp32 tiles (bf16 ones widened) go to our AVX-512 panels
+ * (pk_f32_product, attention too), or, without AVX-512, a few widened tiles
+ * at a time to OpenBLAS sgemm. Our own pool splits the tiles among threads
+ * (OpenBLAS itself is kept single-threaded so two thread systems never
+ * fight over the cores).
  */
 #include "forward.h"
 #include "ops.h"
@@ -47,9 +49,12 @@ struct fwd {
     float *wkv;                             /* (threads, wkv_cap): half keys/values widened */
     size_t wkv_cap;
     int att_bf16;                           /* a prompt's weighted values in bf16 */
+    int bf16_dp;                            /* bf16 prompts take bf16 activations (vdpbf16ps) */
     int fuse_qkv;                           /* prompts: a head's q, k, v in its attention task */
     uint32_t *abf;                          /* (threads, abf_cap): their tiles and rows */
     size_t abf_cap;
+    float *kt;                              /* (threads, hd, kt_ld): a prompt's keys transposed */
+    int kt_ld;                              /* n_ctx rounded up to whole panels */
 };
 
 static size_t kv_elt(const kv_cache *kv) { return kv->half ? sizeof(uint16_t) : sizeof(float); }
@@ -149,10 +154,16 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     /* for tests, GPT2_CPU_FUSE=0: a prompt's qkv product as a pass of its own */
     const char *fuse = getenv("GPT2_CPU_FUSE");
     f->fuse_qkv = !fuse || strcmp(fuse, "0");
+    /* vdpbf16ps where the CPU has it and it outruns fp32 fmas (timed once);
+     * for tests, GPT2_CPU_BF16=dp|fp32 forces either (dp: where the CPU has it) */
+    const char *bdp = getenv("GPT2_CPU_BF16");
+    f->bf16_dp = pk_bf16_dp() && (bdp && !strcmp(bdp, "dp") ? 1 : bdp && !strcmp(bdp, "fp32") ? 0
+                                                                                              : pk_bf16_dp_faster());
     /* for tests, GPT2_CPU_ATTN=fp32|bf16: a prompt's weighted values so, whatever the weights */
     const char *att = getenv("GPT2_CPU_ATTN");
     f->att_bf16 = pk_bf16_dp() && m->cfg.n_embd == m->cfg.n_head * PK_TILE &&
-                  (att && !strcmp(att, "bf16") ? 1 : att && !strcmp(att, "fp32") ? 0 : fmt != FWD_FP32);
+                  (att && !strcmp(att, "bf16") ? 1 : att && !strcmp(att, "fp32") ? 0
+                                                                                  : fmt != FWD_FP32 && f->bf16_dp);
     const char *isa = getenv("GPT2_CPU_ISA"); /* for tests: the AVX2 kernels, or the portable loops */
     pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
     char why[ERR_MAX];
@@ -184,6 +195,7 @@ void fwd_free(fwd *f)
         pk_free(&f->wp[l].proj);
     }
     free(f->wp);
+    free(f->kt);
     pk_free(&f->wte);
     free(f->arena);
     pk_act_free(&f->act);
@@ -220,12 +232,17 @@ static int reserve(fwd *f, int rows)
         if (!(f->wkv = xmallocarray(wk * pool_size(f->pool), sizeof(float)))) return -1;
         f->wkv_cap = wk;
     }
+    if (pk_f32_prompts() && !f->kt) { /* pk_f32_product's panels read PK_TILE keys a row */
+        int ld = (c->n_ctx + PK_TILE - 1) / PK_TILE * PK_TILE;
+        if (!(f->kt = xmallocarray((size_t)pool_size(f->pool) * hd * ld, sizeof(float)))) return -1;
+        f->kt_ld = ld;
+    }
     if (f->att_bf16 && !f->abf) { /* a prompt's value tile and a block's probabilities */
         size_t pairs = (size_t)(c->n_ctx + 1) / 2, wa = pairs * PK_TILE + ATT_BLOCK * pairs;
         if (!(f->abf = xmallocarray(wa * pool_size(f->pool), sizeof *f->abf))) return -1;
         f->abf_cap = wa;
     }
-    if ((f->fmt == FWD_INT8 || (f->fmt == FWD_BF16 && pk_bf16_dp())) &&
+    if ((f->fmt == FWD_INT8 || (f->fmt == FWD_BF16 && f->bf16_dp)) &&
         pk_act_reserve(&f->act, f->fmt == FWD_INT8 ? PK_I8 : PK_BF16, rows, (int)(C > I ? C : I)) < 0)
         return -1;
     f->cap = rows;
@@ -282,20 +299,30 @@ static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1)
 static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
 {
     /* decode streams the tiles once; int8 products stay exact in int32; bf16
-     * prompts take vdpbf16ps; else a prompt widens a few tiles for sgemm */
+     * prompts take vdpbf16ps where it is the faster; else a prompt's fp32
+     * tiles (bf16 ones widened) go to pk_f32_product on AVX-512, or a few
+     * widened tiles at a time to sgemm */
     int packed = j->R <= MV_MAX_ROWS || j->q; /* j->q: int8 (VNNI or AVX2 for a prompt), or bf16 activations */
+    int panel = !packed && pk_f32_prompts() && !pk_force_generic; /* GPT2_CPU_ISA: sgemm, as without AVX-512 */
     /* a prompt's columns are finished block by block, while still in cache */
-    int step = j->R <= MV_MAX_ROWS ? t1 - t0 : packed ? 1 : SUB / PK_TILE;
+    int step = j->R <= MV_MAX_ROWS ? t1 - t0 : packed || panel ? 1 : SUB / PK_TILE;
     float *wf = j->scratch + (size_t)thread * j->I * SUB;
     for (int t = t0; t < t1; t += step) {
         int te = t + step < t1 ? t + step : t1;
         int c0 = t * PK_TILE, c1 = te * PK_TILE < j->O ? te * PK_TILE : j->O;
-        if (packed && j->R > MV_MAX_ROWS) { /* a prompt: finished FINISH_ROWS at a time, in L2 */
+        const float *wt = panel ? pk_f32_tile(j->w, t, wf) : NULL; /* the tile in fp32, once */
+        if ((packed || panel) && j->R > MV_MAX_ROWS) { /* a prompt: finished FINISH_ROWS at a time, in L2 */
             for (int r0 = 0; r0 < j->R; r0 += FINISH_ROWS) {
                 int r1 = j->R - r0 < FINISH_ROWS ? j->R : r0 + FINISH_ROWS;
-                pk_act rows = pk_act_rows(j->q, j->I, r0);
-                pk_matmul(j->w, j->out + (size_t)r0 * j->O, j->O, j->x + (size_t)r0 * j->I, j->I,
-                          &rows, r1 - r0, t, te, j->accumulate);
+                float *o = j->out + (size_t)r0 * j->O;
+                if (panel) {
+                    pk_f32_product(wt, PK_TILE, j->I, j->x + (size_t)r0 * j->I, j->I, r1 - r0, 1.0f,
+                                   o + c0, j->O, c1 - c0, j->accumulate);
+                } else {
+                    pk_act rows = pk_act_rows(j->q, j->I, r0);
+                    pk_matmul(j->w, o, j->O, j->x + (size_t)r0 * j->I, j->I, &rows, r1 - r0, t, te,
+                              j->accumulate);
+                }
                 finish_cols(j, r0, r1, c0, c1);
             }
             continue;
@@ -333,10 +360,10 @@ static void quant_task(void *arg, int task, int thread)
 
 /* The form R rows of input take for products with w (pk_act_quantize's
  * format), or -1 when they read the floats. */
-static int act_fmt(const pmat *w, int R)
+static int act_fmt(const fwd *f, const pmat *w, int R)
 {
     if (w->fmt == PK_I8) return R <= MV_MAX_ROWS || pk_i8_prompts() ? PK_I8 : -1; /* else widened for sgemm */
-    return w->fmt == PK_BF16 && R > MV_MAX_ROWS && pk_bf16_dp() ? PK_BF16 : -1;
+    return w->fmt == PK_BF16 && R > MV_MAX_ROWS && f->bf16_dp ? PK_BF16 : -1;
 }
 
 /* Rows per task when a pass over R rows is split among the threads. */
@@ -351,7 +378,7 @@ static int rows_per_task(const fwd *f, int R)
 static void gemm_prepare(fwd *f, gemm_job *j)
 {
     j->scratch = f->wide;
-    int fmt = act_fmt(j->w, j->R);
+    int fmt = act_fmt(f, j->w, j->R);
     if (fmt >= 0 && !j->q) { /* the input in the products' form, once for every task */
         quant_job q = {&f->act, j->x, fmt, j->R, j->I, rows_per_task(f, j->R)};
         if (j->R <= MV_MAX_ROWS) pk_act_quantize(&f->act, fmt, j->x, 0, j->R, j->I, j->I); /* no sync for a few rows */
@@ -363,7 +390,8 @@ static void gemm_prepare(fwd *f, gemm_job *j)
      * the packed tiles (int8, bf16 activations), so the threads end within a
      * tile of each other; a few runs per thread where tiles are widened for
      * sgemm, whose calls want several tiles. */
-    int tasks = j->R <= MV_MAX_ROWS ? pool_size(f->pool) : j->q ? j->w->tiles : pool_size(f->pool) * 4;
+    int tile_tasks = j->q || (pk_f32_prompts() && !pk_force_generic);
+    int tasks = j->R <= MV_MAX_ROWS ? pool_size(f->pool) : tile_tasks ? j->w->tiles : pool_size(f->pool) * 4;
     j->tiles = (j->w->tiles + tasks - 1) / tasks;
 }
 
@@ -396,7 +424,7 @@ static void norm_task(void *arg, int task, int thread)
  * in the form products with `next` read; that form, or NULL for floats. */
 static const pk_act *norm(fwd *f, int R, const float *g, const float *b, const pmat *next)
 {
-    norm_job j = {f, g, b, R, R <= MV_MAX_ROWS ? R : rows_per_task(f, R), act_fmt(next, R)};
+    norm_job j = {f, g, b, R, R <= MV_MAX_ROWS ? R : rows_per_task(f, R), act_fmt(f, next, R)};
     if (R <= MV_MAX_ROWS) norm_task(&j, 0, 0); /* a few rows: no sync */
     else pool_run(f->pool, norm_task, &j, (R + j.rows - 1) / j.rows);
     return j.fmt >= 0 ? &f->act : NULL;
@@ -517,14 +545,25 @@ static void group_rows(attn_job *j)
     }
 }
 
+/* t (hd, ld) = k (n, hd) transposed, 16 positions at a time. */
+static void transpose(const float *k, int n, int hd, float *t, int ld)
+{
+    for (int p0 = 0; p0 < n; p0 += 16) {
+        int pn = n - p0 < 16 ? n - p0 : 16;
+        for (int d = 0; d < hd; d++)
+            for (int p = 0; p < pn; p++) t[(size_t)d * ld + p0 + p] = k[(size_t)(p0 + p) * hd + d];
+    }
+}
+
 /* One head over all rows of a prompt chunk (rows at consecutive positions of
  * one cache): scores and outputs as GEMMs, in blocks of ATT_BLOCK rows, each
  * over the positions its last row sees (causal: what lies above the diagonal
- * is computed only within a block). With bf16 and int8 weights on AVX-512
- * BF16 (att_bf16), the weighted sum of values is a vdpbf16ps product of
- * probabilities and values rounded to bf16, at twice sgemm's rate. Scores
- * stay fp32 sgemm: in bf16 they tripled the logits' error where attention
- * is peaked (measured). */
+ * is computed only within a block). With bf16 and int8 weights where
+ * vdpbf16ps outruns fp32 fmas (att_bf16), the weighted sum of values is a
+ * vdpbf16ps product of probabilities and values rounded to bf16. Scores
+ * stay fp32: in bf16 they tripled the logits' error where attention is
+ * peaked (measured). fp32 products are pk_f32_product's panels on AVX-512
+ * (keys transposed once per head), sgemm elsewhere. */
 static void attn_block_task(void *arg, int h, int thread)
 {
     attn_job *j = arg;
@@ -547,12 +586,18 @@ static void attn_block_task(void *arg, int h, int thread)
         v = kv_floats(own->v, own, l, h, N, wk ? wk + (size_t)c->n_ctx * hd : NULL);
     }
     const float *k = kv_floats(own->k, own, l, h, N, wk);
+    /* on AVX-512, pk_f32_product: keys transposed once, (hd, kt_ld), panels of PK_TILE keys */
+    float *kt = j->f->kt ? j->f->kt + (size_t)thread * hd * j->f->kt_ld : NULL;
+    if (kt) transpose(k, N, hd, kt, j->f->kt_ld);
     for (int b0 = 0; b0 < R; b0 += ATT_BLOCK) {
         int m = R - b0 < ATT_BLOCK ? R - b0 : ATT_BLOCK, nb = N - R + b0 + m;
         const float *q = j->f->qkv + (size_t)b0 * 3 * C + h * hd;
         float *Sb = S + (size_t)b0 * N, *out = j->f->att + (size_t)b0 * C + h * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, hd, j->scale, q, 3 * C, k, hd, 0,
-                    Sb, N);
+        if (kt)
+            pk_f32_product(kt, j->f->kt_ld, hd, q, 3 * C, m, j->scale, Sb, N, nb, 0);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, hd, j->scale, q, 3 * C, k, hd,
+                        0, Sb, N);
         for (int r = 0; r < m; r++) { /* row b0 + r sees N - R + b0 + r + 1 positions */
             int n = nb - m + r + 1;
             mv_softmax(Sb + (size_t)r * N, n);
@@ -560,6 +605,7 @@ static void attn_block_task(void *arg, int h, int thread)
             if (pb) pk_bf16_pairs(pb + (size_t)r * pairs, Sb + (size_t)r * N, nb);
         }
         if (pb) pk_bf16_product(vt, (nb + 1) / 2, pb, pairs, m, out, C, hd, 0);
+        else if (kt && hd % PK_TILE == 0) pk_f32_product(v, hd, nb, Sb, N, m, 1.0f, out, C, hd, 0);
         else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, nb, 1.0f, Sb, N, v, hd, 0, out, C);
     }
 }

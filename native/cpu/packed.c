@@ -37,6 +37,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "simd.h"
 
@@ -78,14 +79,6 @@ static uint16_t to_bf16(float x)
     uint32_t u;
     memcpy(&u, &x, sizeof u);
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); /* nearest, ties to even */
-}
-
-static float from_bf16(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
 }
 
 /* One group of int8 weights of tile column c (the reference packer): the
@@ -281,16 +274,32 @@ void pk_free(pmat *p)
 
 size_t pk_bytes(const pmat *p) { return p->tile_bytes * p->tiles; }
 
+/* A bf16 tile's K inputs as fp32 rows, ldd apart: each word's low half is
+ * input 2i, its high half input 2i + 1 (written so it vectorises). */
+CLONES
+static void widen_bf16(const uint32_t *tp, int K, float *dst, int ldd)
+{
+    for (int k = 0; k < K; k += 2) {
+        const uint32_t *u = tp + (size_t)(k / 2) * PK_TILE;
+        uint32_t *e = (uint32_t *)(dst + (size_t)k * ldd), *o = (uint32_t *)(e + ldd);
+        for (int c = 0; c < PK_TILE; c++) e[c] = u[c] << 16;
+        if (k + 1 < K)
+            for (int c = 0; c < PK_TILE; c++) o[c] = u[c] & 0xFFFF0000u;
+    }
+}
+
 void pk_widen(const pmat *p, int t, float *dst, int ldd)
 {
     const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
     float s[PK_TILE]; /* int8: the current group's scales */
+    if (p->fmt == PK_BF16) {
+        widen_bf16((const uint32_t *)tp, p->K, dst, ldd);
+        return;
+    }
     for (int k = 0; k < p->K; k++) {
         float *d = dst + (size_t)k * ldd;
         if (p->fmt == PK_F32) {
             memcpy(d, tp + (size_t)k * PK_TILE * 4, PK_TILE * sizeof(float));
-        } else if (p->fmt == PK_BF16) {
-            for (int c = 0; c < PK_TILE; c++) d[c] = from_bf16(((const uint16_t *)tp)[bf16_at(k, c)]);
         } else {
             const unsigned char *gp = tp + (size_t)(k / PK_GROUP) * GROUP_BYTES;
             const unsigned char *q = gp + (k % PK_GROUP / 4) * PK_TILE * 4 + k % 4;
@@ -298,6 +307,13 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd)
             for (int c = 0; c < PK_TILE; c++) d[c] = (float)((int)q[c * 4] - 128) * (s[c] * p->unscale);
         }
     }
+}
+
+const float *pk_f32_tile(const pmat *p, int t, float *scratch)
+{
+    if (p->fmt == PK_F32) return (const float *)(p->data + (size_t)t * p->tile_bytes);
+    pk_widen(p, t, scratch, PK_TILE);
+    return scratch;
 }
 
 /* ==== Activations for int8 and bf16 products ==== */
@@ -679,7 +695,8 @@ VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, float unscale, const p
  * sums in zmm12-23 throughout. gcc, given that loop in intrinsics, shuffles
  * the sums between registers (about 20 moves a quad): 69-83% of the
  * vpdpbusd peak in isolation against 78-87% here; the rescale alone leaves
- * 89% (measured). Prompts only: decode rows stream from memory either way.
+ * 89% (measured). Decode's 3 rows take it too (with the prefetch, 3 rows
+ * measured 7.2 ms a step against 8.2-8.6 in intrinsics on the Xeon).
  *   zmm24-27  the quad's weights, then the group's weight scales
  *   zmm28     the broadcast activations, then a row's scale
  *   zmm29     unscale; zmm30 a scale product */
@@ -779,7 +796,7 @@ VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act 
     for (int t = t0; t < t1; t++) {
         const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE, r = 0;
-        for (; R - r >= RB_Q; r += RB_Q) /* prompts */
+        for (; R - r >= RB_Q; r += RB_Q) /* prompts, and 3 decode rows */
             i8_tile3_asm(tp, p->groups, p->unscale, a, r, out + c0, ldo, n, accumulate);
         for (; r < R; r += RB_Q) {
             switch (R - r < RB_Q ? R - r : RB_Q) {
@@ -843,6 +860,106 @@ void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx,
                      int ldo, int n, int accumulate)
 {
     bf16_rows_dp((const unsigned char *)tile, P, x, ldx, R, out, ldo, n, accumulate);
+}
+
+/* ==== fp32 prompts (AVX-512) ====
+ *
+ * A prompt's products with fp32 weights (or bf16 ones widened once per
+ * tile) and its attention: RB_P rows by a panel of up to 64 columns, the
+ * 24 sums in registers, one fma per weight vector and row. OpenBLAS was
+ * the prompt path here, but the Debian build (0.3.21) does not know every
+ * CPU: on this session's Xeon (family 6 model 207) it picked its SSE3
+ * "Prescott" kernel, 16 G multiply-adds a second on a core against 52 for
+ * its AVX-512 one and about 84 at the fma peak. */
+#define RB_P 6
+
+AVX512 AI void f32_panel(const float *w, size_t ldw, int K, const float *x, size_t ldx, const int R,
+                         float alpha, float *out, int ldo, int n, int accumulate)
+{
+    __m512 acc[RB_P][4];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        __m512 wv[4];
+        for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(w + (size_t)k * ldw + 16 * j);
+        for (int r = 0; r < R; r++) {
+            __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + k]);
+            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(xb, wv[j], acc[r][j]);
+        }
+    }
+    if (alpha != 1.0f)
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_mul_ps(acc[r][j], _mm512_set1_ps(alpha));
+    store_acc(out, ldo, acc, R, n, accumulate);
+}
+
+AVX512 static void f32_panel_rows(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R,
+                                  float alpha, float *out, int ldo, int n, int accumulate)
+{
+    for (int r = 0; r < R; r += RB_P) {
+        const float *xr = x + (size_t)r * ldx;
+        float *o = out + (size_t)r * ldo;
+        switch (R - r < RB_P ? R - r : RB_P) {
+        case 1: f32_panel(w, ldw, K, xr, ldx, 1, alpha, o, ldo, n, accumulate); break;
+        case 2: f32_panel(w, ldw, K, xr, ldx, 2, alpha, o, ldo, n, accumulate); break;
+        case 3: f32_panel(w, ldw, K, xr, ldx, 3, alpha, o, ldo, n, accumulate); break;
+        case 4: f32_panel(w, ldw, K, xr, ldx, 4, alpha, o, ldo, n, accumulate); break;
+        case 5: f32_panel(w, ldw, K, xr, ldx, 5, alpha, o, ldo, n, accumulate); break;
+        default: f32_panel(w, ldw, K, xr, ldx, 6, alpha, o, ldo, n, accumulate); break;
+        }
+    }
+}
+
+void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
+                    float *out, int ldo, int n, int accumulate)
+{
+    for (int c = 0; c < n; c += PK_TILE)
+        f32_panel_rows(w + c, ldw, K, x, ldx, R, alpha, out + c, ldo,
+                       n - c < PK_TILE ? n - c : PK_TILE, accumulate);
+}
+
+/* Seconds for 12 x reps independent vdpbf16ps (dp) or vfmadd231ps. */
+#define RATE_LOOP(op)                                                                              \
+    "1:\n\t" op(0) op(1) op(2) op(3) op(4) op(5) op(6) op(7) op(8) op(9) op(10) op(11)           \
+    "decl %%ecx\n\tjnz 1b\n\t"
+#define OP_DP(i) "vdpbf16ps %%zmm30, %%zmm31, %%zmm" #i "\n\t"
+#define OP_FMA(i) "vfmadd231ps %%zmm30, %%zmm31, %%zmm" #i "\n\t"
+BF16DP static double rate_time(int dp, int reps)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (dp)
+        __asm__ volatile("movl %0, %%ecx\n\t" RATE_LOOP(OP_DP) ::"r"(reps)
+                         : "ecx", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                           "xmm8", "xmm9", "xmm10", "xmm11", "cc");
+    else
+        __asm__ volatile("movl %0, %%ecx\n\t" RATE_LOOP(OP_FMA) ::"r"(reps)
+                         : "ecx", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                           "xmm8", "xmm9", "xmm10", "xmm11", "cc");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+}
+#undef RATE_LOOP
+#undef OP_DP
+#undef OP_FMA
+
+/* vdpbf16ps does 32 multiply-adds, vfmadd231ps 16: whether the first
+ * does more a second here. Zen 4 runs one of either a cycle (bf16 twice
+ * as fast); this session's Xeon two fmas a cycle but a vdpbf16ps about
+ * every 2.3 cycles (bf16 half as fast). Timed once, best of 5 of each,
+ * interleaved, about 0.3 ms in all. */
+int pk_bf16_dp_faster(void)
+{
+    static int faster = -1;
+    if (faster >= 0) return faster;
+    if (!pk_bf16_dp()) return faster = 0;
+    double dp = 1e9, fma = 1e9;
+    for (int i = 0; i < 5; i++) {
+        double a = rate_time(1, 2000), b = rate_time(0, 2000);
+        dp = a < dp ? a : dp;
+        fma = b < fma ? b : fma;
+    }
+    return faster = 32.0 / dp > 16.0 / fma;
 }
 
 /* Two bf16 halves, lo and hi, of one 32-bit word per lane. */
@@ -1128,6 +1245,13 @@ AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const floa
 
 int pk_i8_prompts(void) { return pk_vnni() || avx2(); }
 
+int pk_f32_prompts(void)
+{
+    static int has = -1;
+    if (has < 0) has = AVX512_WITH("avx512f");
+    return has;
+}
+
 /* The float kernels above: on AVX2 CPUs without AVX-512 (whose 32
  * registers suit the generic kernel), or forced (pk_force_generic 2). */
 static int float_avx2(void)
@@ -1138,6 +1262,10 @@ static int float_avx2(void)
 }
 #else
 int pk_i8_prompts(void) { return 0; }
+int pk_f32_prompts(void) { return 0; }
+int pk_bf16_dp_faster(void) { return 0; }
+void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
+                    float *out, int ldo, int n, int accumulate) { abort(); }
 int pk_vnni(void) { return 0; }
 int pk_bf16_dp(void) { return 0; }
 /* Only called where pk_bf16_dp() holds. */

@@ -82,6 +82,24 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
 /* Tile t as fp32 (K, PK_TILE) into dst with leading dimension ldd. */
 void pk_widen(const pmat *p, int t, float *dst, int ldd);
 
+/* Tile t as fp32 (K, PK_TILE), rows PK_TILE floats apart: the tile itself
+ * (fp32), or widened into scratch (room for K * PK_TILE floats). */
+const float *pk_f32_tile(const pmat *p, int t, float *scratch);
+
+/* Whether prompts' fp32 products (fp32 or widened bf16 tiles, a prompt's
+ * attention) run on pk_f32_product here (AVX-512), rather than OpenBLAS
+ * sgemm (pk_force_generic sends the tiles' products to sgemm). Then
+ *   out (R, ldo)[:, 0..n) (+)= alpha * x (R, K; ldx apart) @ w (K, n; ldw apart),
+ * summed in input order with one fma per input; any n (panels of 64). */
+int pk_f32_prompts(void);
+void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
+                    float *out, int ldo, int n, int accumulate);
+
+/* Whether vdpbf16ps does more multiply-adds a second than fp32 fmas here
+ * (timed once): then bf16 prompts take bf16 activations, else fp32 ones
+ * against widened tiles. 0 without AVX-512 BF16. */
+int pk_bf16_dp_faster(void);
+
 /* Whether the int8 product runs on AVX-512 VNNI here (else AVX2 where
  * present, else portable loops). For the unit test, which compares them:
  * pk_force_generic 1 makes pk_matmul use the portable loops, 2 AVX2. */

@@ -171,6 +171,27 @@ static void test_products(int K, int N, int out_in)
             CHECK(e < 1e-5, "bf16 activations K %d N %d rows %d out_in %d: rel err %g", K, N, rows,
                   out_in, e);
         }
+        for (int rows = 1; fmt != PK_I8 && pk_f32_prompts() && rows <= RD; rows += 4) {
+            /* a prompt's fp32 panels over the tiles as fp32 (bf16 ones widened) */
+            for (int t = 0; t < p.tiles; t++) {
+                int c0 = t * PK_TILE, n = N - c0 < PK_TILE ? N - c0 : PK_TILE;
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < n; c++) got[(size_t)r * N + c0 + c] = 1.0f;
+                pk_f32_product(pk_f32_tile(&p, t, wide), PK_TILE, K, x, K, rows, 1.0f, got + c0, N, n, 1);
+            }
+            for (int r = 0; r < rows; r++)
+                for (int n = 0; n < N; n++) {
+                    double s = 1.0;
+                    for (int k = 0; k < K; k++) {
+                        float wv = out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n];
+                        s += (double)(fmt == PK_BF16 ? bf16_round(wv) : wv) * x[(size_t)r * K + k];
+                    }
+                    want[(size_t)r * N + n] = s;
+                }
+            double e = rel_err(got, want, (size_t)rows * N);
+            CHECK(e < 1e-5, "fp32 panels fmt %d K %d N %d rows %d out_in %d: rel err %g", fmt, K, N, rows,
+                  out_in, e);
+        }
         if (fmt == PK_BF16) { /* what follows reads x itself */
             pk_act_free(&a);
         }
@@ -184,6 +205,39 @@ static void test_products(int K, int N, int out_in)
         pk_act_free(&a);
     }
     free(w), free(x), free(got), free(gen), free(want), free(wide), free(kept);
+}
+
+/* pk_f32_product over any n (panels of 64 and a tail), rows ldw and ldx
+ * apart, alpha, R rows in 6-row blocks and tails: against doubles, and the
+ * columns past n untouched. */
+static void test_f32_product(int K, int n, int R, float alpha, int accumulate)
+{
+    int ldw = (n + PK_TILE - 1) / PK_TILE * PK_TILE + 16, ldx = K + 3, ldo = n + 5;
+    float *w = malloc(sizeof(float) * K * ldw), *x = malloc(sizeof(float) * R * ldx);
+    float *got = malloc(sizeof(float) * R * ldo);
+    double *want = malloc(sizeof(double) * R * n);
+    for (int i = 0; i < K * ldw; i++) w[i] = frand();
+    for (int i = 0; i < R * ldx; i++) x[i] = frand();
+    for (int i = 0; i < R * ldo; i++) got[i] = 0.5f;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < n; c++) {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)x[(size_t)r * ldx + k] * w[(size_t)k * ldw + c];
+            want[(size_t)r * n + c] = alpha * s + (accumulate ? 0.5 : 0.0);
+        }
+    pk_f32_product(w, ldw, K, x, ldx, R, alpha, got, ldo, n, accumulate);
+    double d = 0, m = 1e-30;
+    int untouched = 1;
+    for (int r = 0; r < R; r++) {
+        for (int c = 0; c < n; c++) {
+            d = fmax(d, fabs(got[(size_t)r * ldo + c] - want[(size_t)r * n + c]));
+            m = fmax(m, fabs(want[(size_t)r * n + c]));
+        }
+        for (int c = n; c < ldo; c++) untouched &= got[(size_t)r * ldo + c] == 0.5f;
+    }
+    CHECK(d / m < 1e-5, "fp32 panels K %d n %d R %d alpha %g: rel err %g", K, n, R, alpha, d / m);
+    CHECK(untouched, "fp32 panels K %d n %d R %d: wrote past column n", K, n, R);
+    free(w), free(x), free(got), free(want);
 }
 
 /* Activations with a NaN or an infinity quantize to the same bytes and scales on
@@ -429,6 +483,14 @@ void kernel_tests(int *passed, int *failed)
     int shapes[][2] = {{32, 64}, {45, 70}, {96, 200}, {768, 130}, {200, 17}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int out_in = 0; out_in < 2; out_in++) test_products(shapes[i][0], shapes[i][1], out_in);
+    if (!pk_f32_prompts()) printf("SKIP fp32 prompt panels: this CPU has no AVX-512 (sgemm serves prompts)\n");
+    for (int R = 1; pk_f32_prompts() && R <= 13; R += 3) {
+        int ns[] = {1, 17, 64, 100, 301};
+        for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+            test_f32_product(64, ns[i], R, 0.125f, 0);
+            test_f32_product(45, ns[i], R, 1.0f, 1);
+        }
+    }
     test_pack_rejects_nan();
     test_quantize_specials();
     if (!mv_half_fast()) printf("SKIP half floats in hardware (no F16C here): their portable loops are tested\n");

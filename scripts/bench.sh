@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # bench.sh - `make bench`: figures, never pass/fail on time.
 #   1. kernels, floor and the CLI on a random gpt2-shaped (124M) checkpoint in
-#      each weight format, with the same workload through transformers when
-#      it is installed;
+#      each weight format, with the same workload through transformers
+#      (set up first by oracle-env.sh, or GPT2_REF_PYTHON);
 #   2. a typing session through `gpt2 serve` in each format (fp32 also
 #      without prefix reuse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the transformers side (torch from Debian, transformers from PyPI); without
+# it (no root, no network) bench.py prints SKIP and why
+if [ -z "${GPT2_REF_PYTHON:-}" ] && ! scripts/oracle-env.sh; then
+    echo "SKIP reference setup: scripts/oracle-env.sh failed (above)" >&2
+fi
 /usr/bin/python3 tests/bench/bench.py "$@"
 /usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype int8 bf16 --no-off
 /usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype fp32

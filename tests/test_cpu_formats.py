@@ -160,12 +160,12 @@ def head64_mild(tmp_path_factory):
     return head64_model(tmp_path_factory, 0.05)
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
 def test_prompt_qkv_in_attention_tasks(head64_mild, dtype, tmp_path):
     """A prompt's q, k, v computed head by head inside the attention tasks (64-float heads,
-    packed products) give the bits of the qkv product run as a pass of its own
+    packed products or fp32 panels) give the bits of the qkv product run as a pass of its own
     (GPT2_CPU_FUSE=0): 300 positions, two chunks, every logit."""
-    flag = "avx512_bf16" if dtype == "bf16" else "avx512_vnni"
+    flag = "avx512_vnni" if dtype == "int8" else "avx512f"  # bf16: vdpbf16ps or the panels
     if not has_cpu_flag(flag):
         pytest.skip(f"{dtype} prompts: this CPU has no {flag}, so their products are not packed "
                     "and nothing is fused")

@@ -295,6 +295,11 @@ static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1)
     }
 }
 
+/* Whether a prompt's fp32 and bf16 products (without bf16 activations) run
+ * on pk_f32_product's panels: on AVX-512, unless GPT2_CPU_ISA forces the
+ * kernels of a CPU without it (then sgemm, as there). */
+static int panels(void) { return pk_f32_prompts() && !pk_force_generic; }
+
 /* Columns of tiles t0..t1 of a product, finished (bias, activation). */
 static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
 {
@@ -303,7 +308,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
      * tiles (bf16 ones widened) go to pk_f32_product on AVX-512, or a few
      * widened tiles at a time to sgemm */
     int packed = j->R <= MV_MAX_ROWS || j->q; /* j->q: int8 (VNNI or AVX2 for a prompt), or bf16 activations */
-    int panel = !packed && pk_f32_prompts() && !pk_force_generic; /* GPT2_CPU_ISA: sgemm, as without AVX-512 */
+    int panel = !packed && panels();
     /* a prompt's columns are finished block by block, while still in cache */
     int step = j->R <= MV_MAX_ROWS ? t1 - t0 : packed || panel ? 1 : SUB / PK_TILE;
     float *wf = j->scratch + (size_t)thread * j->I * SUB;
@@ -387,11 +392,12 @@ static void gemm_prepare(fwd *f, gemm_job *j)
     }
     /* Decode (few rows) is bandwidth-bound: one contiguous run of tiles per
      * thread streams best. Prompts: a tile per task where the product reads
-     * the packed tiles (int8, bf16 activations), so the threads end within a
-     * tile of each other; a few runs per thread where tiles are widened for
-     * sgemm, whose calls want several tiles. */
-    int tile_tasks = j->q || (pk_f32_prompts() && !pk_force_generic);
-    int tasks = j->R <= MV_MAX_ROWS ? pool_size(f->pool) : tile_tasks ? j->w->tiles : pool_size(f->pool) * 4;
+     * the packed tiles (int8, bf16 activations) or a tile as fp32 (panels),
+     * so the threads end within a tile of each other; a few runs per thread
+     * where tiles are widened for sgemm, whose calls want several tiles. */
+    int tasks = j->R <= MV_MAX_ROWS ? pool_size(f->pool)
+                : j->q || panels() ? j->w->tiles
+                                   : pool_size(f->pool) * 4;
     j->tiles = (j->w->tiles + tasks - 1) / tasks;
 }
 
@@ -639,7 +645,7 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
      * about 4% faster; decode rows were not, their product streams best in
      * two halves). The same tiles either way, so the same bits. */
     int block = is_block(rows, R);
-    int fused = block && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 && qkv.q;
+    int fused = block && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 && (qkv.q || panels());
     if (!fused) pool_run(f->pool, gemm_task, &qkv, (qkv.w->tiles + qkv.tiles - 1) / qkv.tiles);
     float scale = c->scale_attn ? 1.0f / sqrtf((float)(C / c->n_head)) : 1.0f;
     if (c->scale_inv_layer) scale /= (float)(l + 1);

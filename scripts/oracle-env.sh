@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! dpkg-query -W -f='${Status}' python3-torch python3-venv 2>/dev/null | grep -c 'install ok installed' | grep -q 2; then
+if ! dpkg-query -W -f='${Status}\n' python3-torch python3-venv 2>/dev/null | grep -c 'install ok installed' | grep -q 2; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "run: sudo apt-get install -y python3-torch python3-venv" >&2
         exit 1
@@ -19,6 +19,7 @@ if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
 # 4.46.x is the newest transformers that still runs on Debian 12's torch 1.13.
-if ! "$venv/bin/python" -c 'import transformers, safetensors' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import sys, safetensors, transformers
+sys.exit(transformers.__version__ != "4.46.3")' 2>/dev/null; then
     "$venv/bin/pip" install -q "transformers==4.46.3" "tokenizers==0.20.3" safetensors >&2
 fi

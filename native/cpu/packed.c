@@ -54,7 +54,8 @@ int pk_force_generic;
 
 /* Decode streams every tile from memory, with R rows of work per line: at
  * 3 rows the loads alone did not keep enough misses in flight (measured on
- * a 2-core Xeon, KVM: int8 3 rows 9.7 -> 7.6 ms a step, bf16 19.8 -> 15.2),
+ * a 2-core Xeon, KVM, alternating binaries: int8 3 rows 8.2-8.6 -> 7.2 ms a
+ * step, bf16 22.7-23.3 -> 15.5),
  * so each kernel fetches the line PF_AHEAD bytes on as it loads one. */
 #ifndef PF_AHEAD
 #define PF_AHEAD 2048

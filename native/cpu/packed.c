@@ -52,18 +52,31 @@ typedef uint32_t v16w __attribute__((vector_size(64)));
 
 int pk_force_generic;
 
-/* Decode streams every tile from memory, with R rows of work per line: at
- * 3 rows the loads alone did not keep enough misses in flight (measured on
- * a 2-core Xeon, KVM, alternating binaries: int8 3 rows 8.2-8.6 -> 7.2 ms a
- * step, bf16 22.7-23.3 -> 15.5),
- * so each kernel fetches the line PF_AHEAD bytes on as it loads one. */
-#ifndef PF_AHEAD
-#define PF_AHEAD 2048
+/* Decode streams every tile from memory, with R rows of work per line, and
+ * the hardware prefetchers alone did not keep enough misses in flight. So
+ * each kernel, as it loads a line, fetches the line PF_NEAR bytes on into
+ * L1 (prefetcht0) and the one PF_FAR bytes on into L2 (prefetcht2). On a
+ * 2-core Xeon (KVM, alternating binaries):
+ *   near only (2 KB):  int8 3 rows 8.2-8.6 -> 7.2 ms a step, bf16 22.7-23.3
+ *                      -> 15.5 (a noisier day);
+ *   near + far (16 KB): bf16 1.38 / 1.52 x the floor at 1 / 3 rows -> 1.10 /
+ *                      1.22-1.30, int8 1.20 / 1.53 -> 0.94-1.08 / 1.08-1.15
+ *                      (below 1: some weights still in the 260 MB L3).
+ * 8-32 KB far measured alike; 4 KB less; prefetchnta much worse. */
+#ifndef PF_NEAR
+#define PF_NEAR 2048
+#endif
+#ifndef PF_FAR
+#define PF_FAR 16384
 #endif
 #define STR_(x) #x
 #define STR(x) STR_(x)
-#define PF_AHEAD_S STR(PF_AHEAD)
-#define prefetch_ahead(p) __builtin_prefetch((const char *)(p) + PF_AHEAD, 0, 3)
+#define prefetch_ahead(p)                                                                          \
+    (__builtin_prefetch((const char *)(p) + PF_NEAR, 0, 3),                                        \
+     __builtin_prefetch((const char *)(p) + PF_FAR, 0, 1))
+/* The same for the 4 lines at %[w] in the assembly kernels. */
+#define PF_LINE(at) "prefetcht0 " STR(PF_NEAR) "+" #at "(%[w])\n\tprefetcht2 " STR(PF_FAR) "+" #at "(%[w])\n\t"
+#define PF_QUAD PF_LINE(0) PF_LINE(64) PF_LINE(128) PF_LINE(192)
 
 /* ==== Packing ==== */
 
@@ -744,10 +757,7 @@ VNNI static void i8_tile3_asm(const unsigned char *tp, int G, float unscale, con
         BASE("(%[sp],%[grow],2)", 8, 9, 10, 11)
         "movl %[quads], %%ecx\n\t"
         "2:\n\t"
-        "prefetcht0 " PF_AHEAD_S "(%[w])\n\t"
-        "prefetcht0 " PF_AHEAD_S "+64(%[w])\n\t"
-        "prefetcht0 " PF_AHEAD_S "+128(%[w])\n\t"
-        "prefetcht0 " PF_AHEAD_S "+192(%[w])\n\t"
+        PF_QUAD
         "vmovdqa64 (%[w]), %%zmm24\n\t"
         "vmovdqa64 64(%[w]), %%zmm25\n\t"
         "vmovdqa64 128(%[w]), %%zmm26\n\t"
@@ -784,6 +794,92 @@ VNNI static void i8_tile3_asm(const unsigned char *tp, int G, float unscale, con
         for (int j = 0; j < 4; j++) sums[r][j] = _mm512_loadu_ps(acc[r] + 16 * j);
     store_acc(out + (size_t)r0 * ldo, ldo, sums, RB_Q, n, accumulate);
 }
+
+/* Six rows by one tile, for prompts: 24 int32 group sums in zmm0-23 (the
+ * same operations in the same order as i8_tile_vnni, so the same bits), the
+ * fp32 sums in memory (acc, in L1), read and written once a group. Each
+ * quad's 256 weight bytes then serve 24 vpdpbusd rather than 12 (with 3
+ * rows, 43 bytes a cycle from L2 at 2 vpdpbusd a cycle). One core of the
+ * Xeon, 512 rows, best of 40: K 768 x N 3072 285 -> 308 G multiply-adds a
+ * second, K 3072 x N 768 302 -> 328 (the peak is about 420).
+ *   zmm24-27  the quad's weights, then the group's weight scales
+ *   zmm28     the broadcast activations, then a row's scale
+ *   zmm29     unscale; zmm30 a scale product; zmm31 fp32 sums */
+#define RESCALE_M(ws, i) /* sums zmm i: row i / 4, columns 16 (i % 4).., at acc + 64 i bytes */   \
+    "vmulps %%zmm28, %%zmm" #ws ", %%zmm30\n\t"                                                    \
+    "vcvtdq2ps %%zmm" #i ", %%zmm" #i "\n\t"                                                       \
+    "vmovaps " #i "*64(%[acc]), %%zmm31\n\t"                                                       \
+    "vfmadd231ps %%zmm30, %%zmm" #i ", %%zmm31\n\t"                                                \
+    "vmovaps %%zmm31, " #i "*64(%[acc])\n\t"
+#define RESCALE_ROW_M(src, a, b, c, d)                                                             \
+    "vbroadcastss " src ", %%zmm28\n\t"                                                            \
+    "vmulps %%zmm29, %%zmm28, %%zmm28\n\t"                                                         \
+    RESCALE_M(24, a) RESCALE_M(25, b) RESCALE_M(26, c) RESCALE_M(27, d)
+
+VNNI static void i8_tile6_asm(const unsigned char *tp, int G, float unscale, const pk_act *a, int r0,
+                              float *out, int ldo, int n, int accumulate)
+{
+    enum { R6 = 6 };
+    float acc[R6][PK_TILE] __attribute__((aligned(64))) = {{0}};
+    const unsigned char *w = tp;
+    size_t xrow = (size_t)G * PK_GROUP, grow = (size_t)G * sizeof(float); /* row to row */
+    const int8_t *x = a->q + (size_t)r0 * xrow, *x3 = x + 3 * xrow;
+    const int32_t *sp = a->sum + (size_t)r0 * G, *sp3 = sp + 3 * G;
+    const float *sc = a->scale + (size_t)r0 * G, *sc3 = sc + 3 * G;
+    long groups = G;
+    __asm__ volatile(
+        "vbroadcastss %[uns], %%zmm29\n\t"
+        "1:\n\t"
+        BASE("(%[sp])", 0, 1, 2, 3) BASE("(%[sp],%[grow])", 4, 5, 6, 7)
+        BASE("(%[sp],%[grow],2)", 8, 9, 10, 11) BASE("(%[sp3])", 12, 13, 14, 15)
+        BASE("(%[sp3],%[grow])", 16, 17, 18, 19) BASE("(%[sp3],%[grow],2)", 20, 21, 22, 23)
+        "movl %[quads], %%ecx\n\t"
+        "2:\n\t"
+        PF_QUAD
+        "vmovdqa64 (%[w]), %%zmm24\n\t"
+        "vmovdqa64 64(%[w]), %%zmm25\n\t"
+        "vmovdqa64 128(%[w]), %%zmm26\n\t"
+        "vmovdqa64 192(%[w]), %%zmm27\n\t"
+        Q_ROW("(%[x])", 0, 1, 2, 3) Q_ROW("(%[x],%[xrow])", 4, 5, 6, 7)
+        Q_ROW("(%[x],%[xrow],2)", 8, 9, 10, 11) Q_ROW("(%[x3])", 12, 13, 14, 15)
+        Q_ROW("(%[x3],%[xrow])", 16, 17, 18, 19) Q_ROW("(%[x3],%[xrow],2)", 20, 21, 22, 23)
+        "addq $256, %[w]\n\t"
+        "addq $4, %[x]\n\t"
+        "addq $4, %[x3]\n\t"
+        "decl %%ecx\n\t"
+        "jnz 2b\n\t"
+        "vcvtph2ps (%[w]), %%zmm24\n\t"
+        "vcvtph2ps 32(%[w]), %%zmm25\n\t"
+        "vcvtph2ps 64(%[w]), %%zmm26\n\t"
+        "vcvtph2ps 96(%[w]), %%zmm27\n\t"
+        RESCALE_ROW_M("(%[sc])", 0, 1, 2, 3)
+        RESCALE_ROW_M("(%[sc],%[grow])", 4, 5, 6, 7)
+        RESCALE_ROW_M("(%[sc],%[grow],2)", 8, 9, 10, 11)
+        RESCALE_ROW_M("(%[sc3])", 12, 13, 14, 15)
+        RESCALE_ROW_M("(%[sc3],%[grow])", 16, 17, 18, 19)
+        RESCALE_ROW_M("(%[sc3],%[grow],2)", 20, 21, 22, 23)
+        "addq %[scales], %[w]\n\t"
+        "addq $4, %[sp]\n\t"
+        "addq $4, %[sp3]\n\t"
+        "addq $4, %[sc]\n\t"
+        "addq $4, %[sc3]\n\t"
+        "decq %[g]\n\t"
+        "jnz 1b\n\t"
+        : [w] "+r"(w), [x] "+r"(x), [x3] "+r"(x3), [sp] "+r"(sp), [sp3] "+r"(sp3), [sc] "+r"(sc),
+          [sc3] "+r"(sc3), [g] "+r"(groups)
+        : [xrow] "r"(xrow), [grow] "r"(grow), [acc] "r"(acc), [uns] "m"(unscale),
+          [quads] "i"(QUADS), [scales] "i"(GROUP_BYTES - GROUP_W)
+        : "rax", "rcx", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19",
+          "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29",
+          "xmm30", "xmm31", "cc", "memory");
+    __m512 sums[R6][4];
+    for (int r = 0; r < R6; r++)
+        for (int j = 0; j < 4; j++) sums[r][j] = _mm512_load_ps(acc[r] + 16 * j);
+    store_acc(out + (size_t)r0 * ldo, ldo, sums, R6, n, accumulate);
+}
+#undef RESCALE_M
+#undef RESCALE_ROW_M
 #undef Q_ROW
 #undef BASE
 #undef RESCALE
@@ -797,7 +893,9 @@ VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act 
     for (int t = t0; t < t1; t++) {
         const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE, r = 0;
-        for (; R - r >= RB_Q; r += RB_Q) /* prompts, and 3 decode rows */
+        for (; R - r >= 6; r += 6) /* prompts (and 6-8 decode rows) */
+            i8_tile6_asm(tp, p->groups, p->unscale, a, r, out + c0, ldo, n, accumulate);
+        for (; R - r >= RB_Q; r += RB_Q) /* 3 decode rows, a prompt's last rows */
             i8_tile3_asm(tp, p->groups, p->unscale, a, r, out + c0, ldo, n, accumulate);
         for (; r < R; r += RB_Q) {
             switch (R - r < RB_Q ? R - r : RB_Q) {

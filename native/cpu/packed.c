@@ -418,6 +418,47 @@ PACK_AVX2 static void quantize_row_avx2(const float *x, int K, int8_t *q, float 
 }
 #endif
 
+#if defined(__x86_64__)
+/* quantize_row_avx2 in 512-bit vectors: the same operations lane for lane
+ * (so the same bytes), and the bytes come out in order by vpmovsdb (values
+ * already within +-127). About half the instructions of the AVX2 loop,
+ * which took 3% of a 512-token int8 prefill on the Xeon. */
+__attribute__((target("avx512f"))) static void quantize_row_avx512(const float *x, int K, int8_t *q,
+                                                                   float *scale, int32_t *sum)
+{
+    int G = K / PK_GROUP; /* whole groups; the caller does a partial last one */
+    enum { V = PK_GROUP / 16 };
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    for (int g = 0; g < G; g++) {
+        const float *xg = x + (size_t)g * PK_GROUP;
+        __m512 v[V], mx = _mm512_setzero_ps();
+        for (int i = 0; i < V; i++) { /* maxps returns its second operand for a NaN: NaN never wins */
+            v[i] = _mm512_loadu_ps(xg + 16 * i);
+            mx = _mm512_max_ps(_mm512_abs_ps(v[i]), mx);
+        }
+        float m = _mm512_reduce_max_ps(mx);
+        __m512 vi = _mm512_set1_ps(m > ACT_TINY ? 127.0f / m : 0.0f);
+        __m512i s = _mm512_setzero_si512();
+        for (int i = 0; i < V; i++) { /* NaN converts to INT_MIN: -127, as rintf's NaN */
+            __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(v[i], vi));
+            qi = _mm512_min_epi32(_mm512_max_epi32(qi, lo), hi);
+            s = _mm512_add_epi32(s, qi);
+            _mm_storeu_si128((__m128i *)(q + (size_t)g * PK_GROUP + 16 * i), _mm512_cvtsepi32_epi8(qi));
+        }
+        scale[g] = m / 127.0f;
+        sum[g] = _mm512_reduce_add_epi32(s);
+    }
+}
+
+/* AVX-512F here, and no other path forced (pk_force_generic). */
+static int avx512_quant(void)
+{
+    static int has = -1;
+    if (has < 0) has = __builtin_cpu_supports("avx512f");
+    return has && !pk_force_generic;
+}
+#endif
+
 /* As vcvtneps2bf16: nearest even, NaN quiet, subnormals to signed zero. */
 static uint16_t act_bf16(float x)
 {
@@ -468,7 +509,10 @@ void pk_act_quantize(pk_act *a, int fmt, const float *x, int r0, int r1, int K, 
         int32_t *sm = a->sum + (size_t)r * G;
         int g = 0;
 #if defined(__x86_64__)
-        if (avx2()) {
+        if (avx512_quant()) {
+            quantize_row_avx512(xr, K, q, sc, sm);
+            g = K / PK_GROUP;
+        } else if (avx2()) {
             quantize_row_avx2(xr, K, q, sc, sm);
             g = K / PK_GROUP;
         }

@@ -23,6 +23,15 @@
 
 void openblas_set_num_threads(int n);
 
+/* Products of up to STREAM_ROWS rows (on AVX-512; elsewhere MV_MAX_ROWS,
+ * not measured there) stream the packed tiles as decode does,
+ * a contiguous run of tiles per thread, RB rows a pass (the later passes
+ * from L2), widening bf16 in registers; more rows go to the prompt kernels
+ * (panels on tiles widened once, bf16 or int8 activations), a tile per task.
+ * A typing pause's prompt is about 14 tokens: with 8 here its bf16 prefill
+ * took 30-33 ms, with 24 23-25 (the tile widened in a pass of its own did
+ * not overlap its reads from memory with the sums). */
+#define STREAM_ROWS 24
 #define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
 #define FINISH_ROWS 24 /* a prompt's packed products: rows per pk_matmul, then bias and activation */
 #define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
@@ -300,23 +309,27 @@ static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1)
  * kernels of a CPU without it (then sgemm, as there). */
 static int panels(void) { return pk_f32_prompts() && !pk_force_generic; }
 
+/* Rows up to which a product streams the packed tiles (STREAM_ROWS). */
+static int stream_rows(void) { return panels() ? STREAM_ROWS : MV_MAX_ROWS; }
+
 /* Columns of tiles t0..t1 of a product, finished (bias, activation). */
 static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
 {
-    /* decode streams the tiles once; int8 products stay exact in int32; bf16
+    /* decode and short prompts stream the tiles; int8 products stay exact in int32; bf16
      * prompts take vdpbf16ps where it is the faster; else a prompt's fp32
      * tiles (bf16 ones widened) go to pk_f32_product on AVX-512, or a few
      * widened tiles at a time to sgemm */
-    int packed = j->R <= MV_MAX_ROWS || j->q; /* j->q: int8 (VNNI or AVX2 for a prompt), or bf16 activations */
+    int stream = j->R <= stream_rows();
+    int packed = stream || j->q; /* j->q: int8 (VNNI or AVX2 for a prompt), or bf16 activations */
     int panel = !packed && panels();
     /* a prompt's columns are finished block by block, while still in cache */
-    int step = j->R <= MV_MAX_ROWS ? t1 - t0 : packed || panel ? 1 : SUB / PK_TILE;
+    int step = stream ? t1 - t0 : packed || panel ? 1 : SUB / PK_TILE;
     float *wf = j->scratch + (size_t)thread * j->I * SUB;
     for (int t = t0; t < t1; t += step) {
         int te = t + step < t1 ? t + step : t1;
         int c0 = t * PK_TILE, c1 = te * PK_TILE < j->O ? te * PK_TILE : j->O;
         const float *wt = panel ? pk_f32_tile(j->w, t, wf) : NULL; /* the tile in fp32, once */
-        if ((packed || panel) && j->R > MV_MAX_ROWS) { /* a prompt: finished FINISH_ROWS at a time, in L2 */
+        if ((packed || panel) && !stream) { /* a prompt: finished FINISH_ROWS at a time, in L2 */
             for (int r0 = 0; r0 < j->R; r0 += FINISH_ROWS) {
                 int r1 = j->R - r0 < FINISH_ROWS ? j->R : r0 + FINISH_ROWS;
                 float *o = j->out + (size_t)r0 * j->O;
@@ -395,7 +408,7 @@ static void gemm_prepare(fwd *f, gemm_job *j)
      * the packed tiles (int8, bf16 activations) or a tile as fp32 (panels),
      * so the threads end within a tile of each other; a few runs per thread
      * where tiles are widened for sgemm, whose calls want several tiles. */
-    int tasks = j->R <= MV_MAX_ROWS ? pool_size(f->pool)
+    int tasks = j->R <= stream_rows() ? pool_size(f->pool)
                 : j->q || panels() ? j->w->tiles
                                    : pool_size(f->pool) * 4;
     j->tiles = (j->w->tiles + tasks - 1) / tasks;
@@ -551,16 +564,6 @@ static void group_rows(attn_job *j)
     }
 }
 
-/* t (hd, ld) = k (n, hd) transposed, 16 positions at a time. */
-static void transpose(const float *k, int n, int hd, float *t, int ld)
-{
-    for (int p0 = 0; p0 < n; p0 += 16) {
-        int pn = n - p0 < 16 ? n - p0 : 16;
-        for (int d = 0; d < hd; d++)
-            for (int p = 0; p < pn; p++) t[(size_t)d * ld + p0 + p] = k[(size_t)(p0 + p) * hd + d];
-    }
-}
-
 /* One head over all rows of a prompt chunk (rows at consecutive positions of
  * one cache): scores and outputs as GEMMs, in blocks of ATT_BLOCK rows, each
  * over the positions its last row sees (causal: what lies above the diagonal
@@ -591,10 +594,12 @@ static void attn_block_task(void *arg, int h, int thread)
     } else {
         v = kv_floats(own->v, own, l, h, N, wk ? wk + (size_t)c->n_ctx * hd : NULL);
     }
-    const float *k = kv_floats(own->k, own, l, h, N, wk);
-    /* on AVX-512, pk_f32_product: keys transposed once, (hd, kt_ld), panels of PK_TILE keys */
+    /* on AVX-512, pk_f32_product: keys transposed once, (hd, kt_ld), panels
+     * of PK_TILE keys, straight from the cache (mv_keys_t widens as it goes) */
     float *kt = j->f->kt ? j->f->kt + (size_t)thread * hd * j->f->kt_ld : NULL;
-    if (kt) transpose(k, N, hd, kt, j->f->kt_ld);
+    const float *k = NULL;
+    if (kt) mv_keys_t(kt, j->f->kt_ld, kv_head(own->k, own, l, h), own->half, N, hd);
+    else k = kv_floats(own->k, own, l, h, N, wk);
     for (int b0 = 0; b0 < R; b0 += ATT_BLOCK) {
         int m = R - b0 < ATT_BLOCK ? R - b0 : ATT_BLOCK, nb = N - R + b0 + m;
         const float *q = j->f->qkv + (size_t)b0 * 3 * C + h * hd;

@@ -231,6 +231,77 @@ void mv_from_half(float *dst, const uint16_t *src, size_t n)
     for (size_t i = 0; i < n; i++) dst[i] = half_value(src[i]);
 }
 
+/* ==== Keys transposed ==== */
+
+#if defined(__x86_64__)
+/* r[0..16) (16 rows of 16 floats) transposed in registers: unpack pairs of
+ * rows, then quads within 128-bit lanes, then the lanes across 4 rows. */
+__attribute__((target("avx512f"))) AI void transpose16(__m512 *r)
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4i + j], lane L: column 4L + j of rows 4i..4i+3 */
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int j = 0; j < 4; j++) { /* column 4L + j: lane L of u[j], u[4 + j], u[8 + j], u[12 + j] */
+        __m512 x0 = _mm512_shuffle_f32x4(u[j], u[4 + j], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 x1 = _mm512_shuffle_f32x4(u[j], u[4 + j], _MM_SHUFFLE(3, 2, 3, 2));
+        __m512 y0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512 y1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(3, 2, 3, 2));
+        r[j] = _mm512_shuffle_f32x4(x0, y0, _MM_SHUFFLE(2, 0, 2, 0));
+        r[4 + j] = _mm512_shuffle_f32x4(x0, y0, _MM_SHUFFLE(3, 1, 3, 1));
+        r[8 + j] = _mm512_shuffle_f32x4(x1, y1, _MM_SHUFFLE(2, 0, 2, 0));
+        r[12 + j] = _mm512_shuffle_f32x4(x1, y1, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* mv_keys_t in blocks of 16 positions by 16 elements, widened as read;
+ * positions past n are zeros. */
+__attribute__((target("avx512f"))) static void keys_t_avx512(float *t, size_t ld, const void *k, int half,
+                                                             int n, int hd)
+{
+    for (int p0 = 0; p0 < n; p0 += 16) {
+        int pn = n - p0 < 16 ? n - p0 : 16;
+        for (int d0 = 0; d0 < hd; d0 += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) {
+                size_t at = (size_t)(p0 + i) * hd + d0;
+                r[i] = i >= pn ? _mm512_setzero_ps()
+                       : half  ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)k + at)))
+                               : _mm512_loadu_ps((const float *)k + at);
+            }
+            transpose16(r);
+            for (int j = 0; j < 16; j++) _mm512_storeu_ps(t + (size_t)(d0 + j) * ld + p0, r[j]);
+        }
+    }
+}
+#endif
+
+void mv_keys_t(float *t, size_t ld, const void *k, int half, int n, int hd)
+{
+#if defined(__x86_64__)
+    static int avx512 = -1;
+    if (avx512 < 0) avx512 = mv_half_fast() && __builtin_cpu_supports("avx512f");
+    if (avx512 && !mv_half_path && hd % 16 == 0) {
+        keys_t_avx512(t, ld, k, half, n, hd);
+        return;
+    }
+#endif
+    for (int p0 = 0; p0 < n; p0 += 16) {
+        for (int d = 0; d < hd; d++)
+            for (int p = p0; p < p0 + 16; p++) {
+                size_t at = (size_t)p * hd + d;
+                t[(size_t)d * ld + p] = p >= n ? 0.0f : half ? half_value(((const uint16_t *)k)[at]) : ((const float *)k)[at];
+            }
+    }
+}
+
 /* ==== Attention ==== */
 
 /* Positions widened per chunk (half), or all of them at once (floats). */

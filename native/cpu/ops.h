@@ -54,6 +54,12 @@ int mv_half_fast(void);
 void mv_to_half(uint16_t *dst, const float *src, size_t n);
 void mv_from_half(float *dst, const uint16_t *src, size_t n);
 
+/* Keys k (n positions of hd elements: floats, or half floats when half)
+ * transposed: t[d * ld + p] = k[p][d] for positions up to n rounded up to
+ * 16, zeros past n (ld at least that). In 16 x 16 blocks in registers on
+ * AVX-512 (hd a multiple of 16), widened as read. */
+void mv_keys_t(float *t, size_t ld, const void *k, int half, int n, int hd);
+
 /* For the unit test: 0 the fastest conversion here, 1 no wider than F16C
  * (AVX2), 2 the portable loops. */
 extern int mv_half_path;

@@ -406,6 +406,28 @@ static void test_half(void)
     free(h), free(back), free(f);
 }
 
+/* Keys transposed (mv_keys_t) against the definition: every element exact,
+ * zeros from n to the next 16, nothing written past that or beyond ld. */
+static void test_keys_t(int n, int hd, int half)
+{
+    int ld = (n + 15) / 16 * 16 + 5, wrong = 0;
+    float *k = malloc(sizeof(float) * n * hd), *t = malloc(sizeof(float) * hd * ld);
+    uint16_t *kh = malloc(sizeof(uint16_t) * n * hd);
+    for (int i = 0; i < n * hd; i++) k[i] = frand();
+    mv_to_half(kh, k, (size_t)n * hd);
+    if (half) mv_from_half(k, kh, (size_t)n * hd); /* the values the halves hold */
+    for (int i = 0; i < hd * ld; i++) t[i] = 7.0f;
+    mv_keys_t(t, ld, half ? (const void *)kh : k, half, n, hd);
+    for (int d = 0; d < hd; d++)
+        for (int p = 0; p < ld; p++) {
+            float want = p < n ? k[(size_t)p * hd + d] : p < (n + 15) / 16 * 16 ? 0.0f : 7.0f;
+            wrong += memcmp(&t[(size_t)d * ld + p], &want, sizeof want) != 0;
+        }
+    CHECK(wrong == 0, "keys transposed n %d hd %d half %d path %d: %d elements wrong", n, hd, half,
+          mv_half_path, wrong);
+    free(k), free(t), free(kh);
+}
+
 /* A prompt's weighted values on AVX-512 BF16: m rows of n probabilities
  * (pk_bf16_pairs) by n positions of values (pk_bf16_values), against the
  * same bf16-rounded numbers summed in double. */
@@ -512,6 +534,16 @@ void kernel_tests(int *passed, int *failed)
                     test_attention(hds[i], R, 300, half, hds[i]); /* chunks, 16-key blocks, tails */
                     test_attention(hds[i], R, 45, half, hds[i] + 3); /* rows apart from their heads */
                 }
+    mv_half_path = 0;
+    for (mv_half_path = 0; mv_half_path < 3; mv_half_path += 2) /* AVX-512 blocks, the portable loop */
+        for (int half = 0; half < 2; half++) {
+            int ns[] = {1, 15, 16, 17, 100, 301};
+            for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+                test_keys_t(ns[i], 64, half);
+                test_keys_t(ns[i], 48, half);
+                test_keys_t(ns[i], 12, half); /* not whole blocks: the portable loop on every path */
+            }
+        }
     mv_half_path = 0;
     test_gelu();
     if (pk_bf16_dp()) {

@@ -176,6 +176,27 @@ def test_prompt_qkv_in_attention_tasks(head64_mild, dtype, tmp_path):
     assert np.array_equal(want, got), f"max |diff| {np.abs(want - got).max()}"
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+def test_short_prompts_stream(head64_mild, dtype, tmp_path):
+    """On AVX-512, products of up to 24 rows stream the packed tiles as decode does (forward.c,
+    STREAM_ROWS), longer prompts take the prompt kernels (panels, int8 tiles a task each). Both
+    sum every output in input order with one fma each (int8: exact int32 groups), so a
+    20-token prompt gives the bits of the first 20 positions of a 40-token one."""
+    if not has_cpu_flag("avx512f"):
+        pytest.skip("short prompts stream only on AVX-512 (elsewhere above 8 rows they take "
+                    "the prompt kernels, as longer ones do)")
+    if dtype == "bf16" and has_cpu_flag("avx512_bf16"):
+        # where vdpbf16ps wins the timing, prompts above 8 rows round their activations to bf16
+        # on either route; force the fp32 route so the rows differ only in their products' route
+        bf16 = "fp32"
+    else:
+        bf16 = None
+    toks = np.random.default_rng(17).integers(0, 512, 40).tolist()
+    want = logits(head64_mild, toks, dtype, str(tmp_path / "a.bin"), bf16=bf16)[:20]
+    got = logits(head64_mild, toks[:20], dtype, str(tmp_path / "b.bin"), bf16=bf16)
+    assert np.array_equal(want, got), f"max |diff| {np.abs(want - got).max()}"
+
+
 def test_prompt_attention_in_bf16(head64, tmp_path):
     """601 positions: three prompt chunks of up to 256 rows, the later ones over the earlier
     ones' keys, in 64-row causal blocks, odd contexts included. fp32 weights with the bf16

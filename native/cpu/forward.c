@@ -24,10 +24,11 @@
 void openblas_set_num_threads(int n);
 
 /* Products of up to STREAM_ROWS rows (on AVX-512; elsewhere MV_MAX_ROWS,
- * not measured there) stream the packed tiles as decode does,
- * a contiguous run of tiles per thread, RB rows a pass (the later passes
- * from L2), widening bf16 in registers; more rows go to the prompt kernels
- * (panels on tiles widened once, bf16 or int8 activations), a tile per task.
+ * not measured there) stream the packed tiles as decode does: a contiguous
+ * run of tiles per thread, a few rows a pass (the later passes reading the
+ * tile from L2), bf16 widened in registers. More rows go to the prompt
+ * kernels (panels on tiles widened once, bf16 or int8 activations), a tile
+ * per task.
  * A typing pause's prompt is about 14 tokens: with 8 here its bf16 prefill
  * took 30-33 ms, with 24 23-25 (the tile widened in a pass of its own did
  * not overlap its reads from memory with the sums). */

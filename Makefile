@@ -28,7 +28,7 @@ CUDA_LIB := $(if $(NVCC),$(BUILD)/gpt2-cuda.so)
 
 SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
        native/sampler.c native/generate.c native/cpu/pool.c native/cpu/forward.c \
-       native/cpu/ops.c native/cpu/packed.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
+       native/cpu/ops.c native/cpu/packed.c native/cpu/topk.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
        native/sched.c native/server.c native/device.c native/gpu.c
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c
@@ -62,7 +62,7 @@ $(BUILD)/cuda.o: native/cuda.c native/gpu.h native/kernels/kernels.h native/mode
 $(BUILD)/gpt2-cuda.so: $(BUILD)/cuda.o $(KERNELS:native/kernels/%.cu=$(BUILD)/kernels/%.o)
 	$(CC) -shared -o $@ $^ -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 
-$(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o $(BUILD)/tests/unit/test_kernels.o
+$(BUILD)/test_unit: $(OBJ) $(BUILD)/tests/unit/test_main.o $(BUILD)/tests/unit/test_kernels.o $(BUILD)/tests/unit/test_topk.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/bench/bench_cpu.o: CFLAGS += -O3

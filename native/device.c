@@ -90,6 +90,12 @@ const char *device_name(const device *d) { return d->name; }
 const char *device_note(const device *d) { return d->note; }
 int device_is_gpu(const device *d) { return d->gpu != NULL; }
 
+void device_topk_stats(const device *d, unsigned long *screened, unsigned long *fallback)
+{
+    *screened = *fallback = 0;
+    if (!d->gpu) fwd_topk_stats(d->cpu, screened, fallback);
+}
+
 kv_cache *device_kv_new(device *d, int cap, char *err)
 {
     if (!d->gpu) {
@@ -159,10 +165,20 @@ static int topk_usable(const device *d, int k)
     return d->gpu && k > 0 && k <= GPU_MAX_TOPK && (size_t)k < V && V <= GPU_TOPK_MAX_VOCAB;
 }
 
+/* The candidates of n_out rows as logits: theirs, and -inf elsewhere. */
+static void spread(const device *d, int n_out, int k, float *logits)
+{
+    size_t V = d->m->cfg.n_vocab;
+    for (int i = 0; i < n_out; i++) {
+        float *row = logits + i * V;
+        for (size_t v = 0; v < V; v++) row[v] = -INFINITY;
+        for (int j = 0; j < k; j++) row[d->ids[i * k + j]] = d->vals[i * k + j];
+    }
+}
+
 static int gpu_run(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out,
                    float *logits, int topk, char *err)
 {
-    size_t V = d->m->cfg.n_vocab;
     if (!topk_usable(d, topk)) topk = 0;
     if (reserve(d, R, (size_t)n_out * (topk ? topk : 1)) < 0) return errf(err, "out of memory");
     for (int r = 0; r < R; r++)
@@ -174,30 +190,46 @@ static int gpu_run(device *d, const fwd_row *rows, int R, const int *out_rows, i
     if (d->api->run(d->gpu, d->rows, R, out_rows, n_out, topk, d->vals, d->ids, err) < 0)
         return -1;
     if (!logits) return topk; /* device_run_topk: the candidates are the answer */
-    for (int i = 0; i < n_out; i++) { /* the candidates, and -inf elsewhere */
-        float *row = logits + i * V;
-        for (size_t v = 0; v < V; v++) row[v] = -INFINITY;
-        for (int k = 0; k < topk; k++) row[d->ids[i * topk + k]] = d->vals[i * topk + k];
-    }
+    spread(d, n_out, topk, logits);
     return 0;
+}
+
+/* The CPU's pass: with k > 0, through fwd_run_topk (the k best of each
+ * output row into d->vals / d->ids, returning k, where its screen serves;
+ * else 0 with every logit). */
+static int cpu_run(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out,
+                   float *logits, int k, char *err)
+{
+    if (k <= 0 || k > FWD_TOPK_MAX || n_out > FWD_TOPK_ROWS)
+        return fwd_run(d->cpu, rows, R, out_rows, n_out, logits, err);
+    if (reserve(d, 0, (size_t)n_out * k) < 0) return errf(err, "out of memory");
+    return fwd_run_topk(d->cpu, rows, R, out_rows, n_out, k, logits, d->vals, d->ids, err);
 }
 
 int device_run_topk(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out, int k,
                     float *logits, const float **vals, const int **ids, char *err)
 {
-    if (!topk_usable(d, k))
-        return device_run(d, rows, R, out_rows, n_out, logits, 0, err) < 0 ? -1 : 0;
-    if (gpu_run(d, rows, R, out_rows, n_out, NULL, k, err) < 0) return -1;
+    int nc;
+    if (d->gpu) {
+        if (!topk_usable(d, k))
+            return device_run(d, rows, R, out_rows, n_out, logits, 0, err) < 0 ? -1 : 0;
+        if (gpu_run(d, rows, R, out_rows, n_out, NULL, k, err) < 0) return -1;
+        nc = k;
+    } else if ((nc = cpu_run(d, rows, R, out_rows, n_out, logits, k, err)) <= 0) {
+        return nc;
+    }
     *vals = d->vals;
     *ids = d->ids;
-    return k;
+    return nc;
 }
 
 int device_run(device *d, const fwd_row *rows, int R, const int *out_rows, int n_out,
                float *logits, int topk_hint, char *err)
 {
     if (d->gpu) return gpu_run(d, rows, R, out_rows, n_out, logits, topk_hint, err);
-    return fwd_run(d->cpu, rows, R, out_rows, n_out, logits, err);
+    int nc = cpu_run(d, rows, R, out_rows, n_out, logits, topk_hint, err);
+    if (nc > 0) spread(d, n_out, nc, logits);
+    return nc < 0 ? -1 : 0;
 }
 
 void device_memory(device *d, size_t *used, size_t *free_bytes, unsigned long *ooms)

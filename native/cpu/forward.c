@@ -14,10 +14,12 @@
 #include "forward.h"
 #include "ops.h"
 #include "packed.h"
+#include "topk.h"
 
 #include <cblas.h>
 #undef I /* OpenBLAS pulls in <complex.h>, whose I would shadow our names */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +38,11 @@ void openblas_set_num_threads(int n);
 #define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
 #define FINISH_ROWS 24 /* a prompt's packed products: rows per pk_matmul, then bias and activation */
 #define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
+
+typedef struct screen screen;
+static int screen_new(fwd *f);
+static void screen_free(screen *s);
+static int screen_topk(fwd *f, int n, int k, float *vals, int *ids);
 
 /* Every matrix the passes stream, packed (packed.h) in the context's format. */
 typedef struct {
@@ -65,6 +72,8 @@ struct fwd {
     size_t abf_cap;
     float *kt;                              /* (threads, hd, kt_ld): a prompt's keys transposed */
     int kt_ld;                              /* n_ctx rounded up to whole panels */
+    screen *scr;                            /* top-k rows: the head's int8 screen, or NULL */
+    atomic_ulong screened, fallback;        /* fwd_topk_stats */
 };
 
 static size_t kv_elt(const kv_cache *kv) { return kv->half ? sizeof(uint16_t) : sizeof(float); }
@@ -182,6 +191,13 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
         errf(err, "%s weights: %s", fmt == FWD_BF16 ? "bf16" : fmt == FWD_INT8 ? "int8" : "fp32", why);
         return NULL;
     }
+    /* for tests and the bench, GPT2_CPU_SCREEN=0: every logit of a top-k row too */
+    const char *scr = getenv("GPT2_CPU_SCREEN");
+    if ((!scr || strcmp(scr, "0")) && screen_new(f) < 0) {
+        fwd_free(f);
+        errf(err, "out of memory (the head's int8 screen)");
+        return NULL;
+    }
     openblas_set_num_threads(1);
     return f;
 }
@@ -207,6 +223,7 @@ void fwd_free(fwd *f)
     free(f->wp);
     free(f->kt);
     pk_free(&f->wte);
+    screen_free(f->scr);
     free(f->arena);
     pk_act_free(&f->act);
     free(f);
@@ -420,6 +437,163 @@ static void gemm(fwd *f, gemm_job *j)
 {
     gemm_prepare(f, j);
     pool_run(f->pool, gemm_task, j, (j->w->tiles + j->tiles - 1) / j->tiles);
+}
+
+/* ==== The k best logits of decode rows: an int8 screen of the head ==== */
+
+/* Rows (at most FWD_TOPK_ROWS, no more than MV_MAX_ROWS: their head
+ * product reads fp32 inputs, so the exact columns below are the whole
+ * product's) whose top k a step may
+ * take from the screen (topk.h). A row's candidates past cap, or the rows'
+ * union past cap_u, and the step computes every logit instead. */
+_Static_assert(FWD_TOPK_ROWS <= MV_MAX_ROWS, "top-k rows read fp32 inputs");
+
+struct screen {
+    pmat q;             /* the head (C, V) in int8 */
+    float *err, *amax;  /* (V): pk_i8_bounds */
+    pk_act act;         /* (2 FWD_TOPK_ROWS): the rows quantized, x1 then x2 (topk.h) */
+    float *res;         /* (FWD_TOPK_ROWS, C): x - x1 */
+    float *s;           /* (2 FWD_TOPK_ROWS, V): the screen of x1, then of x2 */
+    float *lo;          /* (FWD_TOPK_ROWS, V): scratch */
+    int *cand, cap;     /* (FWD_TOPK_ROWS, cap): each row's candidates */
+    int ncand[FWD_TOPK_ROWS];
+    float P[FWD_TOPK_ROWS], Q[FWD_TOPK_ROWS];
+    unsigned char *mark; /* (V) */
+    int *uid, cap_u;     /* (cap_u): the rows' candidates together, ascending */
+    const float **rowp;  /* (cap_u): their rows of the head */
+    float *exact;        /* (FWD_TOPK_ROWS, cap_u): their exact logits */
+    unsigned char *tile; /* (threads, tile): a tile of them per thread */
+    float *gather;       /* (threads, PK_TILE, C): pk_pack_rows' scratch */
+    size_t tile_bytes;
+    int fmt, k, n, nu;
+    int misses, skip; /* fallbacks in a row; calls to pass over before trying again */
+};
+
+static void screen_free(screen *s)
+{
+    if (!s) return;
+    pk_free(&s->q);
+    pk_act_free(&s->act);
+    free(s->err);
+    free(s->amax);
+    free(s->res);
+    free(s->s);
+    free(s->lo);
+    free(s->cand);
+    free(s->mark);
+    free(s->uid);
+    free(s->rowp);
+    free(s->exact);
+    free(s->tile);
+    free(s->gather);
+    free(s);
+}
+
+/* f->scr for fp32 and bf16 heads that are the tied embedding (its fp32 rows
+ * stay in memory: the exact columns are packed from them). 0 (f->scr NULL
+ * where there is none), or -1 when out of memory. */
+static int screen_new(fwd *f)
+{
+    const model_cfg *c = &f->m->cfg;
+    int C = c->n_embd, V = c->n_vocab, fmt = f->fmt == FWD_BF16 ? PK_BF16 : PK_F32;
+    if (f->fmt == FWD_INT8 || !c->tied || V <= FWD_TOPK_MAX) return 0;
+    screen *s = xcalloc(1, sizeof *s);
+    if (!s) return -1;
+    char why[ERR_MAX];
+    if (pk_pack(&s->q, f->m->lm_head, C, V, 1, PK_I8, why) < 0) {
+        free(s); /* a weight that is not finite, or no memory for it: no screen, every logit */
+        return 0;
+    }
+    s->fmt = fmt;
+    s->cap = V / 8 + FWD_TOPK_MAX;
+    s->cap_u = V / 4 > s->cap ? V / 4 : s->cap;
+    s->tile_bytes = pk_size(C, PK_TILE, fmt);
+    s->err = xmallocarray(V, sizeof(float));
+    s->amax = xmallocarray(V, sizeof(float));
+    s->res = xmallocarray((size_t)FWD_TOPK_ROWS * C, sizeof(float));
+    s->s = xmallocarray((size_t)2 * FWD_TOPK_ROWS * V, sizeof(float));
+    s->lo = xmallocarray((size_t)FWD_TOPK_ROWS * V, sizeof(float));
+    s->cand = xmallocarray((size_t)FWD_TOPK_ROWS * s->cap, sizeof(int));
+    s->mark = xcalloc(V, 1);
+    s->uid = xmallocarray(s->cap_u, sizeof(int));
+    s->rowp = xmallocarray(s->cap_u, sizeof(float *));
+    s->exact = xmallocarray((size_t)FWD_TOPK_ROWS * s->cap_u, sizeof(float));
+    s->tile = xbig_alloc((size_t)pool_size(f->pool), s->tile_bytes);
+    s->gather = xmallocarray((size_t)pool_size(f->pool) * PK_TILE * C, sizeof(float));
+    if (!s->err || !s->amax || !s->res || !s->s || !s->lo || !s->cand || !s->mark || !s->uid ||
+        !s->rowp || !s->exact || !s->tile || !s->gather ||
+        pk_act_reserve(&s->act, PK_I8, 2 * FWD_TOPK_ROWS, C) < 0) {
+        screen_free(s);
+        return -1;
+    }
+    pk_i8_bounds(&s->q, f->m->lm_head, fmt, s->err, s->amax);
+    f->scr = s;
+    return 0;
+}
+
+typedef struct {
+    fwd *f;
+    screen *s;
+} screen_job;
+
+static void candidates_task(void *arg, int r, int thread)
+{
+    screen_job *j = arg;
+    screen *s = j->s;
+    size_t V = j->f->m->cfg.n_vocab;
+    s->ncand[r] = tk_candidates(s->s + r * V, s->s + (s->n + r) * V, s->err, s->amax, (int)V,
+                                s->P[r], s->Q[r], s->k, s->lo + r * V, s->cand + (size_t)r * s->cap,
+                                s->cap);
+}
+
+/* Tile t of the candidates' columns: packed from their rows, then the same
+ * product (pk_matmul, fp32 inputs) the whole head takes for these rows. */
+static void exact_task(void *arg, int t, int thread)
+{
+    screen_job *j = arg;
+    screen *s = j->s;
+    int C = j->f->m->cfg.n_embd, c0 = t * PK_TILE, n = s->nu - c0 < PK_TILE ? s->nu - c0 : PK_TILE;
+    pmat p;
+    pk_pack_rows(&p, s->tile + (size_t)thread * s->tile_bytes, s->rowp + c0, n, C, s->fmt,
+                 s->gather + (size_t)thread * PK_TILE * C);
+    pk_matmul(&p, s->exact + c0, s->cap_u, j->f->h, C, NULL, s->n, 0, 1, 0);
+}
+
+/* The k best logits of the n rows (1..FWD_TOPK_ROWS, k in 1..FWD_TOPK_MAX)
+ * in f->h into vals/ids (n x k, best first), through the screen f->scr: 1,
+ * or 0 when a row is not finite or too many columns stay in doubt. */
+static int screen_topk(fwd *f, int n, int k, float *vals, int *ids)
+{
+    screen *s = f->scr;
+    const model_cfg *c = &f->m->cfg;
+    int C = c->n_embd, V = c->n_vocab;
+    if (tk_quantize(&s->act, f->h, n, C, s->res, s->P, s->Q) < 0) return 0;
+    gemm(f, &(gemm_job){.out = s->s, .x = f->h, .w = &s->q, .q = &s->act, .R = 2 * n, .I = C,
+                        .O = V});
+    s->k = k;
+    s->n = n;
+    screen_job job = {f, s};
+    pool_run(f->pool, candidates_task, &job, n);
+    for (int r = 0; r < n; r++)
+        if (s->ncand[r] < 0) return 0;
+    for (int r = 0; r < n; r++)
+        for (int i = 0; i < s->ncand[r]; i++) s->mark[s->cand[(size_t)r * s->cap + i]] = 1;
+    s->nu = 0;
+    for (int v = 0; v < V; v++) {
+        if (!s->mark[v]) continue;
+        s->mark[v] = 0;
+        if (s->nu < s->cap_u) {
+            s->uid[s->nu] = v;
+            s->rowp[s->nu] = f->m->lm_head + (size_t)v * C;
+        }
+        s->nu++;
+    }
+    if (s->nu > s->cap_u || s->nu < k) return 0;
+    pool_run(f->pool, exact_task, &job, (s->nu + PK_TILE - 1) / PK_TILE);
+    for (int r = 0; r < n; r++)
+        tk_best(s->exact + (size_t)r * s->cap_u, s->uid, s->nu, k, vals + (size_t)r * k,
+                ids + (size_t)r * k);
+    return 1;
 }
 
 /* ==== Layer norms ==== */
@@ -700,14 +874,16 @@ static int check_rows(const model_cfg *c, int half, const fwd_row *rows, int R, 
     return 0;
 }
 
-int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
-            float *logits, char *err)
+/* The passes over rows[0..R), then ln_f of the output rows into f->h. */
+static int run_rows(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out, char *err)
 {
     const model *m = f->m;
     const model_cfg *c = &m->cfg;
     int C = c->n_embd;
     if (R < 1 || R > FWD_ROWS_MAX) return errf(err, "internal error: %d rows in one pass", R);
     if (check_rows(c, f->kv_half, rows, R, err) < 0) return -1;
+    for (int i = 0; i < n_out; i++)
+        if (out_rows[i] < 0 || out_rows[i] >= R) return errf(err, "internal error: logit row");
     if (reserve(f, R) < 0) return errf(err, "out of memory for %d rows of activations", R);
     for (int r = 0; r < R; r++) {
         const float *te = m->wte + (size_t)rows[r].token * C;
@@ -718,13 +894,55 @@ int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
         attention_block(f, rows, R, l);
         mlp_block(f, R, l);
     }
-    for (int i = 0; i < n_out; i++) {
-        if (out_rows[i] < 0 || out_rows[i] >= R) return errf(err, "internal error: logit row");
+    for (int i = 0; i < n_out; i++)
         mv_layernorm(f->h + (size_t)i * C, f->x + (size_t)out_rows[i] * C, m->lnf_w, m->lnf_b, C,
                      c->eps);
-    }
-    if (n_out)
-        gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = &f->wte, .R = n_out, .I = C,
-                            .O = c->n_vocab});
     return 0;
+}
+
+/* Every logit of the n output rows. */
+static void head(fwd *f, int n, float *logits)
+{
+    const model_cfg *c = &f->m->cfg;
+    if (n) gemm(f, &(gemm_job){.out = logits, .x = f->h, .w = &f->wte, .R = n, .I = c->n_embd,
+                               .O = c->n_vocab});
+}
+
+int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
+            float *logits, char *err)
+{
+    if (run_rows(f, rows, R, out_rows, n_out, err) < 0) return -1;
+    head(f, n_out, logits);
+    return 0;
+}
+
+int fwd_run_topk(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out, int k,
+                 float *logits, float *vals, int *ids, char *err)
+{
+    if (run_rows(f, rows, R, out_rows, n_out, err) < 0) return -1;
+    screen *s = f->scr;
+    if (n_out && s && n_out <= FWD_TOPK_ROWS && k >= 1 && k <= FWD_TOPK_MAX) {
+        /* a screen that keeps failing (its bounds too wide for these
+         * weights) costs its 38.6 MB pass for nothing: after m failures in
+         * a row it rests for 2^m - 1 calls (at most 63) */
+        if (s->skip) {
+            s->skip--;
+        } else if (screen_topk(f, n_out, k, vals, ids)) {
+            s->misses = 0;
+            atomic_fetch_add_explicit(&f->screened, (unsigned long)n_out, memory_order_relaxed);
+            return k;
+        } else {
+            s->misses += s->misses < 6;
+            s->skip = (1 << s->misses) - 1;
+        }
+        atomic_fetch_add_explicit(&f->fallback, (unsigned long)n_out, memory_order_relaxed);
+    }
+    head(f, n_out, logits);
+    return 0;
+}
+
+void fwd_topk_stats(const fwd *f, unsigned long *screened, unsigned long *fallback)
+{
+    *screened = atomic_load_explicit(&f->screened, memory_order_relaxed);
+    *fallback = atomic_load_explicit(&f->fallback, memory_order_relaxed);
 }

@@ -65,4 +65,24 @@ void fwd_free(fwd *f);
 int fwd_run(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out,
             float *logits, char *err);
 
+/* The largest k, and the most output rows, fwd_run_topk screens for. */
+#define FWD_TOPK_MAX 256
+#define FWD_TOPK_ROWS 8
+
+/* As fwd_run, when only the k best logits of each output row matter (the
+ * sampler's top_k). With fp32 or bf16 weights whose head is the tied
+ * embedding, up to FWD_TOPK_ROWS output rows and k <= FWD_TOPK_MAX, an int8
+ * copy of the head screens the vocabulary and only the columns it cannot
+ * rule out are computed (topk.h): returns k, with vals/ids (n_out x k)
+ * holding each row's k best, best first (larger logit, then smaller id),
+ * the very values fwd_run computes. Otherwise (or when too many columns
+ * stay in doubt) 0 with every logit in logits, as fwd_run. -1 with err. */
+int fwd_run_topk(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out, int k,
+                 float *logits, float *vals, int *ids, char *err);
+
+/* Output rows fwd_run_topk took from the screen, and rows it could have but
+ * the screen left too many columns in doubt (every logit then); both 0
+ * where there is no screen. Any thread may read them. */
+void fwd_topk_stats(const fwd *f, unsigned long *screened, unsigned long *fallback);
+
 #endif

@@ -280,6 +280,73 @@ int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, i
     return 0;
 }
 
+void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, int fmt, float *scratch)
+{
+    memset(p, 0, sizeof *p);
+    p->fmt = fmt;
+    p->K = K;
+    p->N = n;
+    p->tiles = (n + PK_TILE - 1) / PK_TILE;
+    p->groups = (K + PK_GROUP - 1) / PK_GROUP;
+    p->tile_bytes = tile_bytes(K, fmt);
+    p->unscale = 1.0f;
+    p->borrowed = 1;
+    p->data = mem;
+    /* a tile is its columns' words transposed: fp32 values, or bf16 pairs
+     * (inputs 2i low, 2i + 1 high, zero past an odd K) as 32-bit words */
+    int W = fmt == PK_F32 ? K : (K + 1) / 2;
+    for (int t = 0; t < p->tiles; t++) {
+        unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+        int cols = n - t * PK_TILE < PK_TILE ? n - t * PK_TILE : PK_TILE;
+        if (cols < PK_TILE) memset(tp, 0, p->tile_bytes); /* the missing columns are zero */
+        for (int c = 0; c < cols; c++) {
+            const float *r = rows[(size_t)t * PK_TILE + c];
+            if (fmt == PK_F32) {
+                memcpy(scratch + (size_t)c * W, r, (size_t)K * sizeof(float));
+                continue;
+            }
+            uint32_t *d = (uint32_t *)(scratch + (size_t)c * W);
+            for (int i = 0; i < K / 2; i++) d[i] = to_bf16(r[2 * i]) | (uint32_t)to_bf16(r[2 * i + 1]) << 16;
+            if (K % 2) d[W - 1] = to_bf16(r[K - 1]);
+        }
+        mv_keys_t((float *)tp, PK_TILE, scratch, 0, cols, W); /* moves bits: no value is NaN */
+    }
+}
+
+float pk_round_up(double x)
+{
+    float f = (float)x;
+    return (double)f < x ? nextafterf(f, INFINITY) : f;
+}
+
+void pk_i8_bounds(const pmat *p, const float *w, int fmt, float *err, float *amax)
+{
+    int K = p->K;
+    for (int n = 0; n < p->N; n++) {
+        const unsigned char *tp = p->data + (size_t)(n / PK_TILE) * p->tile_bytes;
+        int c = n % PK_TILE;
+        double e = 0, a = 0;
+        for (int g = 0; g < p->groups; g++) {
+            const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
+            float s;
+            mv_from_half(&s, (const uint16_t *)(gp + GROUP_W) + c, 1);
+            double scale = (double)s * p->unscale; /* exact: a half times a power of two */
+            for (int i = 0; i < PK_GROUP && g * PK_GROUP + i < K; i++) {
+                double q = (double)((int)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] - 128) * scale;
+                float v = w[(size_t)n * K + g * PK_GROUP + i];
+                if (fmt == PK_BF16) { /* the value the bf16 tiles hold */
+                    uint32_t u = (uint32_t)to_bf16(v) << 16;
+                    memcpy(&v, &u, sizeof v);
+                }
+                e = fmax(e, fabs((double)v - q));
+                a = fmax(a, fabs(q));
+            }
+        }
+        err[n] = pk_round_up(e);
+        amax[n] = pk_round_up(a);
+    }
+}
+
 void pk_free(pmat *p)
 {
     if (!p->borrowed) free(p->data);

@@ -38,6 +38,23 @@ typedef struct {
     int borrowed;                 /* data is the caller's (pk_pack_into) */
 } pmat;
 
+/* Columns given as n separate rows of K floats (an (N, K) matrix gathered,
+ * e.g. some vocabulary rows of the tied head), packed fp32 or bf16 into
+ * mem (pk_size(K, n, fmt) bytes, 64-byte aligned, the caller's): the bytes
+ * pk_pack_into gives that matrix, so a product with them gives the bits the
+ * whole matrix's product gives those columns. scratch: room for PK_TILE * K
+ * floats. Finite weights only. */
+void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, int fmt, float *scratch);
+
+/* For an int8 matrix p packed from (N, K) weights w (out_in): per column n,
+ * err[n] >= the largest |w' - q| and amax[n] >= the largest |q| over its
+ * inputs, q the dequantized int8 weights, w' the weights as format fmt
+ * holds them (PK_F32: w; PK_BF16: w rounded to bf16). Rounded up to floats. */
+void pk_i8_bounds(const pmat *p, const float *w, int fmt, float *err, float *amax);
+
+/* The smallest float at least x (x >= 0, finite): bounds rounded up. */
+float pk_round_up(double x);
+
 /* Rows of activations in the form a product reads them: quantized for
  * int8 matrices, rounded to bf16 for bf16 ones (many rows, AVX-512 BF16). */
 typedef struct {

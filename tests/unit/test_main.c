@@ -19,6 +19,7 @@
 static int passed, failed;
 
 void kernel_tests(int *passed, int *failed); /* test_kernels.c */
+void topk_tests(int *passed, int *failed);   /* test_topk.c */
 
 #define CHECK(cond, ...)                                                   \
     do {                                                                   \
@@ -308,6 +309,7 @@ int main(int argc, char **argv)
     test_stop();
     test_big_alloc();
     kernel_tests(&passed, &failed);
+    topk_tests(&passed, &failed);
     tokenizer *t = tok_load(vocab, merges, err);
     CHECK(t != NULL, "load: %s", err);
     if (t) {

@@ -7,7 +7,8 @@ nothing here asserts a time.
    best of the run in brackets), the floor of a decode step (the bytes it
    must stream / that bandwidth), the decode step at batch 1 and 3 (after a
    256-token context) and its ratio to the floor, and cold prefill of 128
-   and 512 tokens.
+   and 512 tokens; then the same steps keeping only the 40 best logits, as
+   sampling does (fp32 and bf16 then screen the head with its int8 copy).
 2. End to end through the CLI: a 256-token prompt, n=3 continuations of 24
    new tokens (no stop rule, so every run decodes all 24), process included.
 3. The accuracy of bf16 and int8 against fp32 over every position of a text.
@@ -134,6 +135,14 @@ def main():
               f"{r['step3_ms']:5.2f} ms {r['step3_ms'] / r['floor_ms']:5.2f}x  "
               f"{r['prefill128_ms']:6.1f} ms {128e3 / r['prefill128_ms']:5.0f} tok/s  "
               f"{r['prefill512_ms']:6.1f} ms {512e3 / r['prefill512_ms']:5.0f} tok/s")
+    if all("step1_top40_ms" in k[d] for d in FORMATS):
+        print("  the same steps keeping only the 40 best logits (sampling's default top_k; fp32 and "
+              "bf16 screen the head with its int8 copy, bit for bit the same 40):")
+        for dtype in FORMATS:
+            r = k[dtype]
+            print(f"  {dtype:6s} batch 1 {r['step1_top40_ms']:5.2f} ms ({r['step1_top40_ms'] / r['floor_ms']:4.2f}x "
+                  f"the whole head's floor)  batch 3 {r['step3_top40_ms']:5.2f} ms "
+                  f"({r['step3_top40_ms'] / r['floor_ms']:4.2f}x)")
 
     print(f"`gpt2 complete`: 256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs")
     med = {}

@@ -89,11 +89,14 @@ def session(model, pauses, extra):
         prompt += r["prompt_tokens"]
         pre.append(r["timings"]["prefill_ms"])
         dec.append(r["timings"]["decode_ms"])
+    models = h.call("status", {}).get("models", [])
+    head = (sum(m.get("head_screened_rows", 0) for m in models),
+            sum(m.get("head_fallback_rows", 0) for m in models))
     h.close()
     lat.sort()
     p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
     med = statistics.median
-    return med(lat), p95, cached / max(prompt, 1), prompt / pauses, med(pre), med(dec)
+    return med(lat), p95, cached / max(prompt, 1), prompt / pauses, med(pre), med(dec), head
 
 
 def main():
@@ -112,11 +115,12 @@ def main():
         if not a.no_off:
             runs.append(("prefix reuse off", ["--cache-slots", "0"]))
         for label, more in runs:
-            p50, p95, ratio, avg_prompt, pre, dec = session(
+            p50, p95, ratio, avg_prompt, pre, dec, head = session(
                 a.model, a.pauses, extra + more + ["--cpu-dtype", dtype, "--device", "cpu"])
             print(f"  {dtype:4s} {label}: p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  cached tokens "
                   f"{ratio * 100:5.1f}% (avg prompt {avg_prompt:.0f} tokens); helper's medians: "
-                  f"prefill {pre:.1f} ms, decode {dec:.1f} ms")
+                  f"prefill {pre:.1f} ms, decode {dec:.1f} ms; head rows screened {head[0]}, "
+                  f"whole {head[1]}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ CUDA_LIB := $(if $(NVCC),$(BUILD)/gpt2-cuda.so)
 
 SRC := native/common.c native/safetensors.c native/tokenizer.c native/model.c \
        native/sampler.c native/generate.c native/cpu/pool.c native/cpu/forward.c \
-       native/cpu/ops.c native/cpu/packed.c native/cpu/topk.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
+       native/cpu/ops.c native/cpu/packed.c native/cpu/amx.c native/cpu/topk.c native/log.c native/msgguard.c native/rpc.c native/reply.c \
        native/sched.c native/server.c native/device.c native/gpu.c
 OBJ := $(SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := tests/unit/test_main.c

@@ -12,6 +12,7 @@
  * fight over the cores).
  */
 #include "forward.h"
+#include "amx.h"
 #include "ops.h"
 #include "packed.h"
 #include "topk.h"
@@ -36,7 +37,9 @@ void openblas_set_num_threads(int n);
  * not overlap its reads from memory with the sums). */
 #define STREAM_ROWS 24
 #define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
-#define FINISH_ROWS 24 /* a prompt's packed products: rows per pk_matmul, then bias and activation */
+/* a prompt's packed products: rows per pk_matmul, then bias and activation
+ * (two whole blocks of AMX rows where those run) */
+static int finish_rows(void) { return pk_amx() ? 2 * AMX_ROWS : 24; }
 #define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
 
 typedef struct screen screen;
@@ -173,18 +176,22 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     /* for tests, GPT2_CPU_FUSE=0: a prompt's qkv product as a pass of its own */
     const char *fuse = getenv("GPT2_CPU_FUSE");
     f->fuse_qkv = !fuse || strcmp(fuse, "0");
-    /* vdpbf16ps where the CPU has it and it outruns fp32 fmas (timed once);
-     * for tests, GPT2_CPU_BF16=dp|fp32 forces either (dp: where the CPU has it) */
+    const char *isa = getenv("GPT2_CPU_ISA"); /* for tests: the AVX2 kernels, or the portable loops */
+    pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
+    /* for tests and the bench, GPT2_CPU_AMX=0: prompts on AVX-512 where the CPU has AMX */
+    const char *amx = getenv("GPT2_CPU_AMX");
+    pk_amx_off = amx && !strcmp(amx, "0");
+    /* bf16 activations on AMX tiles, or by vdpbf16ps where the CPU has it
+     * and it outruns fp32 fmas (timed once); for tests, GPT2_CPU_BF16=dp|fp32
+     * forces either (dp: where the CPU has it) */
     const char *bdp = getenv("GPT2_CPU_BF16");
     f->bf16_dp = pk_bf16_dp() && (bdp && !strcmp(bdp, "dp") ? 1 : bdp && !strcmp(bdp, "fp32") ? 0
-                                                                                              : pk_bf16_dp_faster());
+                                                                                              : pk_amx() || pk_bf16_dp_faster());
     /* for tests, GPT2_CPU_ATTN=fp32|bf16: a prompt's weighted values so, whatever the weights */
     const char *att = getenv("GPT2_CPU_ATTN");
     f->att_bf16 = pk_bf16_dp() && m->cfg.n_embd == m->cfg.n_head * PK_TILE &&
                   (att && !strcmp(att, "bf16") ? 1 : att && !strcmp(att, "fp32") ? 0
                                                                                   : fmt != FWD_FP32 && f->bf16_dp);
-    const char *isa = getenv("GPT2_CPU_ISA"); /* for tests: the AVX2 kernels, or the portable loops */
-    pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
     char why[ERR_MAX];
     if (pack_all(f, why) < 0) {
         fwd_free(f);
@@ -347,9 +354,10 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
         int te = t + step < t1 ? t + step : t1;
         int c0 = t * PK_TILE, c1 = te * PK_TILE < j->O ? te * PK_TILE : j->O;
         const float *wt = panel ? pk_f32_tile(j->w, t, wf) : NULL; /* the tile in fp32, once */
-        if ((packed || panel) && !stream) { /* a prompt: finished FINISH_ROWS at a time, in L2 */
-            for (int r0 = 0; r0 < j->R; r0 += FINISH_ROWS) {
-                int r1 = j->R - r0 < FINISH_ROWS ? j->R : r0 + FINISH_ROWS;
+        if ((packed || panel) && !stream) { /* a prompt: finished a few rows at a time, in L2 */
+            int fr = finish_rows();
+            for (int r0 = 0; r0 < j->R; r0 += fr) {
+                int r1 = j->R - r0 < fr ? j->R : r0 + fr;
                 float *o = j->out + (size_t)r0 * j->O;
                 if (panel) {
                     pk_f32_product(wt, PK_TILE, j->I, j->x + (size_t)r0 * j->I, j->I, r1 - r0, 1.0f,

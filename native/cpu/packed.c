@@ -28,6 +28,7 @@
 #include "packed.h"
 
 #include "../common.h"
+#include "amx.h"
 #include "ops.h"
 
 
@@ -44,13 +45,14 @@
 typedef uint32_t v16w __attribute__((vector_size(64)));
 
 #define QUADS (PK_GROUP / 4)
-#define GROUP_W (QUADS * PK_TILE * 4)            /* weight bytes of a group: 4096 */
-#define GROUP_BYTES (GROUP_W + PK_TILE * 2)      /* + the fp16 scales: 4224 */
+#define GROUP_W PK_GROUP_W         /* weight bytes of a group: 4096 */
+#define GROUP_BYTES PK_GROUP_BYTES /* + the fp16 scales: 4224 */
 #define RB_F 4 /* rows per pass, float kernels: 16 sums + 4 weights in registers */
 #define RB_Q 3 /* int8: 12 fp32 sums + 12 int32 sums + 4 weights */
 #define RB_D 6 /* bf16 activations: 24 sums + 4 weights + 1 input pair */
 
 int pk_force_generic;
+int pk_amx_off;
 
 /* Decode streams every tile from memory, with R rows of work per line, and
  * the hardware prefetchers alone did not keep enough misses in flight. So
@@ -998,23 +1000,35 @@ VNNI static void i8_tile6_asm(const unsigned char *tp, int G, float unscale, con
 #undef ZERO
 #undef SAVE
 
-VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
-                               int t1, int accumulate)
+/* Rows r..R of a by one tile (out: the tile's first column). */
+VNNI static void i8_rows_vnni(const pmat *p, const unsigned char *tp, const pk_act *a, int r, int R,
+                              float *out, int ldo, int n, int accumulate)
 {
+    for (; R - r >= 6; r += 6) /* prompts (and 6-8 decode rows) */
+        i8_tile6_asm(tp, p->groups, p->unscale, a, r, out, ldo, n, accumulate);
+    for (; R - r >= RB_Q; r += RB_Q) /* 3 decode rows, a prompt's last rows */
+        i8_tile3_asm(tp, p->groups, p->unscale, a, r, out, ldo, n, accumulate);
+    for (; r < R; r += RB_Q) {
+        switch (R - r < RB_Q ? R - r : RB_Q) {
+        case 1: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 1, out, ldo, n, accumulate); break;
+        case 2: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 2, out, ldo, n, accumulate); break;
+        default: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 3, out, ldo, n, accumulate); break;
+        }
+    }
+}
+
+/* amx: 0, or AMX_HW / AMX_EMU for the rows in whole blocks of 16 (amx.h). */
+VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
+                               int t1, int accumulate, int amx)
+{
+    size_t G = p->groups;
     for (int t = t0; t < t1; t++) {
         const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE, r = 0;
-        for (; R - r >= 6; r += 6) /* prompts (and 6-8 decode rows) */
-            i8_tile6_asm(tp, p->groups, p->unscale, a, r, out + c0, ldo, n, accumulate);
-        for (; R - r >= RB_Q; r += RB_Q) /* 3 decode rows, a prompt's last rows */
-            i8_tile3_asm(tp, p->groups, p->unscale, a, r, out + c0, ldo, n, accumulate);
-        for (; r < R; r += RB_Q) {
-            switch (R - r < RB_Q ? R - r : RB_Q) {
-            case 1: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 1, out + c0, ldo, n, accumulate); break;
-            case 2: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 2, out + c0, ldo, n, accumulate); break;
-            default: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 3, out + c0, ldo, n, accumulate); break;
-            }
-        }
+        for (; amx && R - r >= AMX_ROWS; r += AMX_ROWS)
+            amx_i8_rows(amx, tp, p->groups, p->unscale, a->q + r * G * PK_GROUP, G * PK_GROUP,
+                        a->sum + r * G, a->scale + r * G, G, out + (size_t)r * ldo + c0, ldo, n, accumulate);
+        i8_rows_vnni(p, tp, a, r, R, out + c0, ldo, n, accumulate);
     }
 }
 
@@ -1056,20 +1070,32 @@ BF16DP static void bf16_rows_dp(const unsigned char *tp, int P, const uint32_t *
     }
 }
 
+/* R rows of bf16 pairs by one bf16 tile: whole blocks of 16 rows on AMX
+ * tiles where amx (AMX_HW / AMX_EMU), the rest by vdpbf16ps. */
+BF16DP static void bf16_rows(const unsigned char *tp, int P, const uint32_t *x, size_t ldx, int R,
+                             float *out, int ldo, int n, int accumulate, int amx)
+{
+    int r = 0;
+    for (; amx && R - r >= AMX_ROWS; r += AMX_ROWS)
+        amx_bf16_rows(amx, tp, P, x + (size_t)r * ldx, ldx, out + (size_t)r * ldo, ldo, n, accumulate);
+    if (r < R) bf16_rows_dp(tp, P, x + (size_t)r * ldx, ldx, R - r, out + (size_t)r * ldo, ldo, n, accumulate);
+}
+
 BF16DP static void bf16_tiles_dp(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
                                  int t1, int accumulate)
 {
+    int amx = pk_amx();
     for (int t = t0; t < t1; t++) {
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
-        bf16_rows_dp(p->data + (size_t)t * p->tile_bytes, (p->K + 1) / 2, (const uint32_t *)a->bf,
-                     a->cap_pairs, R, out + c0, ldo, n, accumulate);
+        bf16_rows(p->data + (size_t)t * p->tile_bytes, (p->K + 1) / 2, (const uint32_t *)a->bf,
+                  a->cap_pairs, R, out + c0, ldo, n, accumulate, amx);
     }
 }
 
 void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx, int R, float *out,
                      int ldo, int n, int accumulate)
 {
-    bf16_rows_dp((const unsigned char *)tile, P, x, ldx, R, out, ldo, n, accumulate);
+    bf16_rows((const unsigned char *)tile, P, x, ldx, R, out, ldo, n, accumulate, pk_amx());
 }
 
 /* ==== fp32 prompts (AVX-512) ====
@@ -1208,6 +1234,12 @@ int pk_vnni(void)
     static int has = -1;
     if (has < 0) has = AVX512_WITH("avx512vnni");
     return has && !pk_force_generic;
+}
+
+int pk_amx(void)
+{
+    if (pk_force_generic == 3) return AVX512_WITH("avx512vnni") && pk_bf16_dp() ? AMX_EMU : 0;
+    return !pk_force_generic && !pk_amx_off && amx_usable() ? AMX_HW : 0;
 }
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -1477,6 +1509,7 @@ int pk_bf16_dp_faster(void) { return 0; }
 void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
                     float *out, int ldo, int n, int accumulate) { abort(); }
 int pk_vnni(void) { return 0; }
+int pk_amx(void) { return 0; }
 int pk_bf16_dp(void) { return 0; }
 /* Only called where pk_bf16_dp() holds. */
 void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx, int R, float *out,
@@ -1512,8 +1545,8 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
         break;
     default:
 #if defined(__x86_64__)
-        if (pk_vnni()) {
-            i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate);
+        if (pk_vnni() || (R >= AMX_ROWS && pk_amx())) {
+            i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate, R >= AMX_ROWS ? pk_amx() : 0);
             break;
         }
         if (avx2()) {

@@ -27,6 +27,9 @@
 
 #define PK_TILE 64
 #define PK_GROUP 64
+/* an int8 group in a tile: its weights, then PK_TILE fp16 scales */
+#define PK_GROUP_W (PK_GROUP * PK_TILE)
+#define PK_GROUP_BYTES (PK_GROUP_W + PK_TILE * 2)
 
 enum { PK_F32, PK_BF16, PK_I8 };
 
@@ -122,6 +125,14 @@ int pk_bf16_dp_faster(void);
  * pk_force_generic 1 makes pk_matmul use the portable loops, 2 AVX2. */
 int pk_vnni(void);
 extern int pk_force_generic;
+
+/* Whether prompts' int8 and bf16 products (16 rows at a time) run on AMX
+ * tiles here (amx.h): AMX_HW where the CPU has AMX and the kernel grants
+ * it, unless pk_amx_off (GPT2_CPU_AMX=0) or a path is forced; AMX_EMU, the
+ * same kernels with the tile instructions done in C, when pk_force_generic
+ * is 3 (the unit test, on a CPU with AVX-512 VNNI and BF16); else 0. */
+int pk_amx(void);
+extern int pk_amx_off;
 
 /* Whether int8 prompts should read the packed tiles (VNNI or AVX2 here),
  * rather than widening them for sgemm (the portable loops). */

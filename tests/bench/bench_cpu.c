@@ -22,6 +22,11 @@
  * usage: bench_cpu MODEL_DIR FORMAT(fp32|bf16|int8|gpu-fp16|gpu-bf16) [--context N]
  *                  [--steps N] [--threads N]
  *                  [--prefill 0]   (0: decode only, for a profiler)
+ *
+ * bench_cpu --kernels: a prompt's products alone on one thread (512 rows,
+ * gpt2's two MLP shapes, rows by 32 per tile as the engine takes them),
+ * int8 and bf16 activations, on AMX tiles where the CPU has them and on
+ * AVX-512 without: multiply-adds a second, one JSON object per line.
  */
 #define _GNU_SOURCE
 #include "../../native/device.h"
@@ -32,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef float v16 __attribute__((vector_size(64)));
 
@@ -117,8 +123,61 @@ static int fail(const char *err)
     return 1;
 }
 
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int kernel_rates(void)
+{
+    enum { R = 512, CHUNK = 32 };
+    int shapes[][2] = {{768, 3072}, {3072, 768}};
+    char err[ERR_MAX];
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        int K = shapes[si][0], N = shapes[si][1];
+        float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * R * K);
+        float *out = malloc(sizeof(float) * R * N);
+        if (!w || !x || !out) return fail("out of memory");
+        uint64_t r = 0x2545F4914F6CDD1Dull;
+        for (size_t i = 0; i < (size_t)K * N; i++) r ^= r << 13, r ^= r >> 7, r ^= r << 17, w[i] = (float)(r >> 40) / (1 << 24) - 0.5f;
+        for (size_t i = 0; i < (size_t)R * K; i++) r ^= r << 13, r ^= r >> 7, r ^= r << 17, x[i] = (float)(r >> 40) / (1 << 24) - 0.5f;
+        for (int fmt = PK_BF16; fmt <= PK_I8; fmt++) {
+            if (fmt == PK_BF16 && !pk_bf16_dp()) continue;
+            pmat p;
+            pk_act a = {0};
+            if (pk_pack(&p, w, K, N, 0, fmt, err) < 0 || pk_act_reserve(&a, fmt, R, K) < 0) return fail("pack");
+            pk_act_quantize(&a, fmt, x, 0, R, K, K);
+            int has_amx = pk_amx();
+            for (int off = 0; off < 1 + has_amx; off++) { /* on AMX tiles, then without */
+                pk_amx_off = off;
+                double best = 1e9;
+                for (int rep = 0; rep < 5; rep++) {
+                    double t0 = now_s();
+                    for (int t = 0; t < p.tiles; t++)
+                        for (int r0 = 0; r0 < R; r0 += CHUNK) {
+                            pk_act rows = pk_act_rows(&a, K, r0);
+                            pk_matmul(&p, out + (size_t)r0 * N, N, NULL, K, &rows, CHUNK, t, t + 1, 0);
+                        }
+                    double dt = now_s() - t0;
+                    best = dt < best ? dt : best;
+                }
+                printf("{\"kernel\": \"%s\", \"amx\": %d, \"K\": %d, \"N\": %d, \"rows\": %d, \"ms\": %.3f, \"gmacs\": %.1f}\n",
+                       fmt == PK_I8 ? "int8" : "bf16", pk_amx(), K, N, R, best * 1e3, (double)R * K * N / best / 1e9);
+            }
+            pk_amx_off = 0;
+            pk_free(&p);
+            pk_act_free(&a);
+        }
+        free(w), free(x), free(out);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && !strcmp(argv[1], "--kernels")) return kernel_rates();
     if (argc < 3) {
         fprintf(stderr, "usage: bench_cpu MODEL_DIR fp32|bf16|int8|gpu-fp16|gpu-bf16 [--context N] "
                 "[--steps N] [--threads N]\n");

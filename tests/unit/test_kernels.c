@@ -466,6 +466,76 @@ static void test_bf16_values(int m, int n)
     free(v), free(p), free(vt), free(pb), free(got), free(want);
 }
 
+/* Prompts' products on AMX tiles (16-row blocks, the rest on AVX-512):
+ * int8 bit for bit the portable loops' sums, bf16 within the reference's
+ * bounds; emulated tiles everywhere (pk_force_generic 3), the hardware's
+ * where the CPU has AMX (and then the two against each other). */
+static void test_amx_products(int K, int N, int out_in)
+{
+    char err[ERR_MAX];
+    enum { RM = 35 };
+    int rows_list[] = {16, 19, 32, RM};
+    float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * RM * K);
+    float *ref = malloc(sizeof(float) * RM * N), *got = malloc(sizeof(float) * RM * N);
+    float *emu = malloc(sizeof(float) * RM * N);
+    double *want = malloc(sizeof(double) * RM * N);
+    for (int i = 0; i < K * N; i++) w[i] = frand() * (i % 5 == 0 ? 3.0f : 0.2f);
+    for (int i = 0; i < RM * K; i++) x[i] = frand() * (i % 11 == 0 ? 6.0f : 1.0f);
+    int hw = pk_amx() == 1;
+    for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++) {
+        int R = rows_list[ri];
+        pmat p;
+        pk_act a = {0};
+        /* int8 */
+        CHECK(pk_pack(&p, w, K, N, out_in, PK_I8, err) == 0, "pack: %s", err);
+        CHECK(pk_act_reserve(&a, PK_I8, R, K) == 0, "act");
+        pk_act_quantize(&a, PK_I8, x, 0, R, K, K);
+        for (int i = 0; i < R * N; i++) ref[i] = got[i] = emu[i] = 1.0f;
+        pk_force_generic = 1;
+        pk_matmul(&p, ref, N, x, K, &a, R, 0, p.tiles, 1);
+        pk_force_generic = 3;
+        pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1);
+        pk_force_generic = 0;
+        CHECK(!memcmp(ref, emu, sizeof(float) * R * N),
+              "int8 K %d N %d rows %d out_in %d: emulated AMX tiles differ from the portable loops", K, N, R, out_in);
+        if (hw) {
+            pk_matmul(&p, got, N, x, K, &a, R, 0, p.tiles, 1);
+            CHECK(!memcmp(ref, got, sizeof(float) * R * N),
+                  "int8 K %d N %d rows %d out_in %d: AMX tiles differ from the portable loops", K, N, R, out_in);
+        }
+        pk_free(&p);
+        pk_act_free(&a);
+        /* bf16 activations */
+        CHECK(pk_pack(&p, w, K, N, out_in, PK_BF16, err) == 0, "pack: %s", err);
+        CHECK(pk_act_reserve(&a, PK_BF16, R, K) == 0, "act");
+        pk_act_quantize(&a, PK_BF16, x, 0, R, K, K);
+        for (int r = 0; r < R; r++)
+            for (int n = 0; n < N; n++) {
+                double s = 1.0;
+                for (int k = 0; k < K; k++)
+                    s += (double)bf16_round(out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n]) *
+                         bf16_round(x[(size_t)r * K + k]);
+                want[(size_t)r * N + n] = s;
+            }
+        for (int i = 0; i < R * N; i++) got[i] = emu[i] = 1.0f;
+        pk_force_generic = 3;
+        pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1);
+        pk_force_generic = 0;
+        double e = rel_err(emu, want, (size_t)R * N);
+        CHECK(e < 1e-5, "bf16 K %d N %d rows %d out_in %d: emulated AMX tiles off by %g", K, N, R, out_in, e);
+        if (hw) {
+            pk_matmul(&p, got, N, x, K, &a, R, 0, p.tiles, 1);
+            double d = 0, eh = rel_err(got, want, (size_t)R * N);
+            for (int i = 0; i < R * N; i++) d = fmax(d, fabs(got[i] - emu[i]));
+            CHECK(eh < 1e-5, "bf16 K %d N %d rows %d out_in %d: AMX tiles off by %g", K, N, R, out_in, eh);
+            if (d > 0 && ri == 0 && K >= 768) printf("note: bf16 AMX tiles against their emulation: max |diff| %g (K %d)\n", d, K);
+        }
+        pk_free(&p);
+        pk_act_free(&a);
+    }
+    free(w), free(x), free(ref), free(got), free(emu), free(want);
+}
+
 #define LN_MAX 1600
 
 static void test_layernorm(int C, float offset)
@@ -551,6 +621,26 @@ void kernel_tests(int *passed, int *failed)
         for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
             for (int m = 1; m <= 13; m += 6) test_bf16_values(m, ns[i]);
         test_bf16_values(64, 301);
+    }
+    if (!pk_vnni() || !pk_bf16_dp()) {
+        printf("SKIP AMX kernels: this CPU has no AVX-512 VNNI and BF16, which their emulation needs\n");
+    } else {
+        pk_force_generic = 3;
+        int amx_emu = pk_amx() == 2;
+        pk_force_generic = 0;
+        CHECK(amx_emu, "the AMX emulation is not chosen by pk_force_generic 3");
+        if (pk_amx() != 1) printf("SKIP AMX tiles in hardware: this CPU has no AMX (or the kernel refused it); their emulation is tested\n");
+        int amx_shapes[][2] = {{45, 70}, {96, 64}, {200, 130}, {768, 100}};
+        for (size_t i = 0; i < sizeof amx_shapes / sizeof *amx_shapes; i++)
+            for (int out_in = 0; out_in < 2; out_in++) test_amx_products(amx_shapes[i][0], amx_shapes[i][1], out_in);
+        int ns[] = {1, 31, 32, 33, 301};
+        for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
+            for (int m = 16; m <= 35; m += 19) { /* a prompt's weighted values */
+                pk_force_generic = 3;
+                test_bf16_values(m, ns[i]);
+                pk_force_generic = 0;
+                if (pk_amx() == 1) test_bf16_values(m, ns[i]);
+            }
     }
     int cs[] = {16, 45, 768, LN_MAX};
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {

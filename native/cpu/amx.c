@@ -1,0 +1,261 @@
+/* amx.c - see amx.h.
+ *
+ * Every call configures the eight tiles alike (16 rows of 64 bytes) and
+ * gives them back at its end (tilerelease), so no thread keeps AMX state
+ * between products:
+ *   tmm0, tmm1  the activations, alternating from one step to the next;
+ *   tmm2, tmm3  the weights of 16 columns, alternating;
+ *   tmm4-7      the sums of columns 0-15, 16-31, 32-47 and 48-63.
+ * A step (one int8 group, or 16 bf16 pairs) loads its activations once for
+ * the four multiplies. bf16 pairs beyond the last whole step are copied,
+ * zero padded, into buffers of whole tiles.
+ */
+#define _DEFAULT_SOURCE /* syscall */
+#include "amx.h"
+
+#include "packed.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+int amx_usable(void)
+{
+    static int ok = -1;
+    if (ok >= 0) return ok;
+    unsigned a, b, c, d, a1, b1, c1, d1;
+    ok = __get_cpuid_count(7, 0, &a, &b, &c, &d) && __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) &&
+         (d >> 22 & 1) && (d >> 24 & 1) && (d >> 25 & 1) /* AMX-BF16, -TILE, -INT8 */
+         && (b >> 16 & 1) && (b >> 30 & 1) && (c >> 11 & 1) && (a1 >> 5 & 1) /* AVX-512 F, BW, VNNI, BF16 */
+         && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return ok;
+}
+
+#define AMX_T __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f,avx512bw,avx512vl,f16c")))
+#define AI static inline __attribute__((always_inline))
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) tile_cfg;
+
+/* ==== The tile instructions in C (AMX_EMU) ==== */
+
+static __thread uint8_t emu[8][16][64];
+
+static void emu_zero(int t) { memset(emu[t], 0, sizeof emu[t]); }
+
+static void emu_load(int t, const void *p, size_t stride)
+{
+    for (int r = 0; r < 16; r++) memcpy(emu[t][r], (const char *)p + r * stride, 64);
+}
+
+static void emu_store(int t, void *p, size_t stride)
+{
+    for (int r = 0; r < 16; r++) memcpy((char *)p + r * stride, emu[t][r], 64);
+}
+
+/* tdpbsud: C (int32) += A (int8, 4 a dword) . B (uint8, row k: 4 of column n) */
+static void emu_dpbsud(int c, int a, int b)
+{
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) {
+            int32_t s;
+            memcpy(&s, &emu[c][m][4 * n], 4);
+            for (int k = 0; k < 16; k++)
+                for (int i = 0; i < 4; i++) s += (int8_t)emu[a][m][4 * k + i] * (int32_t)emu[b][k][4 * n + i];
+            memcpy(&emu[c][m][4 * n], &s, 4);
+        }
+}
+
+/* bf16 as fp32, subnormals to zero (tdpbf16ps reads them so) */
+static float emu_bf(const uint8_t *p)
+{
+    uint32_t u = (uint32_t)(p[0] | p[1] << 8) << 16;
+    if (!(u & 0x7F800000u)) u &= 0x80000000u;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* tdpbf16ps as Intel writes it: per pair, the even product then the odd one
+ * added (each product exact in fp32), subnormal results to zero */
+static void emu_dpbf16ps(int c, int a, int b)
+{
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) {
+            float s;
+            memcpy(&s, &emu[c][m][4 * n], 4);
+            for (int k = 0; k < 16; k++)
+                for (int i = 0; i < 2; i++) {
+                    s += emu_bf(&emu[a][m][4 * k + 2 * i]) * emu_bf(&emu[b][k][4 * n + 2 * i]);
+                    if (s != 0 && s > -1.17549435e-38f && s < 1.17549435e-38f) s = s < 0 ? -0.0f : 0.0f;
+                }
+            memcpy(&emu[c][m][4 * n], &s, 4);
+        }
+}
+
+/* Tile numbers are immediates: each macro takes literal ones. */
+#define EITHER(real, emulated)                                                                     \
+    do {                                                                                           \
+        if (hw) real;                                                                              \
+        else emulated;                                                                             \
+    } while (0)
+#define T_ZERO(t) EITHER(_tile_zero(t), emu_zero(t))
+#define T_LOAD(t, p, s) EITHER(_tile_loadd(t, p, s), emu_load(t, p, s))
+#define T_STORE(t, p, s) EITHER(_tile_stored(t, p, s), emu_store(t, p, s))
+#define T_DPBSUD(c, a, b) EITHER(_tile_dpbsud(c, a, b), emu_dpbsud(c, a, b))
+#define T_DPBF16(c, a, b) EITHER(_tile_dpbf16ps(c, a, b), emu_dpbf16ps(c, a, b))
+#define T_ZERO_SUMS() do { T_ZERO(4); T_ZERO(5); T_ZERO(6); T_ZERO(7); } while (0)
+
+/* One step: activations at x (16 rows, sx bytes apart) into tile A, times
+ * 64 columns of weights at w (16 rows of 256 bytes) onto tmm4-7. */
+#define STEP(DP, A, x, sx, w)                                                                      \
+    do {                                                                                           \
+        T_LOAD(A, x, sx);                                                                          \
+        T_LOAD(2, (w), 256);                                                                       \
+        DP(4, A, 2);                                                                               \
+        T_LOAD(3, (w) + 64, 256);                                                                  \
+        DP(5, A, 3);                                                                               \
+        T_LOAD(2, (w) + 128, 256);                                                                 \
+        DP(6, A, 2);                                                                               \
+        T_LOAD(3, (w) + 192, 256);                                                                 \
+        DP(7, A, 3);                                                                               \
+    } while (0)
+
+#define STEP_ALT(DP, i, x, sx, w)                                                                  \
+    do {                                                                                           \
+        if ((i) & 1) STEP(DP, 1, x, sx, w);                                                        \
+        else STEP(DP, 0, x, sx, w);                                                                \
+    } while (0)
+
+AMX_T AI void begin(int hw)
+{
+    tile_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    if (hw) _tile_loadconfig(&cfg);
+}
+
+AMX_T AI void end(int hw)
+{
+    if (hw) _tile_release();
+}
+
+/* tmm4-7 into c (16 rows of 64 values of 4 bytes). */
+AMX_T AI void store_sums(int hw, void *c)
+{
+    char *p = c;
+    T_STORE(4, p, 256);
+    T_STORE(5, p + 64, 256);
+    T_STORE(6, p + 128, 256);
+    T_STORE(7, p + 192, 256);
+}
+
+/* out (16 rows)[0..n) (+)= acc */
+AMX_T AI void put(const float (*acc)[PK_TILE], float *out, int ldo, int n, int accumulate)
+{
+    for (int r = 0; r < AMX_ROWS; r++) {
+        float *o = out + (size_t)r * ldo;
+        if (n == PK_TILE) {
+            for (int j = 0; j < PK_TILE; j += 16) {
+                __m512 v = _mm512_load_ps(acc[r] + j);
+                if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(o + j), v);
+                _mm512_storeu_ps(o + j, v);
+            }
+        } else {
+            for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[r][c];
+        }
+    }
+}
+
+AMX_T AI void i8_body(int hw, const unsigned char *tp, int G, float unscale, const int8_t *q, size_t ldq,
+                      const int32_t *sum, const float *scale, size_t lds, float *out, int ldo, int n,
+                      int accumulate)
+{
+    float acc[AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
+    int32_t cs[AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
+    memset(acc, 0, sizeof acc);
+    begin(hw);
+    for (int g = 0; g < G; g++) {
+        const unsigned char *gp = tp + (size_t)g * PK_GROUP_BYTES;
+        T_ZERO_SUMS();
+        STEP_ALT(T_DPBSUD, g, q + (size_t)g * PK_GROUP, ldq, gp);
+        store_sums(hw, cs);
+        /* the VNNI kernel's epilogue: (sums - 128 * sum(x)) as fp32, times
+         * weight scale x (activation scale x unscale), added to the fp32 sums */
+        __m512 ws[4];
+        for (int j = 0; j < 4; j++)
+            ws[j] = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + PK_GROUP_W + 32 * j)));
+        for (int r = 0; r < AMX_ROWS; r++) {
+            __m512i base = _mm512_set1_epi32(-128 * sum[(size_t)r * lds + g]);
+            __m512 xs = _mm512_set1_ps(scale[(size_t)r * lds + g] * unscale);
+            for (int j = 0; j < 4; j++) {
+                __m512i is = _mm512_add_epi32(base, _mm512_load_si512(cs[r] + 16 * j));
+                __m512 a = _mm512_load_ps(acc[r] + 16 * j);
+                _mm512_store_ps(acc[r] + 16 * j, _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(ws[j], xs), a));
+            }
+        }
+    }
+    end(hw);
+    put(acc, out, ldo, n, accumulate);
+}
+
+AMX_T void amx_i8_rows(int mode, const unsigned char *tp, int G, float unscale, const int8_t *q, size_t ldq,
+                       const int32_t *sum, const float *scale, size_t lds, float *out, int ldo, int n,
+                       int accumulate)
+{
+    if (mode == AMX_HW) i8_body(1, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
+    else i8_body(0, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
+}
+
+AMX_T AI void bf16_body(int hw, const unsigned char *tp, int P, const uint32_t *x, size_t ldx, float *out,
+                        int ldo, int n, int accumulate)
+{
+    enum { SP = 16 };                             /* pairs a step */
+    const size_t step_w = (size_t)SP * PK_TILE * 4; /* weight bytes a step */
+    float acc[AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
+    int S = P / SP, rest = P % SP;
+    begin(hw);
+    T_ZERO_SUMS();
+    for (int s = 0; s < S; s++)
+        STEP_ALT(T_DPBF16, s, x + (size_t)s * SP, ldx * 4, tp + s * step_w);
+    if (rest) { /* the last pairs, zero padded to a whole step */
+        uint32_t xa[AMX_ROWS][SP] __attribute__((aligned(64)));
+        unsigned char wb[SP * PK_TILE * 4] __attribute__((aligned(64)));
+        memset(xa, 0, sizeof xa);
+        memset(wb + (size_t)rest * PK_TILE * 4, 0, sizeof wb - (size_t)rest * PK_TILE * 4);
+        for (int r = 0; r < AMX_ROWS; r++) memcpy(xa[r], x + r * ldx + (size_t)S * SP, rest * 4);
+        memcpy(wb, tp + S * step_w, (size_t)rest * PK_TILE * 4);
+        STEP_ALT(T_DPBF16, S, xa, sizeof xa[0], wb);
+    }
+    store_sums(hw, acc);
+    end(hw);
+    put(acc, out, ldo, n, accumulate);
+}
+
+AMX_T void amx_bf16_rows(int mode, const unsigned char *tp, int P, const uint32_t *x, size_t ldx, float *out,
+                         int ldo, int n, int accumulate)
+{
+    if (mode == AMX_HW) bf16_body(1, tp, P, x, ldx, out, ldo, n, accumulate);
+    else bf16_body(0, tp, P, x, ldx, out, ldo, n, accumulate);
+}
+
+#else
+int amx_usable(void) { return 0; }
+void amx_i8_rows(int mode, const unsigned char *tp, int G, float unscale, const int8_t *q, size_t ldq,
+                 const int32_t *sum, const float *scale, size_t lds, float *out, int ldo, int n,
+                 int accumulate) { abort(); }
+void amx_bf16_rows(int mode, const unsigned char *tp, int P, const uint32_t *x, size_t ldx, float *out,
+                   int ldo, int n, int accumulate) { abort(); }
+#endif

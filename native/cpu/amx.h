@@ -1,0 +1,47 @@
+/* amx.h - prompts' int8 and bf16 products on AMX tiles (Intel Xeons from
+ * Sapphire Rapids on), reading the tiles packed.c lays out as they are.
+ *
+ * A tile multiply takes 16 rows of activations (the A tile: 64 bytes a
+ * row), 16 quads or pairs of inputs for 16 columns (the B tile: our packed
+ * layout's 256-byte stride, 64 bytes at a time) and adds into 16 x 16 int32
+ * or fp32 sums (the C tile), in one instruction of 16 x 16 x 64 int8 or
+ * 16 x 16 x 32 bf16 multiply-adds.
+ *   int8: tdpbsud (signed activations, unsigned stored weights), one group
+ *         of PK_GROUP inputs per multiply: the group's int32 sums go through
+ *         memory to the same rescale the VNNI kernel does (-128 * sum(x),
+ *         then an fma by weight scale x activation scale onto fp32 sums), in
+ *         the same order, so the results are VNNI's bit for bit.
+ *   bf16: tdpbf16ps over every pair of inputs into fp32 tiles.
+ *
+ * Each call does 16 rows by one packed tile (PK_TILE columns); the caller
+ * gives the remaining rows to the other kernels. mode AMX_HW runs the
+ * instructions (amx_usable() must hold); AMX_EMU runs the same code with
+ * each tile instruction done in C on a per-thread array of tiles, so that
+ * machines without AMX test the layout, the blocking and the rescale. */
+#ifndef GPT2_AMX_H
+#define GPT2_AMX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { AMX_HW = 1, AMX_EMU = 2 };
+
+#define AMX_ROWS 16
+
+/* AMX-TILE, -INT8 and -BF16 in CPUID, and the tile state granted by the
+ * kernel (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16+); asked once. */
+int amx_usable(void);
+
+/* out (16 rows, ldo)[0..n) (+)= the 16 rows' int8 activations (q: row r's
+ * group g at q + r * ldq + g * PK_GROUP; sum and scale: row r's group g at
+ * [r * lds + g]) times the int8 tile tp of G groups. */
+void amx_i8_rows(int mode, const unsigned char *tp, int G, float unscale, const int8_t *q, size_t ldq,
+                 const int32_t *sum, const float *scale, size_t lds, float *out, int ldo, int n,
+                 int accumulate);
+
+/* out (16 rows, ldo)[0..n) (+)= 16 rows of P bf16 pairs (ldx words apart)
+ * times the bf16 tile tp (P pairs of inputs). */
+void amx_bf16_rows(int mode, const unsigned char *tp, int P, const uint32_t *x, size_t ldx, float *out,
+                   int ldo, int n, int accumulate);
+
+#endif

@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+int amx_pair_rows = 1;
+
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -152,20 +154,42 @@ AMX_T AI void end(int hw)
     if (hw) _tile_release();
 }
 
-/* tmm4-7 into c (16 rows of 64 values of 4 bytes). */
-AMX_T AI void store_sums(int hw, void *c)
-{
-    char *p = c;
-    T_STORE(4, p, 256);
-    T_STORE(5, p + 64, 256);
-    T_STORE(6, p + 128, 256);
-    T_STORE(7, p + 192, 256);
-}
+/* The sums of M = 16 rows (tmm4-7: 16 columns each) or of M = 32 rows by
+ * half h of the columns (tmm4, 5: rows 0-15; tmm6, 7: rows 16-31) into c
+ * (M rows of PK_TILE values of 4 bytes). */
+#define STORE_SUMS(M, h, c)                                                                        \
+    do {                                                                                           \
+        char *p_ = (char *)(c);                                                                    \
+        if ((M) == 16) {                                                                           \
+            T_STORE(4, p_, 256);                                                                   \
+            T_STORE(5, p_ + 64, 256);                                                              \
+            T_STORE(6, p_ + 128, 256);                                                             \
+            T_STORE(7, p_ + 192, 256);                                                             \
+        } else {                                                                                   \
+            p_ += 128 * (h);                                                                       \
+            T_STORE(4, p_, 256);                                                                   \
+            T_STORE(5, p_ + 64, 256);                                                              \
+            T_STORE(6, p_ + 16 * 256, 256);                                                        \
+            T_STORE(7, p_ + 16 * 256 + 64, 256);                                                   \
+        }                                                                                          \
+    } while (0)
 
-/* out (16 rows)[0..n) (+)= acc */
-AMX_T AI void put(const float (*acc)[PK_TILE], float *out, int ldo, int n, int accumulate)
+/* M = 32: rows 0-15 (tmm0) and 16-31 (tmm1) of activations by columns
+ * 32h.. (tmm2) and 32h + 16.. (tmm3) of weights at w onto tmm4-7. */
+#define QUAD(DP, w, h)                                                                             \
+    do {                                                                                           \
+        T_LOAD(2, (w) + 128 * (h), 256);                                                           \
+        T_LOAD(3, (w) + 128 * (h) + 64, 256);                                                      \
+        DP(4, 0, 2);                                                                               \
+        DP(5, 0, 3);                                                                               \
+        DP(6, 1, 2);                                                                               \
+        DP(7, 1, 3);                                                                               \
+    } while (0)
+
+/* out (M rows)[0..n) (+)= acc */
+AMX_T AI void put(const int M, const float (*acc)[PK_TILE], float *out, int ldo, int n, int accumulate)
 {
-    for (int r = 0; r < AMX_ROWS; r++) {
+    for (int r = 0; r < M; r++) {
         float *o = out + (size_t)r * ldo;
         if (n == PK_TILE) {
             for (int j = 0; j < PK_TILE; j += 16) {
@@ -179,25 +203,39 @@ AMX_T AI void put(const float (*acc)[PK_TILE], float *out, int ldo, int n, int a
     }
 }
 
-AMX_T AI void i8_body(int hw, const unsigned char *tp, int G, float unscale, const int8_t *q, size_t ldq,
-                      const int32_t *sum, const float *scale, size_t lds, float *out, int ldo, int n,
-                      int accumulate)
+/* M = 16: each group's activations loaded once for 4 multiplies (1 x 4
+ * tiles of sums); M = 32: 2 x 2, each loaded tile serving 2 multiplies. */
+AMX_T AI void i8_body(int hw, const int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
+                      size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
+                      int n, int accumulate)
 {
-    float acc[AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
-    int32_t cs[AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
-    memset(acc, 0, sizeof acc);
+    float acc[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
+    int32_t cs[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
+    memset(acc, 0, sizeof(float) * M * PK_TILE);
     begin(hw);
     for (int g = 0; g < G; g++) {
         const unsigned char *gp = tp + (size_t)g * PK_GROUP_BYTES;
-        T_ZERO_SUMS();
-        STEP_ALT(T_DPBSUD, g, q + (size_t)g * PK_GROUP, ldq, gp);
-        store_sums(hw, cs);
+        const int8_t *qg = q + (size_t)g * PK_GROUP;
+        if (M == 16) {
+            T_ZERO_SUMS();
+            STEP_ALT(T_DPBSUD, g, qg, ldq, gp);
+            STORE_SUMS(16, 0, cs);
+        } else {
+            T_LOAD(0, qg, ldq);
+            T_LOAD(1, qg + 16 * ldq, ldq);
+            T_ZERO_SUMS();
+            QUAD(T_DPBSUD, gp, 0);
+            STORE_SUMS(32, 0, cs);
+            T_ZERO_SUMS();
+            QUAD(T_DPBSUD, gp, 1);
+            STORE_SUMS(32, 1, cs);
+        }
         /* the VNNI kernel's epilogue: (sums - 128 * sum(x)) as fp32, times
          * weight scale x (activation scale x unscale), added to the fp32 sums */
         __m512 ws[4];
         for (int j = 0; j < 4; j++)
             ws[j] = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + PK_GROUP_W + 32 * j)));
-        for (int r = 0; r < AMX_ROWS; r++) {
+        for (int r = 0; r < M; r++) {
             __m512i base = _mm512_set1_epi32(-128 * sum[(size_t)r * lds + g]);
             __m512 xs = _mm512_set1_ps(scale[(size_t)r * lds + g] * unscale);
             for (int j = 0; j < 4; j++) {
@@ -208,54 +246,76 @@ AMX_T AI void i8_body(int hw, const unsigned char *tp, int G, float unscale, con
         }
     }
     end(hw);
-    put(acc, out, ldo, n, accumulate);
+    put(M, acc, out, ldo, n, accumulate);
 }
 
-AMX_T void amx_i8_rows(int mode, const unsigned char *tp, int G, float unscale, const int8_t *q, size_t ldq,
-                       const int32_t *sum, const float *scale, size_t lds, float *out, int ldo, int n,
-                       int accumulate)
+AMX_T void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
+                       size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
+                       int n, int accumulate)
 {
-    if (mode == AMX_HW) i8_body(1, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
-    else i8_body(0, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
+    if (mode == AMX_HW && M == 32) i8_body(1, 32, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
+    else if (mode == AMX_HW) i8_body(1, 16, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
+    else if (M == 32) i8_body(0, 32, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
+    else i8_body(0, 16, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
 }
 
-AMX_T AI void bf16_body(int hw, const unsigned char *tp, int P, const uint32_t *x, size_t ldx, float *out,
-                        int ldo, int n, int accumulate)
+AMX_T AI void bf16_body(int hw, const int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
+                        float *out, int ldo, int n, int accumulate)
 {
     enum { SP = 16 };                             /* pairs a step */
     const size_t step_w = (size_t)SP * PK_TILE * 4; /* weight bytes a step */
-    float acc[AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
+    float acc[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
+    uint32_t xa[2 * AMX_ROWS][SP] __attribute__((aligned(64)));
+    unsigned char wb[SP * PK_TILE * 4] __attribute__((aligned(64)));
     int S = P / SP, rest = P % SP;
-    begin(hw);
-    T_ZERO_SUMS();
-    for (int s = 0; s < S; s++)
-        STEP_ALT(T_DPBF16, s, x + (size_t)s * SP, ldx * 4, tp + s * step_w);
     if (rest) { /* the last pairs, zero padded to a whole step */
-        uint32_t xa[AMX_ROWS][SP] __attribute__((aligned(64)));
-        unsigned char wb[SP * PK_TILE * 4] __attribute__((aligned(64)));
-        memset(xa, 0, sizeof xa);
+        memset(xa, 0, sizeof(uint32_t) * M * SP);
         memset(wb + (size_t)rest * PK_TILE * 4, 0, sizeof wb - (size_t)rest * PK_TILE * 4);
-        for (int r = 0; r < AMX_ROWS; r++) memcpy(xa[r], x + r * ldx + (size_t)S * SP, rest * 4);
+        for (int r = 0; r < M; r++) memcpy(xa[r], x + r * ldx + (size_t)S * SP, rest * 4);
         memcpy(wb, tp + S * step_w, (size_t)rest * PK_TILE * 4);
-        STEP_ALT(T_DPBF16, S, xa, sizeof xa[0], wb);
     }
-    store_sums(hw, acc);
+    begin(hw);
+    if (M == 16) {
+        T_ZERO_SUMS();
+        for (int s = 0; s < S; s++)
+            STEP_ALT(T_DPBF16, s, x + (size_t)s * SP, ldx * 4, tp + s * step_w);
+        if (rest) STEP_ALT(T_DPBF16, S, xa, sizeof xa[0], wb);
+        STORE_SUMS(16, 0, acc);
+    } else {
+        for (int h = 0; h < 2; h++) {
+            T_ZERO_SUMS();
+            for (int s = 0; s <= S; s++) {
+                if (s == S && !rest) break;
+                const uint32_t *xs = s < S ? x + (size_t)s * SP : xa[0];
+                size_t sx = s < S ? ldx * 4 : sizeof xa[0];
+                const unsigned char *w = s < S ? tp + s * step_w : wb;
+                T_LOAD(0, xs, sx);
+                T_LOAD(1, (const char *)xs + 16 * sx, sx);
+                if (h) QUAD(T_DPBF16, w, 1);
+                else QUAD(T_DPBF16, w, 0);
+            }
+            if (h) STORE_SUMS(32, 1, acc);
+            else STORE_SUMS(32, 0, acc);
+        }
+    }
     end(hw);
-    put(acc, out, ldo, n, accumulate);
+    put(M, acc, out, ldo, n, accumulate);
 }
 
-AMX_T void amx_bf16_rows(int mode, const unsigned char *tp, int P, const uint32_t *x, size_t ldx, float *out,
-                         int ldo, int n, int accumulate)
+AMX_T void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
+                         float *out, int ldo, int n, int accumulate)
 {
-    if (mode == AMX_HW) bf16_body(1, tp, P, x, ldx, out, ldo, n, accumulate);
-    else bf16_body(0, tp, P, x, ldx, out, ldo, n, accumulate);
+    if (mode == AMX_HW && M == 32) bf16_body(1, 32, tp, P, x, ldx, out, ldo, n, accumulate);
+    else if (mode == AMX_HW) bf16_body(1, 16, tp, P, x, ldx, out, ldo, n, accumulate);
+    else if (M == 32) bf16_body(0, 32, tp, P, x, ldx, out, ldo, n, accumulate);
+    else bf16_body(0, 16, tp, P, x, ldx, out, ldo, n, accumulate);
 }
 
 #else
 int amx_usable(void) { return 0; }
-void amx_i8_rows(int mode, const unsigned char *tp, int G, float unscale, const int8_t *q, size_t ldq,
-                 const int32_t *sum, const float *scale, size_t lds, float *out, int ldo, int n,
-                 int accumulate) { abort(); }
-void amx_bf16_rows(int mode, const unsigned char *tp, int P, const uint32_t *x, size_t ldx, float *out,
-                   int ldo, int n, int accumulate) { abort(); }
+void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
+                 size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
+                 int n, int accumulate) { abort(); }
+void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
+                   float *out, int ldo, int n, int accumulate) { abort(); }
 #endif

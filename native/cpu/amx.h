@@ -32,16 +32,22 @@ enum { AMX_HW = 1, AMX_EMU = 2 };
  * kernel (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16+); asked once. */
 int amx_usable(void);
 
-/* out (16 rows, ldo)[0..n) (+)= the 16 rows' int8 activations (q: row r's
+/* M = 16 or 32 rows a call (amx_pair_rows below). */
+
+/* out (M rows, ldo)[0..n) (+)= the M rows' int8 activations (q: row r's
  * group g at q + r * ldq + g * PK_GROUP; sum and scale: row r's group g at
  * [r * lds + g]) times the int8 tile tp of G groups. */
-void amx_i8_rows(int mode, const unsigned char *tp, int G, float unscale, const int8_t *q, size_t ldq,
-                 const int32_t *sum, const float *scale, size_t lds, float *out, int ldo, int n,
-                 int accumulate);
+void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
+                 size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
+                 int n, int accumulate);
 
-/* out (16 rows, ldo)[0..n) (+)= 16 rows of P bf16 pairs (ldx words apart)
+/* out (M rows, ldo)[0..n) (+)= M rows of P bf16 pairs (ldx words apart)
  * times the bf16 tile tp (P pairs of inputs). */
-void amx_bf16_rows(int mode, const unsigned char *tp, int P, const uint32_t *x, size_t ldx, float *out,
-                   int ldo, int n, int accumulate);
+void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
+                   float *out, int ldo, int n, int accumulate);
+
+/* Whether callers give 32 rows a call where they have them (2 x 2 tiles
+ * of sums), else 16 (1 x 4); 1 by default, 0 for the bench's comparison. */
+extern int amx_pair_rows;
 
 #endif

@@ -1017,6 +1017,12 @@ VNNI static void i8_rows_vnni(const pmat *p, const unsigned char *tp, const pk_a
     }
 }
 
+/* Rows the next AMX call takes of the R left: 32, 16 or none. */
+static int amx_rows(int R)
+{
+    return R >= 2 * AMX_ROWS && amx_pair_rows ? 2 * AMX_ROWS : R >= AMX_ROWS ? AMX_ROWS : 0;
+}
+
 /* amx: 0, or AMX_HW / AMX_EMU for the rows in whole blocks of 16 (amx.h). */
 VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
                                int t1, int accumulate, int amx)
@@ -1025,8 +1031,8 @@ VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act 
     for (int t = t0; t < t1; t++) {
         const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE, r = 0;
-        for (; amx && R - r >= AMX_ROWS; r += AMX_ROWS)
-            amx_i8_rows(amx, tp, p->groups, p->unscale, a->q + r * G * PK_GROUP, G * PK_GROUP,
+        for (int m; amx && (m = amx_rows(R - r)); r += m)
+            amx_i8_rows(amx, m, tp, p->groups, p->unscale, a->q + r * G * PK_GROUP, G * PK_GROUP,
                         a->sum + r * G, a->scale + r * G, G, out + (size_t)r * ldo + c0, ldo, n, accumulate);
         i8_rows_vnni(p, tp, a, r, R, out + c0, ldo, n, accumulate);
     }
@@ -1076,8 +1082,8 @@ BF16DP static void bf16_rows(const unsigned char *tp, int P, const uint32_t *x, 
                              float *out, int ldo, int n, int accumulate, int amx)
 {
     int r = 0;
-    for (; amx && R - r >= AMX_ROWS; r += AMX_ROWS)
-        amx_bf16_rows(amx, tp, P, x + (size_t)r * ldx, ldx, out + (size_t)r * ldo, ldo, n, accumulate);
+    for (int m; amx && (m = amx_rows(R - r)); r += m)
+        amx_bf16_rows(amx, m, tp, P, x + (size_t)r * ldx, ldx, out + (size_t)r * ldo, ldo, n, accumulate);
     if (r < R) bf16_rows_dp(tp, P, x + (size_t)r * ldx, ldx, R - r, out + (size_t)r * ldo, ldo, n, accumulate);
 }
 

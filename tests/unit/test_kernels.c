@@ -6,6 +6,7 @@
  * exponential and layer norm, and a prompt's bf16 weighted values. Called from test_main.c.
  */
 #include "../../native/common.h"
+#include "../../native/cpu/amx.h"
 #include "../../native/cpu/ops.h"
 #include "../../native/cpu/packed.h"
 
@@ -473,8 +474,8 @@ static void test_bf16_values(int m, int n)
 static void test_amx_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
-    enum { RM = 35 };
-    int rows_list[] = {16, 19, 32, RM};
+    enum { RM = 51 };
+    int rows_list[] = {16, 19, 32, 35, 48, RM}; /* 16- and 32-row calls, and the rest */
     float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * RM * K);
     float *ref = malloc(sizeof(float) * RM * N), *got = malloc(sizeof(float) * RM * N);
     float *emu = malloc(sizeof(float) * RM * N);
@@ -493,11 +494,16 @@ static void test_amx_products(int K, int N, int out_in)
         for (int i = 0; i < R * N; i++) ref[i] = got[i] = emu[i] = 1.0f;
         pk_force_generic = 1;
         pk_matmul(&p, ref, N, x, K, &a, R, 0, p.tiles, 1);
-        pk_force_generic = 3;
-        pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1);
-        pk_force_generic = 0;
-        CHECK(!memcmp(ref, emu, sizeof(float) * R * N),
-              "int8 K %d N %d rows %d out_in %d: emulated AMX tiles differ from the portable loops", K, N, R, out_in);
+        for (amx_pair_rows = 0; amx_pair_rows < 2; amx_pair_rows++) {
+            for (int i = 0; i < R * N; i++) emu[i] = 1.0f;
+            pk_force_generic = 3;
+            pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1);
+            pk_force_generic = 0;
+            CHECK(!memcmp(ref, emu, sizeof(float) * R * N),
+                  "int8 K %d N %d rows %d out_in %d pairs %d: emulated AMX tiles differ from the portable loops",
+                  K, N, R, out_in, amx_pair_rows);
+        }
+        amx_pair_rows = 1;
         if (hw) {
             pk_matmul(&p, got, N, x, K, &a, R, 0, p.tiles, 1);
             CHECK(!memcmp(ref, got, sizeof(float) * R * N),
@@ -517,12 +523,15 @@ static void test_amx_products(int K, int N, int out_in)
                          bf16_round(x[(size_t)r * K + k]);
                 want[(size_t)r * N + n] = s;
             }
-        for (int i = 0; i < R * N; i++) got[i] = emu[i] = 1.0f;
-        pk_force_generic = 3;
-        pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1);
-        pk_force_generic = 0;
-        double e = rel_err(emu, want, (size_t)R * N);
-        CHECK(e < 1e-5, "bf16 K %d N %d rows %d out_in %d: emulated AMX tiles off by %g", K, N, R, out_in, e);
+        for (amx_pair_rows = 0; amx_pair_rows < 2; amx_pair_rows++) {
+            for (int i = 0; i < R * N; i++) got[i] = emu[i] = 1.0f;
+            pk_force_generic = 3;
+            pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1);
+            pk_force_generic = 0;
+            double e = rel_err(emu, want, (size_t)R * N);
+            CHECK(e < 1e-5, "bf16 K %d N %d rows %d out_in %d pairs %d: emulated AMX tiles off by %g", K, N, R,
+                  out_in, amx_pair_rows, e);
+        }
         if (hw) {
             pk_matmul(&p, got, N, x, K, &a, R, 0, p.tiles, 1);
             double d = 0, eh = rel_err(got, want, (size_t)R * N);
@@ -635,7 +644,7 @@ void kernel_tests(int *passed, int *failed)
             for (int out_in = 0; out_in < 2; out_in++) test_amx_products(amx_shapes[i][0], amx_shapes[i][1], out_in);
         int ns[] = {1, 31, 32, 33, 301};
         for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
-            for (int m = 16; m <= 35; m += 19) { /* a prompt's weighted values */
+            for (int m = 16; m <= 54; m += 19) { /* a prompt's weighted values */
                 pk_force_generic = 3;
                 test_bf16_values(m, ns[i]);
                 pk_force_generic = 0;

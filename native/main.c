@@ -448,6 +448,7 @@ static cJSON *complete_json(const model *m, const engine *e, const gen_result *r
     cJSON_AddStringToObject(j, "model", m->name);
     cJSON_AddStringToObject(j, "device", device_name(e->dev));
     if (*device_note(e->dev)) cJSON_AddStringToObject(j, "device_note", device_note(e->dev));
+    if (*device_cpu_kernels(e->dev)) cJSON_AddStringToObject(j, "cpu_kernels", device_cpu_kernels(e->dev));
     cJSON *t = cJSON_AddObjectToObject(j, "timings");
     cJSON_AddNumberToObject(t, "load_ms", load_ms);
     cJSON_AddNumberToObject(t, "tokenize_ms", tok_ms);

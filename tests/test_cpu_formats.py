@@ -258,6 +258,45 @@ def test_completion_runs_and_is_reported(dtype):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["device"] == f"cpu ({dtype})" and all(len(t) == 24 for t in out["tokens"])
+    assert out["cpu_kernels"] in KERNELS, out
+    print(f"{dtype}: cpu kernels {out['cpu_kernels']}")
+
+
+KERNELS = {"amx-int8", "amx-bf16", "avx512-vnni", "avx512-bf16", "avx512", "avx2", "portable"}
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+
+
+@pytest.mark.parametrize("isa", [None, "avx2", "portable"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+def test_cpu_kernels_are_reported(dtype, isa):
+    """`cpu_kernels` names the path the products take: what GPT2_CPU_ISA forces, else what
+    the CPU offers for the format (AMX only for bf16 and int8, VNNI only for int8)."""
+    env = dict(os.environ)
+    env.pop("GPT2_CPU_AMX", None)
+    if isa:
+        env["GPT2_CPU_ISA"] = isa
+    r = subprocess.run([GPT2, "complete", "--model", os.path.join(MODELS, "tiny-f32"), "--prompt", "Hello",
+                        "--cpu-dtype", dtype, "--device", "cpu", "--max-tokens", "2"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)["cpu_kernels"]
+    flags = cpu_flags()
+    if isa == "portable":
+        assert got == "portable"
+    elif isa == "avx2":
+        assert got == ("avx2" if "avx2" in flags else "portable")
+    elif "amx_tile" in flags and dtype != "fp32" and got.startswith("amx"):
+        assert got == "amx-" + dtype
+    elif "avx512f" in flags:
+        want = {"fp32": {"avx512"}, "bf16": {"avx512", "avx512-bf16"},
+                "int8": {"avx512-vnni"} if "avx512_vnni" in flags else {"avx512"}}[dtype]
+        assert got in want, got
+    else:
+        assert got == ("avx2" if "avx2" in flags else "portable")
 
 
 @pytest.mark.parametrize("opt,val", [("--cpu-dtype", "int4"), ("--cpu-kv", "int8")])

@@ -76,6 +76,7 @@ def test_serve_counts_screened_rows(model, dtype):
                                for s, k in ((1, 40), (2, 40), (3, 1), (4, 0))]
             m = h.ok("status")["models"][0]
             stats[screen] = (m["head_screened_rows"], m["head_fallback_rows"])
+            assert m["cpu_kernels"] and isinstance(m["cpu_kernels"], str), m
         finally:
             h.close_stdin()
             assert h.wait_exit() == 0, h.describe()

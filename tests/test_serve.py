@@ -487,6 +487,22 @@ def words(n, start=0):
 
 # ============================================================================= 1. every method
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no sched_setaffinity here")
+def test_threads_follow_the_cpu_affinity(serve):
+    """Without --threads the helper runs one thread per CPU it may run on (taskset, a container's
+    cpuset), not per online CPU: more would spin against each other."""
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mine)})  # the helper inherits it
+    try:
+        h = serve()
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert h.ok("status")["params"]["threads"] == 1
+    r = h.complete(text="Hello", n=3, max_tokens=4, stop="none")
+    assert len(r["suggestions"]) == 3
+    assert h.ok("status")["params"]["threads"] == 1
+
+
 def test_every_method(serve):
     h = serve()
     t0 = time.monotonic()

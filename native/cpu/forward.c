@@ -954,3 +954,10 @@ void fwd_topk_stats(const fwd *f, unsigned long *screened, unsigned long *fallba
     *screened = atomic_load_explicit(&f->screened, memory_order_relaxed);
     *fallback = atomic_load_explicit(&f->fallback, memory_order_relaxed);
 }
+
+const char *fwd_kernels(const fwd *f)
+{
+    if (f->fmt == FWD_BF16 && !f->bf16_dp && !pk_force_generic && pk_f32_prompts())
+        return "avx512"; /* bf16 prompts on fp32 panels: vdpbf16ps is the slower here */
+    return pk_kernels(f->fmt == FWD_INT8 ? PK_I8 : f->fmt == FWD_BF16 ? PK_BF16 : PK_F32);
+}

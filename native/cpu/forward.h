@@ -85,4 +85,7 @@ int fwd_run_topk(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_
  * where there is no screen. Any thread may read them. */
 void fwd_topk_stats(const fwd *f, unsigned long *screened, unsigned long *fallback);
 
+/* The CPU kernels f's products take (pk_kernels). */
+const char *fwd_kernels(const fwd *f);
+
 #endif

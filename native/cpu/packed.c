@@ -1242,6 +1242,17 @@ int pk_vnni(void)
     return has && !pk_force_generic;
 }
 
+const char *pk_kernels(int fmt)
+{
+    if (pk_force_generic == 1) return "portable";
+    if (pk_force_generic == 2) return avx2() ? "avx2" : "portable";
+    if (fmt != PK_F32 && pk_amx()) return fmt == PK_I8 ? "amx-int8" : "amx-bf16";
+    if (fmt == PK_I8 && pk_vnni()) return "avx512-vnni";
+    if (fmt == PK_BF16 && pk_bf16_dp()) return "avx512-bf16";
+    if (pk_f32_prompts()) return "avx512";
+    return avx2() ? "avx2" : "portable";
+}
+
 int pk_amx(void)
 {
     if (pk_force_generic == 3) return AVX512_WITH("avx512vnni") && pk_bf16_dp() ? AMX_EMU : 0;
@@ -1516,6 +1527,7 @@ void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ld
                     float *out, int ldo, int n, int accumulate) { abort(); }
 int pk_vnni(void) { return 0; }
 int pk_amx(void) { return 0; }
+const char *pk_kernels(int fmt) { return "portable"; }
 int pk_bf16_dp(void) { return 0; }
 /* Only called where pk_bf16_dp() holds. */
 void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx, int R, float *out,

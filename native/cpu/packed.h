@@ -134,6 +134,11 @@ extern int pk_force_generic;
 int pk_amx(void);
 extern int pk_amx_off;
 
+/* The kernels products of format fmt take here, as status reports them:
+ * "amx-int8" or "amx-bf16" (prompts; decode on AVX-512), "avx512-vnni",
+ * "avx512-bf16", "avx512", "avx2" or "portable". */
+const char *pk_kernels(int fmt);
+
 /* Whether int8 prompts should read the packed tiles (VNNI or AVX2 here),
  * rather than widening them for sgemm (the portable loops). */
 int pk_i8_prompts(void);

@@ -158,8 +158,12 @@ void pool_run(pool *p, pool_fn fn, void *arg, int ntasks)
     }
 }
 
+/* The CPUs this process may run on (taskset, a container's cpuset): more
+ * workers than that would spin against each other. */
 int pool_cpu_count(void)
 {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : (int)n;
 }

@@ -16,7 +16,8 @@ void pool_free(pool *p);
 int pool_size(const pool *p);
 void pool_run(pool *p, pool_fn fn, void *arg, int ntasks);
 
-/* Online CPUs (at least 1). */
+/* The CPUs the process may run on (its affinity; online CPUs where that
+ * cannot be read), at least 1: the default number of threads. */
 int pool_cpu_count(void);
 
 #endif

@@ -47,7 +47,8 @@ case(':checkhealth gpt2: helper, model, handshake and device', function(c)
     return d
   ]], H.helper, 'serve', '--model', H.model)
   if dev == 'cpu' then
-    has(lines, 'WARNING', 'device: cpu')
+    has(lines, 'WARNING', 'device: cpu (')
+    has(lines, 'WARNING', ' kernels): ')
   else
     has(lines, 'OK', 'device: ' .. dev)
   end

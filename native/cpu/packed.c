@@ -254,9 +254,21 @@ int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *er
     return pk_pack_into(p, NULL, w, K, N, out_in, fmt, err);
 }
 
-int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, int fmt, char *err)
+/* p's shape for (K, N) in format fmt, everything else zero. */
+static void shape(pmat *p, int K, int N, int fmt)
 {
     memset(p, 0, sizeof *p);
+    p->fmt = fmt;
+    p->K = K;
+    p->N = N;
+    p->tiles = (N + PK_TILE - 1) / PK_TILE;
+    p->groups = (K + PK_GROUP - 1) / PK_GROUP;
+    p->tile_bytes = tile_bytes(K, fmt);
+}
+
+int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, int fmt, char *err)
+{
+    shape(p, K, N, fmt);
     size_t n = (size_t)K * N;
     float big = 0;
     for (size_t i = 0; fmt == PK_I8 && i < n; i++) { /* NaN has no int8 scale */
@@ -267,12 +279,6 @@ int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, i
     if (big > 0) frexpf(big / 127.0f, &e); /* largest scale = f 2^e, f in [0.5, 1) */
     e = e < -100 ? -100 : e;            /* unscale stays a normal float */
     p->unscale = ldexpf(1.0f, e - 15);  /* stored: scale 2^(15 - e), below 2^15 */
-    p->fmt = fmt;
-    p->K = K;
-    p->N = N;
-    p->tiles = (N + PK_TILE - 1) / PK_TILE;
-    p->groups = (K + PK_GROUP - 1) / PK_GROUP;
-    p->tile_bytes = tile_bytes(K, fmt);
     size_t bytes = p->tile_bytes * p->tiles;
     p->borrowed = mem != NULL;
     if (!(p->data = mem ? mem : xbig_alloc(pk_size(K, N, fmt), 1)))
@@ -284,13 +290,7 @@ int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, i
 
 void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, int fmt, float *scratch)
 {
-    memset(p, 0, sizeof *p);
-    p->fmt = fmt;
-    p->K = K;
-    p->N = n;
-    p->tiles = (n + PK_TILE - 1) / PK_TILE;
-    p->groups = (K + PK_GROUP - 1) / PK_GROUP;
-    p->tile_bytes = tile_bytes(K, fmt);
+    shape(p, K, n, fmt);
     p->unscale = 1.0f;
     p->borrowed = 1;
     p->data = mem;

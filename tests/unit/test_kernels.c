@@ -9,27 +9,12 @@
 #include "../../native/cpu/amx.h"
 #include "../../native/cpu/ops.h"
 #include "../../native/cpu/packed.h"
+#include "check.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-void kernel_tests(int *passed, int *failed);
-
-static int *P, *F;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (cond) {                                                        \
-            (*P)++;                                                        \
-        } else {                                                           \
-            (*F)++;                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
-    } while (0)
 
 static uint64_t seed = 0x9E3779B97F4A7C15ull;
 
@@ -581,9 +566,8 @@ static void test_gelu(void)
     CHECK(worst_exp < 3e-7, "exp off by %g (relative)", worst_exp);
 }
 
-void kernel_tests(int *passed, int *failed)
+void kernel_tests(void)
 {
-    P = passed, F = failed;
     if (!pk_vnni()) printf("SKIP int8 VNNI kernel: this CPU has no AVX-512 VNNI (AVX2 and portable compared)\n");
     if (!pk_bf16_dp()) printf("SKIP bf16 products of bf16 activations: this CPU has no AVX-512 BF16\n");
     int shapes[][2] = {{32, 64}, {45, 70}, {96, 200}, {768, 130}, {200, 17}};

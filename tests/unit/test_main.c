@@ -9,6 +9,7 @@
 #include "../../native/common.h"
 #include "../../native/sampler.h"
 #include "../../native/tokenizer.h"
+#include "check.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -16,22 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-
-void kernel_tests(int *passed, int *failed); /* test_kernels.c */
-void topk_tests(int *passed, int *failed);   /* test_topk.c */
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (cond) {                                                        \
-            passed++;                                                      \
-        } else {                                                           \
-            failed++;                                                      \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
-    } while (0)
+int check_passed, check_failed;
 
 /* ==== UTF-8 ==== */
 
@@ -308,8 +294,8 @@ int main(int argc, char **argv)
     test_sampling();
     test_stop();
     test_big_alloc();
-    kernel_tests(&passed, &failed);
-    topk_tests(&passed, &failed);
+    kernel_tests();
+    topk_tests();
     tokenizer *t = tok_load(vocab, merges, err);
     CHECK(t != NULL, "load: %s", err);
     if (t) {
@@ -319,6 +305,6 @@ int main(int argc, char **argv)
         test_hostile_text(t);
         tok_free(t);
     }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    printf("%d passed, %d failed\n", check_passed, check_failed);
+    return check_failed ? 1 : 0;
 }

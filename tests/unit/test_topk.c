@@ -8,27 +8,12 @@
 #include "../../native/common.h"
 #include "../../native/cpu/packed.h"
 #include "../../native/cpu/topk.h"
+#include "check.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-void topk_tests(int *passed, int *failed);
-
-static int *P, *F;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (cond) {                                                        \
-            (*P)++;                                                        \
-        } else {                                                           \
-            (*F)++;                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
-    } while (0)
 
 static uint64_t seed = 0x243F6A8885A308D3ull;
 
@@ -252,9 +237,8 @@ static int test_candidates(int K, int V, int R, int k, int fmt)
     return missed_plain;
 }
 
-void topk_tests(int *passed, int *failed)
+void topk_tests(void)
 {
-    P = passed, F = failed;
     int shapes[][2] = {{45, 1}, {64, 17}, {96, 64}, {768, 100}, {63, 130}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int fmt = PK_F32; fmt <= PK_BF16; fmt++) {

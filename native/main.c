@@ -78,7 +78,7 @@ static const char *const COMPLETE_HELP =
     "                     (default: random, reported in the output)\n"
     "  --stop MODE        line | sentence | none (default line: stop at the end of\n"
     "                     the line, after some text)\n"
-    "  --threads N        CPU threads (default: all)\n"
+    "  --threads N        CPU threads (default: one per CPU this process may run on)\n"
     DEVICE_HELP
     "\n"
     "A prompt longer than the window (n_positions - max-tokens) keeps its last\n"
@@ -515,7 +515,7 @@ static const char *const SERVE_HELP =
     "msgpack-RPC on stdin/stdout: complete, cancel, status, ping, shutdown.\n"
     "Models load on first use; the first --model is the default.\n"
     "\n"
-    "  --threads N          compute threads (default: all CPUs)\n"
+    "  --threads N          compute threads (default: one per CPU the helper may run on)\n"
     "  --queue N            pending requests before 'busy' (default 8)\n"
     "  --cache-slots N      per-buffer prefix caches kept (default 4)\n"
     "  --lru N              identical-request answers kept (default 32)\n"

@@ -23,22 +23,29 @@ int amx_pair_rows = 1;
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <immintrin.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
+static int amx_ok;
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+static void amx_ask(void)
+{
+    unsigned a, b, c, d, a1, b1, c1, d1;
+    amx_ok = __get_cpuid_count(7, 0, &a, &b, &c, &d) && __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) &&
+             (d >> 22 & 1) && (d >> 24 & 1) && (d >> 25 & 1) /* AMX-BF16, -TILE, -INT8 */
+             && (b >> 16 & 1) && (b >> 30 & 1) && (c >> 11 & 1) && (a1 >> 5 & 1) /* AVX-512 F, BW, VNNI, BF16 */
+             && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+
 int amx_usable(void)
 {
-    static int ok = -1;
-    if (ok >= 0) return ok;
-    unsigned a, b, c, d, a1, b1, c1, d1;
-    ok = __get_cpuid_count(7, 0, &a, &b, &c, &d) && __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) &&
-         (d >> 22 & 1) && (d >> 24 & 1) && (d >> 25 & 1) /* AMX-BF16, -TILE, -INT8 */
-         && (b >> 16 & 1) && (b >> 30 & 1) && (c >> 11 & 1) && (a1 >> 5 & 1) /* AVX-512 F, BW, VNNI, BF16 */
-         && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-    return ok;
+    pthread_once(&amx_once, amx_ask); /* any thread may ask first */
+    return amx_ok;
 }
 
 #define AMX_T __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f,avx512bw,avx512vl,f16c")))

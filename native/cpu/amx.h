@@ -13,8 +13,8 @@
  *         the same order, so the results are VNNI's bit for bit.
  *   bf16: tdpbf16ps over every pair of inputs into fp32 tiles.
  *
- * Each call does 16 rows by one packed tile (PK_TILE columns); the caller
- * gives the remaining rows to the other kernels. mode AMX_HW runs the
+ * Each call does 16 or 32 rows by one packed tile (PK_TILE columns); the
+ * caller gives the remaining rows to the other kernels. mode AMX_HW runs the
  * instructions (amx_usable() must hold); AMX_EMU runs the same code with
  * each tile instruction done in C on a per-thread array of tiles, so that
  * machines without AMX test the layout, the blocking and the rescale. */

@@ -16,7 +16,8 @@
  *         group's largest |w| maps to 127; kept as fp16, see packed.c),
  *         weights stored offset by +128 as unsigned bytes. Activations are quantized per row and group the
  *         same way (pk_act), so each group's dot product is exact in int32
- *         (AVX-512 VNNI vpdpbusd where present) and is scaled once.
+ *         (AVX-512 VNNI vpdpbusd where present, a prompt's rows on AMX
+ *         tiles where those are: amx.h) and is scaled once.
  * Padding (inputs to a whole group, outputs to a whole tile) is zero.
  */
 #ifndef GPT2_PACKED_H
@@ -126,7 +127,7 @@ int pk_bf16_dp_faster(void);
 int pk_vnni(void);
 extern int pk_force_generic;
 
-/* Whether prompts' int8 and bf16 products (16 rows at a time) run on AMX
+/* Whether prompts' int8 and bf16 products (whole blocks of 16 rows) run on AMX
  * tiles here (amx.h): AMX_HW where the CPU has AMX and the kernel grants
  * it, unless pk_amx_off (GPT2_CPU_AMX=0) or a path is forced; AMX_EMU, the
  * same kernels with the tile instructions done in C, when pk_force_generic

@@ -8,7 +8,9 @@ nothing here asserts a time.
    must stream / that bandwidth), the decode step at batch 1 and 3 (after a
    256-token context) and its ratio to the floor, and cold prefill of 128
    and 512 tokens; then the same steps keeping only the 40 best logits, as
-   sampling does (fp32 and bf16 then screen the head with its int8 copy).
+   sampling does (fp32 and bf16 then screen the head with its int8 copy);
+   then a prompt's products alone on one thread (bench_cpu --kernels: int8
+   and bf16 activations, on AMX tiles where the CPU has them and without).
 2. End to end through the CLI: a 256-token prompt, n=3 continuations of 24
    new tokens (no stop rule, so every run decodes all 24), process included.
 3. The accuracy of bf16 and int8 against fp32 over every position of a text.
@@ -143,6 +145,14 @@ def main():
             print(f"  {dtype:6s} batch 1 {r['step1_top40_ms']:5.2f} ms ({r['step1_top40_ms'] / r['floor_ms']:4.2f}x "
                   f"the whole head's floor)  batch 3 {r['step3_top40_ms']:5.2f} ms "
                   f"({r['step3_top40_ms'] / r['floor_ms']:4.2f}x)")
+
+    print("  kernels: " + ", ".join(f"{d} {k[d].get('cpu_kernels', '?')}" for d in FORMATS))
+    print("a prompt's products alone (one thread, 512 rows, 32 a call), G multiply-adds a second:")
+    r = subprocess.run([BENCH_CPU, "--kernels"], check=True, capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        x = json.loads(line)
+        how = f"AMX tiles, {x['amx_rows']} rows a call" if x["amx"] else "without AMX"
+        print(f"  {x['kernel']:5s} K {x['K']:4d} x N {x['N']:4d}: {x['gmacs']:6.1f} ({how})")
 
     print(f"`gpt2 complete`: 256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs")
     med = {}

@@ -297,12 +297,12 @@ int main(int argc, char **argv)
     double bw2 = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool, sample_buf, sample_n);
     double best = bw2 > bw ? bw2 : bw, during = n_bw ? median(bw_at, n_bw) : best;
     double floor_ms = bytes / (during * 1e6);
-    printf("{\"format\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"bandwidth_gbs\": %.2f, "
-           "\"bandwidth_best_gbs\": %.2f, \"step_bytes\": %.0f, \"floor_ms\": %.4f, "
+    printf("{\"format\": \"%s\", \"device\": \"%s\", \"cpu_kernels\": \"%s\", \"threads\": %d, "
+           "\"bandwidth_gbs\": %.2f, \"bandwidth_best_gbs\": %.2f, \"step_bytes\": %.0f, \"floor_ms\": %.4f, "
            "\"context\": %d, \"steps\": %d, \"step1_ms\": %.4f, \"step3_ms\": %.4f, "
            "\"prefill128_ms\": %.3f, \"prefill512_ms\": %.3f",
-           argv[2], device_name(e->dev), pool_size(e->pool), during, best, bytes, floor_ms, context,
-           steps, step_ms[0], step_ms[1], prefill_ms[0], prefill_ms[1]);
+           argv[2], device_name(e->dev), device_cpu_kernels(e->dev), pool_size(e->pool), during, best, bytes,
+           floor_ms, context, steps, step_ms[0], step_ms[1], prefill_ms[0], prefill_ms[1]);
     if (gpu) printf(", \"prefill1000_ms\": %.3f", prefill_ms[2]);
     else printf(", \"step1_top40_ms\": %.4f, \"step3_top40_ms\": %.4f", step_ms[2], step_ms[3]);
     printf("}\n");

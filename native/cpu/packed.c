@@ -1561,10 +1561,11 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
 #endif
         bf16_tiles(p, out, ldo, x, ldx, R, t0, t1, accumulate);
         break;
-    default:
+    default: {
 #if defined(__x86_64__)
-        if (pk_vnni() || (R >= AMX_ROWS && pk_amx())) {
-            i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate, R >= AMX_ROWS ? pk_amx() : 0);
+        int amx = R >= AMX_ROWS ? pk_amx() : 0;
+        if (pk_vnni() || amx) {
+            i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate, amx);
             break;
         }
         if (avx2()) {
@@ -1573,5 +1574,6 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
         }
 #endif
         i8_tiles_generic(p, out, ldo, a, R, t0, t1, accumulate);
+    }
     }
 }

@@ -46,6 +46,20 @@ static double rel_err(const float *got, const double *want, size_t n)
     return d / m;
 }
 
+/* want (R, N) = 1 + x (R, K) @ w with both rounded to bf16, in double: the
+ * reference for products of bf16 activations (w (K, N), or (N, K) when out_in). */
+static void bf16_reference(const float *w, const float *x, int K, int N, int out_in, int R, double *want)
+{
+    for (int r = 0; r < R; r++)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int k = 0; k < K; k++)
+                s += (double)bf16_round(out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n]) *
+                     bf16_round(x[(size_t)r * K + k]);
+            want[(size_t)r * N + n] = s + 1.0;
+        }
+}
+
 static void test_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
@@ -146,14 +160,7 @@ static void test_products(int K, int N, int out_in)
             /* bf16 activations (vdpbf16ps): the reference rounds them too */
             CHECK(pk_act_reserve(&a, PK_BF16, rows, K) == 0, "act");
             pk_act_quantize(&a, PK_BF16, x, 0, rows, K, K);
-            for (int r = 0; r < rows; r++)
-                for (int n = 0; n < N; n++) {
-                    double s = 0;
-                    for (int k = 0; k < K; k++)
-                        s += (double)bf16_round(out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n]) *
-                             bf16_round(x[(size_t)r * K + k]);
-                    want[(size_t)r * N + n] = s + 1.0;
-                }
+            bf16_reference(w, x, K, N, out_in, rows, want);
             for (int i = 0; i < rows * N; i++) got[i] = 1.0f;
             pk_matmul(&p, got, N, x, K, &a, rows, 0, p.tiles, 1);
             double e = rel_err(got, want, (size_t)rows * N);
@@ -500,14 +507,7 @@ static void test_amx_products(int K, int N, int out_in)
         CHECK(pk_pack(&p, w, K, N, out_in, PK_BF16, err) == 0, "pack: %s", err);
         CHECK(pk_act_reserve(&a, PK_BF16, R, K) == 0, "act");
         pk_act_quantize(&a, PK_BF16, x, 0, R, K, K);
-        for (int r = 0; r < R; r++)
-            for (int n = 0; n < N; n++) {
-                double s = 1.0;
-                for (int k = 0; k < K; k++)
-                    s += (double)bf16_round(out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n]) *
-                         bf16_round(x[(size_t)r * K + k]);
-                want[(size_t)r * N + n] = s;
-            }
+        bf16_reference(w, x, K, N, out_in, R, want);
         for (amx_pair_rows = 0; amx_pair_rows < 2; amx_pair_rows++) {
             for (int i = 0; i < R * N; i++) got[i] = emu[i] = 1.0f;
             pk_force_generic = 3;

@@ -89,6 +89,7 @@ void device_free(device *d)
 const char *device_name(const device *d) { return d->name; }
 const char *device_note(const device *d) { return d->note; }
 const char *device_cpu_kernels(const device *d) { return d->cpu ? fwd_kernels(d->cpu) : ""; }
+const char *device_cpu_kv(const device *d) { return d->cpu ? fwd_kv_name(d->cpu) : ""; }
 int device_is_gpu(const device *d) { return d->gpu != NULL; }
 
 void device_topk_stats(const device *d, unsigned long *screened, unsigned long *fallback)

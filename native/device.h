@@ -38,6 +38,7 @@ void device_free(device *d);
 const char *device_name(const device *d); /* "cpu" or "cuda:N <name>" */
 const char *device_note(const device *d); /* why not the GPU ("" if none) */
 const char *device_cpu_kernels(const device *d); /* the CPU's kernels (pk_kernels), "" on a GPU */
+const char *device_cpu_kv(const device *d);      /* its keys and values (fwd_kv_name), "" on a GPU */
 /* The CPU head's top-k rows: from the int8 screen, and past it (fwd_topk_stats); 0 on a GPU. */
 void device_topk_stats(const device *d, unsigned long *screened, unsigned long *fallback);
 int device_is_gpu(const device *d);

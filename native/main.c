@@ -62,9 +62,10 @@ static const char *const USAGE =
     "                     fp16: 3 more significant bits than bf16, same speed)\n" \
     "  --gpu-mem-mb N     cap the GPU memory the helper allocates\n" \
     "  --cpu-dtype T      fp32 | bf16 | int8: matrices the CPU path streams (default fp32)\n" \
-    "  --cpu-kv T         auto | fp32 | fp16: keys and values the CPU path keeps (default\n" \
-    "                     auto: fp16 with bf16 or int8 where the CPU converts it in\n" \
-    "                     hardware, else fp32)\n"
+    "  --cpu-kv T         auto | fp32 | fp16 | int8: keys and values the CPU path keeps\n" \
+    "                     (int8: one scale per position and head; default auto: fp16\n" \
+    "                     with bf16 or int8 where the CPU converts it in hardware,\n" \
+    "                     else fp32)\n"
 
 static const char *const COMPLETE_HELP =
     "usage: gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [options]\n"
@@ -170,9 +171,12 @@ static int device_option(int which, const char *arg, device_opts *d)
             return usage_error("--gpu-mem-mb must be a positive number of MiB, not '%s'", arg);
         d->gpu_mem_cap = (size_t)v << 20;
     } else if (which == 4) {
-        if (strcmp(arg, "auto") && strcmp(arg, "fp32") && strcmp(arg, "fp16"))
-            return usage_error("--cpu-kv must be auto, fp32 or fp16, not '%s'", arg);
-        d->cpu_kv = !strcmp(arg, "fp32") ? FWD_KV_FP32 : !strcmp(arg, "fp16") ? FWD_KV_FP16 : FWD_KV_AUTO;
+        if (strcmp(arg, "auto") && strcmp(arg, "fp32") && strcmp(arg, "fp16") && strcmp(arg, "int8"))
+            return usage_error("--cpu-kv must be auto, fp32, fp16 or int8, not '%s'", arg);
+        d->cpu_kv = !strcmp(arg, "fp32")   ? FWD_KV_FP32
+                    : !strcmp(arg, "fp16") ? FWD_KV_FP16
+                    : !strcmp(arg, "int8") ? FWD_KV_INT8
+                                           : FWD_KV_AUTO;
     } else {
         if (strcmp(arg, "fp32") && strcmp(arg, "bf16") && strcmp(arg, "int8"))
             return usage_error("--cpu-dtype must be fp32, bf16 or int8, not '%s'", arg);
@@ -449,6 +453,7 @@ static cJSON *complete_json(const model *m, const engine *e, const gen_result *r
     cJSON_AddStringToObject(j, "device", device_name(e->dev));
     if (*device_note(e->dev)) cJSON_AddStringToObject(j, "device_note", device_note(e->dev));
     if (*device_cpu_kernels(e->dev)) cJSON_AddStringToObject(j, "cpu_kernels", device_cpu_kernels(e->dev));
+    if (*device_cpu_kv(e->dev)) cJSON_AddStringToObject(j, "cpu_kv", device_cpu_kv(e->dev));
     cJSON *t = cJSON_AddObjectToObject(j, "timings");
     cJSON_AddNumberToObject(t, "load_ms", load_ms);
     cJSON_AddNumberToObject(t, "tokenize_ms", tok_ms);

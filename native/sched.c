@@ -633,7 +633,7 @@ static void status_models(sched *s, msgpack_packer *pk)
     for (int i = 0; i < s->o.n_models; i++) {
         model_slot *m = &s->models[i];
         int loaded = m->e != NULL;
-        msgpack_pack_map(pk, loaded ? 15 : 4);
+        msgpack_pack_map(pk, loaded ? 16 : 4);
         pack_kv_str(pk, "name", m->name);
         pack_kv_str(pk, "dir", m->dir);
         pack_kv_bool(pk, "loaded", loaded);
@@ -648,6 +648,7 @@ static void status_models(sched *s, msgpack_packer *pk)
         pack_kv_str(pk, "device", device_name(m->e->dev));
         pack_kv_str(pk, "device_note", device_note(m->e->dev));
         pack_kv_str(pk, "cpu_kernels", device_cpu_kernels(m->e->dev));
+        pack_kv_str(pk, "cpu_kv", device_cpu_kv(m->e->dev));
         unsigned long screened, fallback;
         device_topk_stats(m->e->dev, &screened, &fallback);
         pack_kv_int(pk, "head_screened_rows", (int64_t)screened);

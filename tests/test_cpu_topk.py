@@ -77,6 +77,7 @@ def test_serve_counts_screened_rows(model, dtype):
             m = h.ok("status")["models"][0]
             stats[screen] = (m["head_screened_rows"], m["head_fallback_rows"])
             assert m["cpu_kernels"] and isinstance(m["cpu_kernels"], str), m
+            assert m["cpu_kv"] in ("fp32", "fp16", "int8"), m
         finally:
             h.close_stdin()
             assert h.wait_exit() == 0, h.describe()

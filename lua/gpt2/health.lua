@@ -117,7 +117,8 @@ function M.check()
   local device = result.device or m.device or status.device or 'unknown'
   if device:match('^cpu') then -- "cpu", or "cpu (bf16)" and the like
     local note = (m.device_note and m.device_note ~= '') and m.device_note or 'no usable GPU'
-    local kernels = (m.cpu_kernels and m.cpu_kernels ~= '') and (' (' .. m.cpu_kernels .. ' kernels)') or ''
+    local kernels = (m.cpu_kernels and m.cpu_kernels ~= '') and (' (' .. m.cpu_kernels .. ' kernels' ..
+      ((m.cpu_kv and m.cpu_kv ~= '') and (', ' .. m.cpu_kv .. ' keys and values') or '') .. ')') or ''
     warn('device: cpu' .. kernels .. ': ' .. note .. '; suggestions are computed on the CPU, slower',
       { 'a CUDA GPU with its driver makes them faster' })
   else

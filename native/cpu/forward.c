@@ -56,7 +56,7 @@ struct fwd {
     const model *m;
     pool *pool;
     int fmt;                                /* FWD_FP32 | FWD_BF16 | FWD_INT8 */
-    int kv_half;                            /* caches hold half floats */
+    int kv_elt;                             /* what caches hold: MV_F32, MV_F16 or MV_I8 */
     layerp *wp;                             /* per layer */
     void *arena;                            /* every pmat's data (pack_all) */
     pmat wte;                               /* the tied embedding as (C, V) */
@@ -66,7 +66,7 @@ struct fwd {
     float *wide;                            /* (threads, max(C, I), SUB): widened weights */
     float *scores;                          /* (threads, score_cap) */
     size_t score_cap;
-    float *wkv;                             /* (threads, wkv_cap): half keys/values widened */
+    float *wkv;                             /* (threads, wkv_cap): half or int8 keys/values widened */
     size_t wkv_cap;
     int att_bf16;                           /* a prompt's weighted values in bf16 */
     int bf16_dp;                            /* bf16 prompts take bf16 activations (vdpbf16ps) */
@@ -76,21 +76,30 @@ struct fwd {
     float *kt;                              /* (threads, hd, kt_ld): a prompt's keys transposed */
     int kt_ld;                              /* n_ctx rounded up to whole panels */
     screen *scr;                            /* top-k rows: the head's int8 screen, or NULL */
+    pool_span *spans;                       /* (threads): pool_run_then's */
+    int pull;                               /* decode: pull the next product's weights */
     atomic_ulong screened, fallback;        /* fwd_topk_stats */
 };
 
-static size_t kv_elt(const kv_cache *kv) { return kv->half ? sizeof(uint16_t) : sizeof(float); }
+static size_t kv_elt(const kv_cache *kv)
+{
+    return kv->elt == MV_I8 ? 1 : kv->elt == MV_F16 ? sizeof(uint16_t) : sizeof(float);
+}
 
 kv_cache *kv_new(const fwd *f, int cap)
 {
     const model_cfg *c = &f->m->cfg;
     kv_cache *kv = xcalloc(1, sizeof *kv);
     if (!kv) return NULL;
-    kv->half = f->kv_half;
-    size_t n = (size_t)c->n_layer * cap * c->n_embd;
+    kv->elt = f->kv_elt;
+    size_t n = (size_t)c->n_layer * cap * c->n_embd, ns = (size_t)c->n_layer * c->n_head * cap;
     kv->k = xbig_alloc(n, kv_elt(kv));
     kv->v = xbig_alloc(n, kv_elt(kv));
-    if (!kv->k || !kv->v) {
+    if (kv->elt == MV_I8) {
+        kv->ks = xmallocarray(ns, sizeof(float));
+        kv->vs = xmallocarray(ns, sizeof(float));
+    }
+    if (!kv->k || !kv->v || (kv->elt == MV_I8 && (!kv->ks || !kv->vs))) {
         kv_free(kv);
         return NULL;
     }
@@ -101,13 +110,19 @@ kv_cache *kv_new(const fwd *f, int cap)
     return kv;
 }
 
-size_t kv_bytes(const kv_cache *kv) { return 2 * (size_t)kv->n_layer * kv->cap * kv->n_embd * kv_elt(kv); }
+size_t kv_bytes(const kv_cache *kv)
+{
+    size_t scales = kv->elt == MV_I8 ? (size_t)kv->n_head * sizeof(float) : 0;
+    return 2 * (size_t)kv->n_layer * kv->cap * (kv->n_embd * kv_elt(kv) + scales);
+}
 
 void kv_free(kv_cache *kv)
 {
     if (!kv) return;
     free(kv->k);
     free(kv->v);
+    free(kv->ks);
+    free(kv->vs);
     free(kv);
 }
 
@@ -119,13 +134,26 @@ static void *kv_head(void *base, const kv_cache *kv, int layer, int head)
     return (char *)base + ((size_t)layer * kv->n_head + head) * kv->cap * hd * kv_elt(kv);
 }
 
-/* Keys or values of positions 0..n of one head as floats: the cache itself,
- * or widened into w. */
-static const float *kv_floats(void *base, const kv_cache *kv, int layer, int head, int n, float *w)
+/* The int8 scales (ks or vs) of one head of one layer, a position apart;
+ * NULL for other caches. */
+static const float *kv_scales(float *base, const kv_cache *kv, int layer, int head)
+{
+    return base ? base + ((size_t)layer * kv->n_head + head) * kv->cap : NULL;
+}
+
+/* Keys (k, ks) or values (v, vs) of positions 0..n of one head as floats:
+ * the cache itself, or widened into w. */
+static const float *kv_floats(void *base, float *scales, const kv_cache *kv, int layer, int head, int n,
+                              float *w)
 {
     void *p = kv_head(base, kv, layer, head);
-    if (!kv->half) return p;
-    mv_from_half(w, p, (size_t)n * (kv->n_embd / kv->n_head));
+    int hd = kv->n_embd / kv->n_head;
+    if (kv->elt == MV_F32) return p;
+    if (kv->elt == MV_I8) {
+        mv_from_i8(w, p, kv_scales(scales, kv, layer, head), n, hd);
+        return w;
+    }
+    mv_from_half(w, p, (size_t)n * hd);
     return w;
 }
 
@@ -172,7 +200,22 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     f->m = m;
     f->pool = p;
     f->fmt = fmt;
-    f->kv_half = kv == FWD_KV_FP16 || (kv == FWD_KV_AUTO && fmt != FWD_FP32 && mv_half_fast());
+    if (!(f->spans = xcalloc(pool_size(p), sizeof *f->spans))) {
+        fwd_free(f);
+        errf(err, "out of memory");
+        return NULL;
+    }
+    /* for the bench, GPT2_CPU_PULL=0: threads that end a decode product early just wait */
+    const char *pull = getenv("GPT2_CPU_PULL");
+    f->pull = !pull || strcmp(pull, "0");
+    /* auto: fp16 for bf16 and int8 weights where the CPU converts half
+     * floats in hardware. int8 keys and values stay a choice: they cut a
+     * third of a decode step's attention at 640 positions, but a typing
+     * session's prompts (20 tokens over a cached 612) measured 6-9 ms
+     * slower with them, so its p50 did not improve (and they add 7% to
+     * int8 weights' mean KL) */
+    if (kv == FWD_KV_AUTO) kv = fmt != FWD_FP32 && mv_half_fast() ? FWD_KV_FP16 : FWD_KV_FP32;
+    f->kv_elt = kv == FWD_KV_INT8 ? MV_I8 : kv == FWD_KV_FP16 ? MV_F16 : MV_F32;
     /* for tests, GPT2_CPU_FUSE=0: a prompt's qkv product as a pass of its own */
     const char *fuse = getenv("GPT2_CPU_FUSE");
     f->fuse_qkv = !fuse || strcmp(fuse, "0");
@@ -221,6 +264,7 @@ void fwd_free(fwd *f)
     free(f->scores);
     free(f->wkv);
     free(f->abf);
+    free(f->spans);
     for (int l = 0; f->wp && l < f->m->cfg.n_layer; l++) {
         pk_free(&f->wp[l].qkv);
         pk_free(&f->wp[l].attn);
@@ -262,7 +306,7 @@ static int reserve(fwd *f, int rows)
         return -1;
     size_t hd = C / c->n_head, wk = 2 * (size_t)c->n_ctx * hd; /* a prompt's keys and values */
     wk = wk > mv_attn_wide(hd) ? wk : mv_attn_wide(hd);
-    if (f->kv_half && !f->wkv) {
+    if (f->kv_elt != MV_F32 && !f->wkv) {
         if (!(f->wkv = xmallocarray(wk * pool_size(f->pool), sizeof(float)))) return -1;
         f->wkv_cap = wk;
     }
@@ -316,6 +360,7 @@ typedef struct {
     int R, I, O, tiles;    /* tiles: per task */
     int accumulate, act;
     act_kind kind;
+    const pmat *next;      /* decode: the product after this one, for pool_run_then */
 } gemm_job;
 
 /* Bias and activation on columns c0..c1 of rows r0..r1. */
@@ -440,11 +485,30 @@ static void gemm_prepare(fwd *f, gemm_job *j)
     j->tiles = (j->w->tiles + tasks - 1) / tasks;
 }
 
+#define PULL_MAX (768 * 1024) /* of a thread's part of the next product: within its L2 */
+
+/* The spans a decode step's threads stream first in product w (thread t
+ * takes the t-th run of tiles, gemm_prepare), or NULL where rows are not
+ * decode rows. */
+static const pool_span *next_spans(fwd *f, const pmat *w, int R)
+{
+    if (!w || !f->pull || R > stream_rows()) return NULL;
+    int n = pool_size(f->pool), per = (w->tiles + n - 1) / n;
+    for (int t = 0; t < n; t++) {
+        int t0 = t * per < w->tiles ? t * per : w->tiles;
+        int t1 = t0 + per < w->tiles ? t0 + per : w->tiles;
+        size_t bytes = (size_t)(t1 - t0) * w->tile_bytes;
+        f->spans[t] = (pool_span){w->data + (size_t)t0 * w->tile_bytes, bytes < PULL_MAX ? bytes : PULL_MAX};
+    }
+    return f->spans;
+}
+
 /* out = x @ w (+ bias, activation); reserve() made the room. */
 static void gemm(fwd *f, gemm_job *j)
 {
     gemm_prepare(f, j);
-    pool_run(f->pool, gemm_task, j, (j->w->tiles + j->tiles - 1) / j->tiles);
+    pool_run_then(f->pool, gemm_task, j, (j->w->tiles + j->tiles - 1) / j->tiles,
+                  next_spans(f, j->next, j->R));
 }
 
 /* ==== The k best logits of decode rows: an int8 screen of the head ==== */
@@ -655,7 +719,13 @@ static void store_kv(fwd *f, const fwd_row *rows, int R, int l, int h0, int h1)
         for (int h = h0; h < h1; h++) {
             char *kd = (char *)kv_head(row->own->k, row->own, l, h) + at;
             char *vd = (char *)kv_head(row->own->v, row->own, l, h) + at;
-            if (row->own->half) {
+            if (row->own->elt == MV_I8) {
+                int p = row->own_at;
+                mv_to_i8((int8_t *)kd, row->own->ks + ((size_t)l * row->own->n_head + h) * row->own->cap + p,
+                         k + h * hd, hd);
+                mv_to_i8((int8_t *)vd, row->own->vs + ((size_t)l * row->own->n_head + h) * row->own->cap + p,
+                         v + h * hd, hd);
+            } else if (row->own->elt == MV_F16) {
                 mv_to_half((uint16_t *)kd, k + h * hd, hd);
                 mv_to_half((uint16_t *)vd, v + h * hd, hd);
             } else {
@@ -687,7 +757,7 @@ static void attn_rows(const attn_job *j, int g, int h, int thread)
     const model_cfg *c = &j->f->m->cfg;
     int C = c->n_embd, hd = C / c->n_head;
     const fwd_row *r0 = &j->rows[j->start[g]];
-    mv_attn a = {.R = j->len[g], .hd = hd, .ld = hd, .half = j->f->kv_half, .n0 = r0->len0,
+    mv_attn a = {.R = j->len[g], .hd = hd, .ld = hd, .elt = j->f->kv_elt, .n0 = r0->len0,
                  .scale = j->scale, .s = j->f->scores + (size_t)thread * j->f->score_cap,
                  .w = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL};
     /* Rows of one cache after no shared context (the last few rows of a
@@ -703,9 +773,13 @@ static void attn_rows(const attn_job *j, int g, int h, int thread)
     if (r0->len0) {
         a.k0 = kv_head(r0->ctx0->k, r0->ctx0, j->layer, h);
         a.v0 = kv_head(r0->ctx0->v, r0->ctx0, j->layer, h);
+        a.ks0 = kv_scales(r0->ctx0->ks, r0->ctx0, j->layer, h);
+        a.vs0 = kv_scales(r0->ctx0->vs, r0->ctx0, j->layer, h);
     } else if (common) {
         a.k0 = kv_head(r0->own->k, r0->own, j->layer, h);
         a.v0 = kv_head(r0->own->v, r0->own, j->layer, h);
+        a.ks0 = kv_scales(r0->own->ks, r0->own, j->layer, h);
+        a.vs0 = kv_scales(r0->own->vs, r0->own, j->layer, h);
         a.n0 = common;
     }
     for (int i = 0; i < a.R; i++) {
@@ -716,6 +790,10 @@ static void attn_rows(const attn_job *j, int g, int h, int thread)
         a.out[i] = j->f->att + (size_t)r * C + h * hd;
         a.k1[i] = (char *)kv_head(row->own->k, row->own, j->layer, h) + skip;
         a.v1[i] = (char *)kv_head(row->own->v, row->own, j->layer, h) + skip;
+        if (row->own->ks) {
+            a.ks1[i] = kv_scales(row->own->ks, row->own, j->layer, h) + common;
+            a.vs1[i] = kv_scales(row->own->vs, row->own, j->layer, h) + common;
+        }
         a.n1[i] = row->own_at + 1 - common;
     }
     mv_attend(&a);
@@ -765,7 +843,7 @@ static void attn_block_task(void *arg, int h, int thread)
     int N = j->rows[0].own_at + R; /* context length of the last row */
     head_qkv(j, h, thread);
     float *S = j->f->scores + (size_t)thread * j->f->score_cap; /* (R, N) */
-    /* half caches: keys, then values, of positions 0..N widened here */
+    /* half and int8 caches: keys, then values, of positions 0..N widened here */
     float *wk = j->f->wkv ? j->f->wkv + (size_t)thread * j->f->wkv_cap : NULL;
     const float *v = NULL;
     uint32_t *vt = NULL, *pb = NULL;
@@ -773,16 +851,16 @@ static void attn_block_task(void *arg, int h, int thread)
     if (j->f->att_bf16) { /* values as one bf16 tile (packed.h), probabilities as bf16 pairs */
         vt = j->f->abf + (size_t)thread * j->f->abf_cap;
         pb = vt + (size_t)pairs * PK_TILE;
-        pk_bf16_values(vt, kv_floats(own->v, own, l, h, N, wk), N);
+        pk_bf16_values(vt, kv_floats(own->v, own->vs, own, l, h, N, wk), N);
     } else {
-        v = kv_floats(own->v, own, l, h, N, wk ? wk + (size_t)c->n_ctx * hd : NULL);
+        v = kv_floats(own->v, own->vs, own, l, h, N, wk ? wk + (size_t)c->n_ctx * hd : NULL);
     }
     /* on AVX-512, pk_f32_product: keys transposed once, (hd, kt_ld), panels
      * of PK_TILE keys, straight from the cache (mv_keys_t widens as it goes) */
     float *kt = j->f->kt ? j->f->kt + (size_t)thread * hd * j->f->kt_ld : NULL;
     const float *k = NULL;
-    if (kt) mv_keys_t(kt, j->f->kt_ld, kv_head(own->k, own, l, h), own->half, N, hd);
-    else k = kv_floats(own->k, own, l, h, N, wk);
+    if (kt) mv_keys_t(kt, j->f->kt_ld, kv_head(own->k, own, l, h), kv_scales(own->ks, own, l, h), own->elt, N, hd);
+    else k = kv_floats(own->k, own->ks, own, l, h, N, wk);
     for (int b0 = 0; b0 < R; b0 += ATT_BLOCK) {
         int m = R - b0 < ATT_BLOCK ? R - b0 : ATT_BLOCK, nb = N - R + b0 + m;
         const float *q = j->f->qkv + (size_t)b0 * 3 * C + h * hd;
@@ -844,10 +922,11 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     } else { /* decode rows */
         store_kv(f, rows, R, l, 0, c->n_head);
         group_rows(&job);
-        pool_run(f->pool, attn_rows_task, &job, job.groups * c->n_head);
+        pool_run_then(f->pool, attn_rows_task, &job, job.groups * c->n_head,
+                      next_spans(f, &wp->attn, R));
     }
     gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = &wp->attn, .bias = w->attn_b, .R = R,
-                        .I = C, .O = C, .accumulate = 1});
+                        .I = C, .O = C, .accumulate = 1, .next = &wp->fc});
 }
 
 static void mlp_block(fwd *f, int R, int l)
@@ -858,12 +937,13 @@ static void mlp_block(fwd *f, int R, int l)
     const layerp *wp = &f->wp[l];
     const pk_act *q = norm(f, R, w->ln2_w, w->ln2_b, &wp->fc);
     gemm(f, &(gemm_job){.out = f->fc, .x = f->h, .w = &wp->fc, .q = q, .bias = w->fc_b, .R = R,
-                        .I = C, .O = I, .act = 1, .kind = c->act});
+                        .I = C, .O = I, .act = 1, .kind = c->act, .next = &wp->proj});
     gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = &wp->proj, .bias = w->proj_b, .R = R,
-                        .I = I, .O = C, .accumulate = 1});
+                        .I = I, .O = C, .accumulate = 1,
+                        .next = l + 1 < c->n_layer ? &f->wp[l + 1].qkv : f->scr ? &f->scr->q : &f->wte});
 }
 
-static int check_rows(const model_cfg *c, int half, const fwd_row *rows, int R, char *err)
+static int check_rows(const model_cfg *c, int elt, const fwd_row *rows, int R, char *err)
 {
     for (int r = 0; r < R; r++) {
         const fwd_row *w = &rows[r];
@@ -873,7 +953,7 @@ static int check_rows(const model_cfg *c, int half, const fwd_row *rows, int R, 
         if (w->len0 < 0 || (w->len0 && (!w->ctx0 || w->len0 > w->ctx0->cap)) ||
             !w->own || w->own_at < 0 || w->own_at >= w->own->cap)
             return errf(err, "internal error: row %d does not fit its cache", r);
-        if (w->own->half != half || (w->len0 && w->ctx0->half != half))
+        if (w->own->elt != elt || (w->len0 && w->ctx0->elt != elt))
             return errf(err, "internal error: row %d's cache is of another element type", r);
         if (w->len0 + w->own_at >= c->n_ctx)
             return errf(err, "position %d is past the model's window of %d tokens",
@@ -889,7 +969,7 @@ static int run_rows(fwd *f, const fwd_row *rows, int R, const int *out_rows, int
     const model_cfg *c = &m->cfg;
     int C = c->n_embd;
     if (R < 1 || R > FWD_ROWS_MAX) return errf(err, "internal error: %d rows in one pass", R);
-    if (check_rows(c, f->kv_half, rows, R, err) < 0) return -1;
+    if (check_rows(c, f->kv_elt, rows, R, err) < 0) return -1;
     for (int i = 0; i < n_out; i++)
         if (out_rows[i] < 0 || out_rows[i] >= R) return errf(err, "internal error: logit row");
     if (reserve(f, R) < 0) return errf(err, "out of memory for %d rows of activations", R);
@@ -954,6 +1034,8 @@ void fwd_topk_stats(const fwd *f, unsigned long *screened, unsigned long *fallba
     *screened = atomic_load_explicit(&f->screened, memory_order_relaxed);
     *fallback = atomic_load_explicit(&f->fallback, memory_order_relaxed);
 }
+
+const char *fwd_kv_name(const fwd *f) { return f->kv_elt == MV_I8 ? "int8" : f->kv_elt == MV_F16 ? "fp16" : "fp32"; }
 
 const char *fwd_kernels(const fwd *f)
 {

@@ -9,16 +9,18 @@
 #define GPT2_FORWARD_H
 
 #include "../model.h"
+#include "ops.h"
 #include "pool.h"
 
 typedef struct fwd fwd;
 
 /* Keys and values of `cap` positions for every layer and head:
- * k, v (n_layer, n_head, cap, C / n_head), as floats, or as IEEE half floats
- * (uint16_t) when half is set. */
+ * k, v (n_layer, n_head, cap, C / n_head), as floats, IEEE half floats
+ * (uint16_t) or int8 with a scale per position and head (ops.h). */
 typedef struct {
     void *k, *v;           /* host memory (CPU path); NULL on a GPU */
-    int half;
+    float *ks, *vs;        /* int8: their scales (n_layer, n_head, cap) */
+    int elt;               /* MV_F32, MV_F16 or MV_I8 (ops.h) */
     int cap, n_layer, n_embd, n_head;
     void *gpu;             /* the backend's handle (gpu_kv) when on a GPU */
 } kv_cache;
@@ -46,7 +48,7 @@ typedef struct {
 
 /* Weight formats the CPU path can stream, and what its caches hold. */
 enum { FWD_FP32, FWD_BF16, FWD_INT8 };
-enum { FWD_KV_AUTO, FWD_KV_FP32, FWD_KV_FP16 };
+enum { FWD_KV_AUTO, FWD_KV_FP32, FWD_KV_FP16, FWD_KV_INT8 };
 
 /* A forward context for model m using the threads of p (both borrowed).
  * Its matrices are packed copies in format fmt (packed.h): fp32; bf16 (half
@@ -87,5 +89,7 @@ void fwd_topk_stats(const fwd *f, unsigned long *screened, unsigned long *fallba
 
 /* The CPU kernels f's products take (pk_kernels). */
 const char *fwd_kernels(const fwd *f);
+/* What its caches hold: "fp32", "fp16" or "int8". */
+const char *fwd_kv_name(const fwd *f);
 
 #endif

@@ -10,6 +10,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -203,6 +204,7 @@ int mv_half_fast(void)
 
 int mv_half_path;
 
+
 void mv_to_half(uint16_t *dst, const float *src, size_t n)
 {
 #if defined(__x86_64__)
@@ -229,6 +231,80 @@ void mv_from_half(float *dst, const uint16_t *src, size_t n)
     }
 #endif
     for (size_t i = 0; i < n; i++) dst[i] = half_value(src[i]);
+}
+
+/* ==== int8 keys and values ==== */
+
+/* x rounded to the nearest integer, ties to even (|x| <= 127: 1.5 * 2^23
+ * added and taken away leaves no fraction). */
+#define ROUND_SHIFT 12582912.0f
+
+/* amax of the finite |x| of src[i..n), at least m. */
+static float finite_amax(const float *src, int i, int n, float m)
+{
+    for (; i < n; i++) {
+        float a = fabsf(src[i]);
+        m = a > m && a <= FLT_MAX ? a : m; /* NaN and infinities left out */
+    }
+    return m;
+}
+
+/* q = x * inv of src[i..n) into dst, NaN as 0, clamped, rounded. */
+static void i8_tail(int8_t *dst, const float *src, int i, int n, float inv)
+{
+    for (; i < n; i++) {
+        float y = src[i] * inv;
+        y = y != y ? 0.0f : y < -127.0f ? -127.0f : y > 127.0f ? 127.0f : y;
+        dst[i] = (int8_t)((y + ROUND_SHIFT) - ROUND_SHIFT);
+    }
+}
+
+#if defined(__x86_64__)
+/* mv_to_i8 16 lanes at a time: vcvtps2dq rounds to nearest even (the
+ * default MXCSR mode), vpmovdb narrows the clamped values. */
+__attribute__((target("avx512f"))) static void to_i8_avx512(int8_t *dst, float *scale, const float *src, int n)
+{
+    __m512 vmax = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 m = _mm512_abs_ps(_mm512_loadu_ps(src + i));
+        vmax = _mm512_mask_max_ps(vmax, _mm512_cmp_ps_mask(m, _mm512_set1_ps(FLT_MAX), _CMP_LE_OQ), vmax, m);
+    }
+    float amax = finite_amax(src, i, n, _mm512_reduce_max_ps(vmax));
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 y = _mm512_mul_ps(_mm512_loadu_ps(src + i), vinv);
+        y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), y); /* NaN */
+        y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+        _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(y)));
+    }
+    i8_tail(dst, src, i, n, inv);
+    *scale = amax / 127.0f;
+}
+#endif
+
+void mv_to_i8(int8_t *dst, float *scale, const float *src, int n)
+{
+#if defined(__x86_64__)
+    static int avx512 = -1;
+    if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
+    if (avx512 && mv_half_path != 2) {
+        to_i8_avx512(dst, scale, src, n);
+        return;
+    }
+#endif
+    float amax = finite_amax(src, 0, n, 0.0f);
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    i8_tail(dst, src, 0, n, inv);
+    *scale = amax / 127.0f;
+}
+
+CLONES
+void mv_from_i8(float *dst, const int8_t *src, const float *scales, int n, int hd)
+{
+    for (int p = 0; p < n; p++)
+        for (int i = 0; i < hd; i++) dst[(size_t)p * hd + i] = scales[p] * (float)src[(size_t)p * hd + i];
 }
 
 /* ==== Keys transposed ==== */
@@ -263,8 +339,8 @@ __attribute__((target("avx512f"))) AI void transpose16(__m512 *r)
 
 /* mv_keys_t in blocks of 16 positions by 16 elements, widened as read;
  * positions past n are zeros. */
-__attribute__((target("avx512f"))) static void keys_t_avx512(float *t, size_t ld, const void *k, int half,
-                                                             int n, int hd)
+__attribute__((target("avx512f"))) static void keys_t_avx512(float *t, size_t ld, const void *k, const float *ks,
+                                                             int elt, int n, int hd)
 {
     for (int p0 = 0; p0 < n; p0 += 16) {
         int pn = n - p0 < 16 ? n - p0 : 16;
@@ -272,9 +348,12 @@ __attribute__((target("avx512f"))) static void keys_t_avx512(float *t, size_t ld
             __m512 r[16];
             for (int i = 0; i < 16; i++) {
                 size_t at = (size_t)(p0 + i) * hd + d0;
-                r[i] = i >= pn ? _mm512_setzero_ps()
-                       : half  ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)k + at)))
-                               : _mm512_loadu_ps((const float *)k + at);
+                r[i] = i >= pn          ? _mm512_setzero_ps()
+                       : elt == MV_I8  ? _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                          _mm_loadu_si128((const __m128i *)((const int8_t *)k + at)))),
+                                                      _mm512_set1_ps(ks[p0 + i]))
+                       : elt == MV_F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)k + at)))
+                                       : _mm512_loadu_ps((const float *)k + at);
             }
             transpose16(r);
             for (int j = 0; j < 16; j++) _mm512_storeu_ps(t + (size_t)(d0 + j) * ld + p0, r[j]);
@@ -283,13 +362,13 @@ __attribute__((target("avx512f"))) static void keys_t_avx512(float *t, size_t ld
 }
 #endif
 
-void mv_keys_t(float *t, size_t ld, const void *k, int half, int n, int hd)
+void mv_keys_t(float *t, size_t ld, const void *k, const float *ks, int elt, int n, int hd)
 {
 #if defined(__x86_64__)
     static int avx512 = -1;
     if (avx512 < 0) avx512 = mv_half_fast() && __builtin_cpu_supports("avx512f");
     if (avx512 && !mv_half_path && hd % 16 == 0) {
-        keys_t_avx512(t, ld, k, half, n, hd);
+        keys_t_avx512(t, ld, k, ks, elt, n, hd);
         return;
     }
 #endif
@@ -297,32 +376,44 @@ void mv_keys_t(float *t, size_t ld, const void *k, int half, int n, int hd)
         for (int d = 0; d < hd; d++)
             for (int p = p0; p < p0 + 16; p++) {
                 size_t at = (size_t)p * hd + d;
-                t[(size_t)d * ld + p] = p >= n ? 0.0f : half ? half_value(((const uint16_t *)k)[at]) : ((const float *)k)[at];
+                t[(size_t)d * ld + p] = p >= n            ? 0.0f
+                                        : elt == MV_I8  ? ks[p] * (float)((const int8_t *)k)[at]
+                                        : elt == MV_F16 ? half_value(((const uint16_t *)k)[at])
+                                                        : ((const float *)k)[at];
             }
     }
 }
 
 /* ==== Attention ==== */
 
-/* Positions widened per chunk (half), or all of them at once (floats). */
+/* Positions widened per chunk (half, int8), or all of them at once (floats). */
 static int chunk_rows(const mv_attn *a)
 {
-    return !a->half ? INT_MAX : a->hd >= MV_KV_CHUNK ? 1 : MV_KV_CHUNK / a->hd;
+    return a->elt == MV_F32 ? INT_MAX : a->hd >= MV_KV_CHUNK ? 1 : MV_KV_CHUNK / a->hd;
 }
 
-/* Rows p..p+n of keys or values (ld apart) as floats, *ld apart: the cache
- * itself when it holds floats, else widened into a->w. */
-static inline const float *kv_rows(const mv_attn *a, const void *base, int p, int n, int *ld)
+/* Rows p..p+n of keys or values (ld apart; int8 ones with scales sc) as
+ * floats, *ld apart: the cache itself when it holds floats, else widened
+ * into a->w. */
+static inline const float *kv_rows(const mv_attn *a, const void *base, const float *sc, int p, int n,
+                                   int *ld)
 {
-    if (!a->half) {
+    *ld = a->hd;
+    if (a->elt == MV_F32) {
         *ld = a->ld;
         return (const float *)base + (size_t)p * a->ld;
+    }
+    if (a->elt == MV_I8) {
+        const int8_t *q = (const int8_t *)base + (size_t)p * a->ld;
+        if (a->ld == a->hd) mv_from_i8(a->w, q, sc + p, n, a->hd);
+        else
+            for (int i = 0; i < n; i++) mv_from_i8(a->w + (size_t)i * a->hd, q + (size_t)i * a->ld, sc + p + i, 1, a->hd);
+        return a->w;
     }
     const uint16_t *h = (const uint16_t *)base + (size_t)p * a->ld;
     if (a->ld == a->hd) mv_from_half(a->w, h, (size_t)n * a->hd);
     else
         for (int i = 0; i < n; i++) mv_from_half(a->w + (size_t)i * a->hd, h + (size_t)i * a->ld, a->hd);
-    *ld = a->hd;
     return a->w;
 }
 
@@ -332,12 +423,13 @@ static inline void attend_row_any(const mv_attn *a, int r, float *s)
 {
     int hd = a->hd, step = chunk_rows(a), ld;
     const void *kb[2] = {a->k0, a->k1[r]}, *vb[2] = {a->v0, a->v1[r]};
+    const float *ks[2] = {a->ks0, a->ks1[r]}, *vs[2] = {a->vs0, a->vs1[r]};
     int len[2] = {a->n0, a->n1[r]}, n = a->n0 + a->n1[r];
     const float *q = a->q[r];
     for (int g = 0, at = 0; g < 2; at += len[g++])
         for (int p0 = 0; p0 < len[g]; p0 += step) {
             int m = len[g] - p0 < step ? len[g] - p0 : step;
-            const float *k = kv_rows(a, kb[g], p0, m, &ld);
+            const float *k = kv_rows(a, kb[g], ks[g], p0, m, &ld);
             for (int p = 0; p < m; p++) s[at + p0 + p] = dot(q, k + (size_t)p * ld, hd) * a->scale;
         }
     mv_softmax(s, n);
@@ -346,7 +438,7 @@ static inline void attend_row_any(const mv_attn *a, int r, float *s)
     for (int g = 0, at = 0; g < 2; at += len[g++])
         for (int p0 = 0; p0 < len[g]; p0 += step) {
             int m = len[g] - p0 < step ? len[g] - p0 : step;
-            const float *v = kv_rows(a, vb[g], p0, m, &ld);
+            const float *v = kv_rows(a, vb[g], vs[g], p0, m, &ld);
             for (int p = 0; p < m; p++) axpy(out, s[at + p0 + p], v + (size_t)p * ld, hd);
         }
 }
@@ -426,77 +518,96 @@ AI v8 fold8(const v16 *t)
 #if defined(__x86_64__)
 #define AVX512F __attribute__((target("avx512f")))
 
-/* Decode attention streams a head's half keys (then its values) from
- * memory, 80 KB each at 640 positions, too short for the hardware
- * prefetchers to ramp up: the scores fetch the keys 2 KB on into L1 and
- * 16 KB on into L2, and each position's values into L2 as its key is read.
- * Measured on a 2-core Xeon (int8, 640 positions, 3 rows): attention 1.76-
- * 1.88 -> 1.18-1.50 ms a step. */
+/* Decode attention streams a head's keys (then its values) from memory,
+ * 80 KB each at 640 positions in half floats (40 in int8), too short for
+ * the hardware prefetchers to ramp up: the scores fetch the keys 2 KB on
+ * into L1 and 16 KB on into L2, and each position's values into L2 as its
+ * key is read. Measured on a 2-core Xeon (int8 weights, half keys and
+ * values, 640 positions, 3 rows): attention 1.76-1.88 -> 1.18-1.50 ms a step. */
 #define ATT_NEAR 2048
 #define ATT_FAR 16384
 
-/* 64 half floats as 4 vectors of fp32, exactly. */
-AVX512F AI void widen64(v16 *x, const uint16_t *h)
+/* A position's 64 elements (half floats or int8, unscaled) as 4 vectors of
+ * fp32, exactly. */
+AVX512F AI void widen64(v16 *x, const void *p, const int elt)
 {
-    for (int u = 0; u < 4; u++) x[u] = (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16 * u)));
+    for (int u = 0; u < 4; u++)
+        x[u] = elt == MV_I8 ? (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p + u)))
+                            : (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p + u));
 }
 
-/* Half keys and values of 64-float heads, read in place: each vector is
- * widened in registers (cvtph2ps) where it is used, once for all R rows,
- * so nothing goes through scratch. Scores of R rows (queries qv) against n
- * keys, ld apart, into s (rows S apart), 8 keys at a time (fold8: R x 8
- * sums fit the registers where R x 16 would not). */
-AVX512F AI void scores_half64(const v16 (*qv)[4], const uint16_t *k, const uint16_t *pv, size_t ld, int n,
-                              float scale, float *s, int S, const int R)
+/* Prefetches for position p of keys k and values v (pv may be NULL), es
+ * bytes an element, one or two lines a position. */
+AVX512F AI void fetch_ahead(const char *kp, const char *vp, const int es)
 {
+    __builtin_prefetch(kp + ATT_NEAR, 0, 3);
+    __builtin_prefetch(kp + ATT_FAR, 0, 1);
+    if (vp) __builtin_prefetch(vp, 0, 1);
+    if (es == 2) {
+        __builtin_prefetch(kp + ATT_NEAR + 64, 0, 3);
+        __builtin_prefetch(kp + ATT_FAR + 64, 0, 1);
+        if (vp) __builtin_prefetch(vp + 64, 0, 1);
+    }
+}
+
+/* Half or int8 keys and values of 64-element heads, read in place: each
+ * vector is widened in registers where it is used, once for all R rows,
+ * so nothing goes through scratch. Scores of R rows (queries qv) against n
+ * keys, ld apart (int8: times their scales ks), into s (rows S apart), 8
+ * keys at a time (fold8: R x 8 sums fit the registers where R x 16 would
+ * not). */
+AVX512F AI void scores64(const v16 (*qv)[4], const void *k, const float *ks, const void *pv, size_t ld,
+                         int n, float scale, float *s, int S, const int R, const int elt)
+{
+    const int es = elt == MV_I8 ? 1 : 2;
+    const char *kb = k, *vb = pv;
     int p = 0;
     for (; p + 8 <= n; p += 8) { /* each key widened once for all R rows */
         v16 t[MV_ATTN_ROWS][8];
         for (int j = 0; j < 8; j++) {
-            const char *kp = (const char *)(k + (size_t)(p + j) * ld);
-            __builtin_prefetch(kp + ATT_NEAR, 0, 3);
-            __builtin_prefetch(kp + ATT_NEAR + 64, 0, 3);
-            __builtin_prefetch(kp + ATT_FAR, 0, 1);
-            __builtin_prefetch(kp + ATT_FAR + 64, 0, 1);
-            if (pv) { /* the values at the same position, into L2 for values_half64 */
-                const char *vp = (const char *)(pv + (size_t)(p + j) * ld);
-                __builtin_prefetch(vp, 0, 1);
-                __builtin_prefetch(vp + 64, 0, 1);
-            }
+            size_t at = (size_t)(p + j) * ld * es;
+            fetch_ahead(kb + at, vb ? vb + at : NULL, es);
             v16 x[4];
-            widen64(x, k + (size_t)(p + rev8[j]) * ld);
+            widen64(x, kb + (size_t)(p + rev8[j]) * ld * es, elt);
             for (int r = 0; r < R; r++) {
                 t[r][j] = qv[r][0] * x[0];
                 for (int v = 1; v < 4; v++) t[r][j] += qv[r][v] * x[v];
             }
         }
-        for (int r = 0; r < R; r++) *(v8u *)(s + (size_t)r * S + p) = fold8(t[r]) * scale;
+        v8 f = elt == MV_I8 ? *(const v8u *)(ks + p) * scale : (v8){0} + scale;
+        for (int r = 0; r < R; r++) *(v8u *)(s + (size_t)r * S + p) = fold8(t[r]) * f;
     }
     for (; p < n; p++) {
         v16 x[4];
-        widen64(x, k + (size_t)p * ld);
+        widen64(x, kb + (size_t)p * ld * es, elt);
+        float f = elt == MV_I8 ? ks[p] * scale : scale;
         for (int r = 0; r < R; r++) {
             v16 acc = qv[r][0] * x[0];
             for (int v = 1; v < 4; v++) acc += qv[r][v] * x[v];
-            s[(size_t)r * S + p] = hsum(acc) * scale;
+            s[(size_t)r * S + p] = hsum(acc) * f;
         }
     }
 }
 
-/* o[r] += s[r * S + p] * v_p over n values ld apart, for R rows. */
-AVX512F AI void values_half64(v16 (*o)[4], const float *s, int S, const uint16_t *v, size_t ld, int n,
-                              const int R)
+/* o[r] += s[r * S + p] * v_p over n values ld apart (int8: times their
+ * scales vs), for R rows. */
+AVX512F AI void values64(v16 (*o)[4], const float *s, int S, const void *v, const float *vs, size_t ld,
+                         int n, const int R, const int elt)
 {
+    const int es = elt == MV_I8 ? 1 : 2;
     for (int p = 0; p < n; p++) {
         v16 x[4];
-        widen64(x, v + (size_t)p * ld);
-        for (int r = 0; r < R; r++)
-            for (int u = 0; u < 4; u++) o[r][u] += s[(size_t)r * S + p] * x[u];
+        widen64(x, (const char *)v + (size_t)p * ld * es, elt);
+        float f = elt == MV_I8 ? vs[p] : 1.0f;
+        for (int r = 0; r < R; r++) {
+            float w = s[(size_t)r * S + p] * f;
+            for (int u = 0; u < 4; u++) o[r][u] += w * x[u];
+        }
     }
 }
 
-/* attend_rows for half caches and 64-float heads, in place. */
-AVX512F AI void attend_half64_rows(const mv_attn *a, float *s, const int R)
+/* attend_rows for half or int8 caches and 64-element heads, in place. */
+AVX512F AI void attend64_rows(const mv_attn *a, float *s, const int R, const int elt)
 {
     int n0 = a->n0, S = 0;
     for (int r = 0; r < R; r++) S = a->n1[r] > S ? a->n1[r] : S;
@@ -504,26 +615,32 @@ AVX512F AI void attend_half64_rows(const mv_attn *a, float *s, const int R)
     v16 qv[MV_ATTN_ROWS][4], o[MV_ATTN_ROWS][4];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < 4; v++) qv[r][v] = *(const v16u *)(a->q[r] + 16 * v), o[r][v] = (v16){0};
-    scores_half64(qv, a->k0, a->v0, a->ld, n0, a->scale, s, S, R);
+    scores64(qv, a->k0, a->ks0, a->v0, a->ld, n0, a->scale, s, S, R, elt);
     for (int r = 0; r < R; r++) {
-        scores_half64(qv + r, a->k1[r], a->v1[r], a->ld, a->n1[r], a->scale, s + r * S + n0, S, 1);
+        scores64(qv + r, a->k1[r], a->ks1[r], a->v1[r], a->ld, a->n1[r], a->scale, s + r * S + n0, S, 1, elt);
         mv_softmax(s + r * S, n0 + a->n1[r]);
     }
-    values_half64(o, s, S, a->v0, a->ld, n0, R);
+    values64(o, s, S, a->v0, a->vs0, a->ld, n0, R, elt);
     for (int r = 0; r < R; r++) {
-        values_half64(o + r, s + r * S + n0, S, a->v1[r], a->ld, a->n1[r], 1);
+        values64(o + r, s + r * S + n0, S, a->v1[r], a->vs1[r], a->ld, a->n1[r], 1, elt);
         for (int u = 0; u < 4; u++) *(v16u *)(a->out[r] + 16 * u) = o[r][u];
     }
 }
 
-AVX512F static void attend_half64(const mv_attn *a)
+AVX512F AI void attend64_elt(const mv_attn *a, const int elt)
 {
     switch (a->R) {
-    case 1: attend_half64_rows(a, a->s, 1); break;
-    case 2: attend_half64_rows(a, a->s, 2); break;
-    case 3: attend_half64_rows(a, a->s, 3); break;
-    default: attend_half64_rows(a, a->s, 4); break;
+    case 1: attend64_rows(a, a->s, 1, elt); break;
+    case 2: attend64_rows(a, a->s, 2, elt); break;
+    case 3: attend64_rows(a, a->s, 3, elt); break;
+    default: attend64_rows(a, a->s, 4, elt); break;
     }
+}
+
+AVX512F static void attend64_avx512(const mv_attn *a)
+{
+    if (a->elt == MV_I8) attend64_elt(a, MV_I8);
+    else attend64_elt(a, MV_F16);
 }
 #endif
 
@@ -603,7 +720,7 @@ AVX2F AI void attend64_avx2_rows(const mv_attn *a, const int half)
 
 AVX2F static void attend64_avx2(const mv_attn *a)
 {
-    if (a->half) attend64_avx2_rows(a, 1);
+    if (a->elt == MV_F16) attend64_avx2_rows(a, 1);
     else attend64_avx2_rows(a, 0);
 }
 #endif
@@ -621,13 +738,13 @@ AI void attend_rows(const mv_attn *a, float *s, const int R, const int HDV)
         for (int v = 0; v < HDV; v++) qv[r][v] = *(const v16u *)(a->q[r] + 16 * v);
     for (int p0 = 0; p0 < n0; p0 += step) {
         int m = n0 - p0 < step ? n0 - p0 : step;
-        const float *k = kv_rows(a, a->k0, p0, m, &ld);
+        const float *k = kv_rows(a, a->k0, a->ks0, p0, m, &ld);
         for (int r = 0; r < R; r++) scores(qv[r], k, ld, m, a->scale, s + r * S + p0, HDV);
     }
     for (int r = 0; r < R; r++) {
         for (int p0 = 0; p0 < a->n1[r]; p0 += step) {
             int m = a->n1[r] - p0 < step ? a->n1[r] - p0 : step;
-            const float *k = kv_rows(a, a->k1[r], p0, m, &ld);
+            const float *k = kv_rows(a, a->k1[r], a->ks1[r], p0, m, &ld);
             scores(qv[r], k, ld, m, a->scale, s + r * S + n0 + p0, HDV);
         }
         mv_softmax(s + r * S, n0 + a->n1[r]);
@@ -637,7 +754,7 @@ AI void attend_rows(const mv_attn *a, float *s, const int R, const int HDV)
         for (int u = 0; u < HDV; u++) o[r][u] = (v16){0};
     for (int p0 = 0; p0 < n0; p0 += step) {
         int m = n0 - p0 < step ? n0 - p0 : step;
-        const float *v = kv_rows(a, a->v0, p0, m, &ld);
+        const float *v = kv_rows(a, a->v0, a->vs0, p0, m, &ld);
         for (int p = 0; p < m; p++)
             for (int r = 0; r < R; r++)
                 for (int u = 0; u < HDV; u++)
@@ -646,7 +763,7 @@ AI void attend_rows(const mv_attn *a, float *s, const int R, const int HDV)
     for (int r = 0; r < R; r++) {
         for (int p0 = 0; p0 < a->n1[r]; p0 += step) {
             int m = a->n1[r] - p0 < step ? a->n1[r] - p0 : step;
-            const float *v = kv_rows(a, a->v1[r], p0, m, &ld);
+            const float *v = kv_rows(a, a->v1[r], a->vs1[r], p0, m, &ld);
             for (int p = 0; p < m; p++)
                 for (int u = 0; u < HDV; u++)
                     o[r][u] += s[r * S + n0 + p0 + p] * *(const v16u *)(v + (size_t)p * ld + 16 * u);
@@ -671,15 +788,15 @@ void mv_attend(const mv_attn *a)
 #if defined(__x86_64__)
     static int avx512 = -1;
     if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
-    if (a->half && a->hd == 64 && avx512 && !mv_half_path) {
-        attend_half64(a);
+    if (a->elt != MV_F32 && a->hd == 64 && avx512 && !mv_half_path) {
+        attend64_avx512(a);
         return;
     }
     static int avx2 = -1;
     if (avx2 < 0)
         avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     /* mv_half_path 1 (the unit test) takes this path on AVX-512 CPUs too */
-    if (a->hd == 64 && avx2 && (!avx512 || mv_half_path == 1) && mv_half_path != 2) {
+    if (a->hd == 64 && a->elt != MV_I8 && avx2 && (!avx512 || mv_half_path == 1) && mv_half_path != 2) {
         attend64_avx2(a);
         return;
     }

@@ -311,7 +311,7 @@ void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, in
             for (int i = 0; i < K / 2; i++) d[i] = to_bf16(r[2 * i]) | (uint32_t)to_bf16(r[2 * i + 1]) << 16;
             if (K % 2) d[W - 1] = to_bf16(r[K - 1]);
         }
-        mv_keys_t((float *)tp, PK_TILE, scratch, 0, cols, W); /* moves bits: no value is NaN */
+        mv_keys_t((float *)tp, PK_TILE, scratch, NULL, MV_F32, cols, W); /* moves bits: no value is NaN */
     }
 }
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #define SPIN_NS 2000000L /* 2 ms: spans the gaps inside a step, not idle time */
+#define PULL_BYTES 512    /* pulled toward L2 per turn of a wait (pool_run_then) */
 
 struct pool {
     int n;                    /* threads including the caller */
@@ -30,6 +31,7 @@ struct pool {
     atomic_int stop;
     pool_fn fn;
     void *arg;
+    const pool_span *then;    /* pool_run_then's spans, or NULL */
     int ntasks;
     atomic_int next;
 };
@@ -53,20 +55,34 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/* One turn of a wait: the next PULL_BYTES of s toward L2 (prefetcht1), or a
+ * pause when s is done. */
+static inline void wait_turn(pool_span *s)
+{
+    if (!s->bytes) {
+        cpu_relax();
+        return;
+    }
+    size_t n = s->bytes < PULL_BYTES ? s->bytes : PULL_BYTES;
+    for (size_t o = 0; o < n; o += 64) __builtin_prefetch((const char *)s->at + o, 0, 2);
+    s->at = (const char *)s->at + n;
+    s->bytes -= n;
+}
+
 static void drain(pool *p, int thread)
 {
     for (int t; (t = atomic_fetch_add(&p->next, 1)) < p->ntasks;) p->fn(p->arg, t, thread);
 }
 
-/* Wait until gen moves past `seen` (or stop): spin first, then sleep. */
-static unsigned long wait_gen(pool *p, unsigned long seen)
+/* Wait until gen moves past `seen` (or stop): spin first (pulling s), then sleep. */
+static unsigned long wait_gen(pool *p, unsigned long seen, pool_span s)
 {
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0;; i++) {
         unsigned long g = atomic_load_explicit(&p->gen, memory_order_acquire);
         if (g != seen || atomic_load(&p->stop)) return g;
-        cpu_relax();
+        wait_turn(&s);
         if ((i & 1023) == 1023 && elapsed_ns(&t0) > SPIN_NS) break;
     }
     pthread_mutex_lock(&p->mu);
@@ -85,10 +101,12 @@ static void *worker(void *a)
     free(a);
     pool *p = wa.p;
     unsigned long seen = 0;
+    pool_span next = {0};
     for (;;) {
-        seen = wait_gen(p, seen);
+        seen = wait_gen(p, seen, next);
         if (atomic_load(&p->stop)) break;
         drain(p, wa.id);
+        next = p->then ? p->then[wa.id] : (pool_span){0}; /* read before the run may end */
         atomic_fetch_sub_explicit(&p->busy, 1, memory_order_release);
     }
     return NULL;
@@ -134,7 +152,9 @@ void pool_free(pool *p)
 
 int pool_size(const pool *p) { return p->n; }
 
-void pool_run(pool *p, pool_fn fn, void *arg, int ntasks)
+void pool_run(pool *p, pool_fn fn, void *arg, int ntasks) { pool_run_then(p, fn, arg, ntasks, NULL); }
+
+void pool_run_then(pool *p, pool_fn fn, void *arg, int ntasks, const pool_span *next)
 {
     if (p->n == 1 || ntasks <= 1) {
         for (int t = 0; t < ntasks; t++) fn(arg, t, 0);
@@ -142,6 +162,7 @@ void pool_run(pool *p, pool_fn fn, void *arg, int ntasks)
     }
     p->fn = fn;
     p->arg = arg;
+    p->then = next;
     p->ntasks = ntasks;
     atomic_store(&p->next, 0);
     atomic_store(&p->busy, p->n - 1);
@@ -152,8 +173,9 @@ void pool_run(pool *p, pool_fn fn, void *arg, int ntasks)
         pthread_mutex_unlock(&p->mu);
     }
     drain(p, 0);
+    pool_span s = next ? next[0] : (pool_span){0};
     for (int i = 0; atomic_load_explicit(&p->busy, memory_order_acquire); i++) {
-        cpu_relax();
+        wait_turn(&s);
         if ((i & 4095) == 4095) sched_yield(); /* a worker may have been descheduled */
     }
 }

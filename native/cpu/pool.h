@@ -7,6 +7,8 @@
 #ifndef GPT2_POOL_H
 #define GPT2_POOL_H
 
+#include <stddef.h>
+
 typedef struct pool pool;
 typedef void (*pool_fn)(void *arg, int task, int thread);
 
@@ -15,6 +17,16 @@ pool *pool_new(int nthreads);
 void pool_free(pool *p);
 int pool_size(const pool *p);
 void pool_run(pool *p, pool_fn fn, void *arg, int ntasks);
+
+/* Bytes a thread will read first in the next run: while thread t waits for
+ * the others at the end of this run, it pulls next[t] into its L2 (a decode
+ * step's products are bandwidth-bound, so a thread that ends early keeps the
+ * memory bus busy instead of spinning). next holds pool_size spans. */
+typedef struct {
+    const void *at;
+    size_t bytes;
+} pool_span;
+void pool_run_then(pool *p, pool_fn fn, void *arg, int ntasks, const pool_span *next);
 
 /* The CPUs the process may run on (its affinity; online CPUs where that
  * cannot be read), at least 1: the default number of threads. */

@@ -16,11 +16,13 @@
  *   decode     one batched step at batch 1 and 3 after a shared context (on
  *              a GPU with the top-40 candidates, as generation asks);
  *   prefill    a cold prompt of 128 and 512 tokens, and 1000 on a GPU
- *              (logits of the last one).
+ *              (logits of the last one);
+ *   extend     a keystroke's prompt: the context's last 20 tokens again,
+ *              after its cached prefix (the 40 best logits of the last).
  *
  * Prints one JSON object; tests/bench/bench.py formats it.
  * usage: bench_cpu MODEL_DIR FORMAT(fp32|bf16|int8|gpu-fp16|gpu-bf16) [--context N]
- *                  [--steps N] [--threads N]
+ *                  [--steps N] [--threads N] [--kv fp32|fp16|int8]
  *                  [--prefill 0]   (0: decode only, for a profiler)
  *
  * bench_cpu --kernels: a prompt's products alone on one thread (512 rows,
@@ -179,27 +181,30 @@ static int kernel_rates(void)
     return 0;
 }
 
+#define EXTEND 20 /* tokens of a keystroke's prompt past its cached prefix */
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && !strcmp(argv[1], "--kernels")) return kernel_rates();
     if (argc < 3) {
         fprintf(stderr, "usage: bench_cpu MODEL_DIR fp32|bf16|int8|gpu-fp16|gpu-bf16 [--context N] "
-                "[--steps N] [--threads N]\n");
+                "[--steps N] [--threads N] [--kv fp32|fp16|int8] [--prefill 0]\n");
         return 2;
     }
     int gpu = !strncmp(argv[2], "gpu-", 4);
     int fmt = gpu ? -1 : !strcmp(argv[2], "bf16") ? FWD_BF16 : !strcmp(argv[2], "int8") ? FWD_INT8 : FWD_FP32;
-    int context = 256, steps = 40, threads = 0, skip_prefill = 0;
+    int context = 256, steps = 40, threads = 0, skip_prefill = 0, kv_type = FWD_KV_AUTO;
     for (int i = 3; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--context")) context = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--prefill")) skip_prefill = !atoi(argv[i + 1]); /* 0: decode only, to profile */
+        else if (!strcmp(argv[i], "--kv")) kv_type = !strcmp(argv[i + 1], "int8") ? FWD_KV_INT8 : !strcmp(argv[i + 1], "fp16") ? FWD_KV_FP16 : FWD_KV_FP32;
     }
     char err[ERR_MAX];
     model *m = model_load(argv[1], err);
     if (!m) return fail(err);
-    device_opts o = {.choice = gpu ? DEVICE_CUDA : DEVICE_CPU, .cpu_fmt = gpu ? FWD_FP32 : fmt,
+    device_opts o = {.choice = gpu ? DEVICE_CUDA : DEVICE_CPU, .cpu_fmt = gpu ? FWD_FP32 : fmt, .cpu_kv = kv_type,
                      .half = gpu && !strcmp(argv[2], "gpu-fp16")};
     engine *e = engine_new(m, threads, &o, err);
     if (!e) return fail(err);
@@ -253,7 +258,7 @@ int main(int argc, char **argv)
     }
 
     /* decode: a shared context, then batch 1 and 3 with their own caches */
-    kv_cache *prefix = device_kv_new(e->dev, context, err);
+    kv_cache *prefix = device_kv_new(e->dev, c->n_ctx, err); /* as the helper's cache slots */
     if (!prefix) return fail(err);
     for (int from = 0; from < context; from += GEN_PREFILL_CHUNK) {
         int R = context - from < GEN_PREFILL_CHUNK ? context - from : GEN_PREFILL_CHUNK;
@@ -261,6 +266,18 @@ int main(int argc, char **argv)
             rows[i] = (fwd_row){.token = toks[(from + i) % 512], .own = prefix, .own_at = from + i};
         if (device_run(e->dev, rows, R, NULL, 0, NULL, 0, err) < 0) return fail(err);
     }
+    /* a keystroke's prompt: EXTEND tokens after the last EXTEND of the
+     * context, over again (a typing session's prefill with prefix reuse) */
+    double ext[9];
+    int from = context - EXTEND, last = EXTEND - 1;
+    for (int rep = 0; rep < 9 && from >= 0; rep++) {
+        for (int i = 0; i < EXTEND; i++)
+            rows[i] = (fwd_row){.token = toks[(from + i + rep) % 512], .own = prefix, .own_at = from + i};
+        double t0 = now_ms();
+        if (device_run(e->dev, rows, EXTEND, &last, 1, logits, 40, err) < 0) return fail(err);
+        ext[rep] = now_ms() - t0;
+    }
+    double extend_ms = from >= 0 ? median(ext, 9) : 0;
     /* batch 1 and 3 with every logit (the floor's workload), then, on the
      * CPU, with only the 40 best (sampling's default top_k: the head's
      * int8 screen, fwd_run_topk) as generation runs them */
@@ -297,14 +314,16 @@ int main(int argc, char **argv)
     double bw2 = gpu ? device_copy_bandwidth(e->dev) : bandwidth(e->pool, sample_buf, sample_n);
     double best = bw2 > bw ? bw2 : bw, during = n_bw ? median(bw_at, n_bw) : best;
     double floor_ms = bytes / (during * 1e6);
-    printf("{\"format\": \"%s\", \"device\": \"%s\", \"cpu_kernels\": \"%s\", \"threads\": %d, "
+    printf("{\"format\": \"%s\", \"device\": \"%s\", \"cpu_kernels\": \"%s\", \"cpu_kv\": \"%s\", \"threads\": %d, "
            "\"bandwidth_gbs\": %.2f, \"bandwidth_best_gbs\": %.2f, \"step_bytes\": %.0f, \"floor_ms\": %.4f, "
            "\"context\": %d, \"steps\": %d, \"step1_ms\": %.4f, \"step3_ms\": %.4f, "
            "\"prefill128_ms\": %.3f, \"prefill512_ms\": %.3f",
-           argv[2], device_name(e->dev), device_cpu_kernels(e->dev), pool_size(e->pool), during, best, bytes,
+           argv[2], device_name(e->dev), device_cpu_kernels(e->dev), device_cpu_kv(e->dev), pool_size(e->pool),
+           during, best, bytes,
            floor_ms, context, steps, step_ms[0], step_ms[1], prefill_ms[0], prefill_ms[1]);
     if (gpu) printf(", \"prefill1000_ms\": %.3f", prefill_ms[2]);
     else printf(", \"step1_top40_ms\": %.4f, \"step3_top40_ms\": %.4f", step_ms[2], step_ms[3]);
+    printf(", \"extend%d_ms\": %.3f", EXTEND, extend_ms);
     printf("}\n");
     free(toks1000);
     free(t);

@@ -10,6 +10,7 @@ tokens whose keys/values were reused — with prefix reuse on, and off
 (--cache-slots 0).
 
 usage: typing_session.py MODEL_DIR [--pauses N] [--threads N] [--cpu-dtype F ...] [--no-off]
+                         [--cpu-kv auto|fp32|fp16|int8]
 """
 import argparse
 import os
@@ -106,8 +107,10 @@ def main():
     ap.add_argument("--threads", type=int)
     ap.add_argument("--cpu-dtype", nargs="+", default=["fp32"])
     ap.add_argument("--no-off", action="store_true", help="skip the run without prefix reuse")
+    ap.add_argument("--cpu-kv", help="the helper's --cpu-kv (default: its auto)")
     a = ap.parse_args()
     extra = ["--threads", str(a.threads)] if a.threads else []
+    extra += ["--cpu-kv", a.cpu_kv] if a.cpu_kv else []
     print(f"typing session: {a.pauses} pauses, 3 x 24 tokens, stop=line, "
           f"model {os.path.basename(a.model)}, through `gpt2 serve` (p50/p95 as the client sees them)")
     for dtype in a.cpu_dtype:

@@ -48,7 +48,8 @@ case(':checkhealth gpt2: helper, model, handshake and device', function(c)
   ]], H.helper, 'serve', '--model', H.model)
   if dev == 'cpu' then
     has(lines, 'WARNING', 'device: cpu (')
-    has(lines, 'WARNING', ' kernels): ')
+    has(lines, 'WARNING', ' kernels, ')
+    has(lines, 'WARNING', ' keys and values): ')
   else
     has(lines, 'OK', 'device: ' .. dev)
   end

@@ -1,20 +1,25 @@
 /* test_kernels.c - the CPU kernels against plain reference loops: packed
  * products in every format and shape class (tails of tiles and of int8
  * groups, 1..MV_MAX_ROWS rows), the VNNI int8 path against the portable one
- * (bit for bit), decode attention for every head-size path over float and
- * half-float caches, half-float conversion, the vectorised GELU /
- * exponential and layer norm, and a prompt's bf16 weighted values. Called from test_main.c.
+ * (bit for bit), decode attention for every head-size path over float,
+ * half-float and int8 caches, half-float and int8 conversion, the
+ * vectorised GELU / exponential and layer norm, a prompt's bf16 weighted
+ * values, and the worker pool. Called from test_main.c.
  */
+#define _POSIX_C_SOURCE 200809L
 #include "../../native/common.h"
 #include "../../native/cpu/amx.h"
 #include "../../native/cpu/ops.h"
 #include "../../native/cpu/packed.h"
+#include "../../native/cpu/pool.h"
 #include "check.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t seed = 0x9E3779B97F4A7C15ull;
 
@@ -292,38 +297,51 @@ static void test_pack_rejects_nan(void)
 }
 
 /* Keys or values of n rows (ld apart, hd used) for a test: random floats,
- * stored as the kernel reads them (floats, or half floats), and the values
- * the kernel sees (the halves widened back) in f. */
-static void *kv_data(int n, int ld, int half, float **f)
+ * stored as the kernel reads them (elt: floats, half floats, or int8 with a
+ * scale per row in *sc), and the values the kernel sees (widened back) in f. */
+#define KV_RANGE 7 /* the largest row's range: an int8 row's scale used for another shows */
+static void *kv_data(int n, int ld, int hd, int elt, float **f, float **sc)
 {
     size_t len = (size_t)(n + 1) * ld; /* never empty */
     *f = malloc(sizeof(float) * len);
-    for (size_t i = 0; i < len; i++) (*f)[i] = frand();
-    if (!half) return *f;
+    *sc = NULL;
+    for (size_t i = 0; i < len; i++) (*f)[i] = frand() * (1 + (int)(i / ld % KV_RANGE)); /* rows of unlike ranges */
+    if (elt == MV_F32) return *f;
+    if (elt == MV_I8) {
+        int8_t *q = calloc(len, 1);
+        *sc = malloc(sizeof(float) * (n + 1));
+        for (int p = 0; p <= n; p++) {
+            mv_to_i8(q + (size_t)p * ld, *sc + p, *f + (size_t)p * ld, hd);
+            mv_from_i8(*f + (size_t)p * ld, q + (size_t)p * ld, *sc + p, 1, hd);
+        }
+        return q;
+    }
     uint16_t *h = malloc(sizeof(uint16_t) * len);
     mv_to_half(h, *f, len);
     mv_from_half(*f, h, len);
     return h;
 }
 
-static void test_attention(int hd, int R, int n0, int half, int ld)
+static void test_attention(int hd, int R, int n0, int elt, int ld)
 {
     int n1[MV_ATTN_ROWS], maxn = 0;
     float *k0f, *v0f, *k1f[MV_ATTN_ROWS], *v1f[MV_ATTN_ROWS], *q[MV_ATTN_ROWS], *out[MV_ATTN_ROWS];
-    void *k0 = kv_data(n0, ld, half, &k0f), *v0 = kv_data(n0, ld, half, &v0f);
+    float *ks0, *vs0, *ks1[MV_ATTN_ROWS], *vs1[MV_ATTN_ROWS];
+    void *k0 = kv_data(n0, ld, hd, elt, &k0f, &ks0), *v0 = kv_data(n0, ld, hd, elt, &v0f, &vs0);
     void *k1[MV_ATTN_ROWS], *v1[MV_ATTN_ROWS];
     float *w = malloc(sizeof(float) * mv_attn_wide(hd));
-    mv_attn a = {.R = R, .hd = hd, .ld = ld, .half = half, .k0 = k0, .v0 = v0, .n0 = n0,
-                 .scale = 0.37f, .w = w};
+    mv_attn a = {.R = R, .hd = hd, .ld = ld, .elt = elt, .k0 = k0, .v0 = v0, .ks0 = ks0, .vs0 = vs0,
+                 .n0 = n0, .scale = 0.37f, .w = w};
     for (int r = 0; r < R; r++) {
         n1[r] = (n0 ? 0 : 1) + r * 3 + (n0 > 100 ? 17 * r : 0); /* none of its own; past a 16-key block */
         maxn = n1[r] > maxn ? n1[r] : maxn;
         q[r] = malloc(sizeof(float) * hd);
         out[r] = malloc(sizeof(float) * hd);
-        k1[r] = kv_data(n1[r], ld, half, &k1f[r]);
-        v1[r] = kv_data(n1[r], ld, half, &v1f[r]);
-        for (int i = 0; i < hd; i++) q[r][i] = 3 * frand();
+        k1[r] = kv_data(n1[r], ld, hd, elt, &k1f[r], &ks1[r]);
+        v1[r] = kv_data(n1[r], ld, hd, elt, &v1f[r], &vs1[r]);
+        for (int i = 0; i < hd; i++) q[r][i] = frand();
         a.q[r] = q[r], a.out[r] = out[r], a.k1[r] = k1[r], a.v1[r] = v1[r], a.n1[r] = n1[r];
+        a.ks1[r] = ks1[r], a.vs1[r] = vs1[r];
     }
     float *s = malloc(sizeof(float) * R * (n0 + maxn));
     a.s = s;
@@ -347,13 +365,13 @@ static void test_attention(int hd, int R, int n0, int half, int ld)
             worst = fmax(worst, fabs(o - out[r][i]));
         }
         free(sc);
-        if (half) free(k1[r]), free(v1[r]);
-        free(q[r]), free(out[r]), free(k1f[r]), free(v1f[r]);
+        if (elt != MV_F32) free(k1[r]), free(v1[r]);
+        free(q[r]), free(out[r]), free(k1f[r]), free(v1f[r]), free(ks1[r]), free(vs1[r]);
     }
-    CHECK(worst < 2e-6, "attention hd %d R %d n0 %d half %d ld %d path %d: off by %g", hd, R, n0, half, ld,
+    CHECK(worst < 2e-6 * KV_RANGE, "attention hd %d R %d n0 %d elt %d ld %d path %d: off by %g", hd, R, n0, elt, ld,
           mv_half_path, worst);
-    if (half) free(k0), free(v0);
-    free(s), free(k0f), free(v0f), free(w);
+    if (elt != MV_F32) free(k0), free(v0);
+    free(s), free(k0f), free(v0f), free(w), free(ks0), free(vs0);
 }
 
 /* Half floats: the hardware path against the compiler's _Float16 for every
@@ -399,26 +417,61 @@ static void test_half(void)
     free(h), free(back), free(f);
 }
 
+/* int8 keys and values (mv_to_i8) against the definition, exactly: the
+ * scale from the largest finite |x|, each q = x * (127 / amax) rounded to
+ * nearest even, clamped; infinities clamp (0 where nothing is finite), NaN
+ * is 0, all zeros stay 0. */
+static void test_to_i8(int n)
+{
+    float *x = malloc(sizeof(float) * n), *back = malloc(sizeof(float) * n);
+    int8_t *q = malloc(n);
+    for (int round = 0; round < 4; round++) {
+        for (int i = 0; i < n; i++) x[i] = round == 3 ? 0.0f : frand() * (round + 1) * 3;
+        if (round == 1 && n > 2) x[n / 2] = 1.0f / 0.0f, x[n - 1] = -1.0f / 0.0f, x[0] = NAN;
+        if (round == 2) /* exact ties of q: x = amax * (k + 0.5) / 127 */
+            for (int i = 0; i < n; i++) x[i] = i == 0 ? 127.0f : (float)((i % 50) - 25) + 0.5f;
+        float amax = 0, scale;
+        for (int i = 0; i < n; i++)
+            if (isfinite(x[i])) amax = fmaxf(amax, fabsf(x[i]));
+        mv_to_i8(q, &scale, x, n);
+        mv_from_i8(back, q, &scale, 1, n);
+        float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        int wrong = memcmp(&scale, &(float){amax / 127.0f}, sizeof scale) != 0, far = 0;
+        for (int i = 0; i < n; i++) {
+            float y = isnan(x[i] * inv) ? 0.0f : fminf(fmaxf(x[i] * inv, -127.0f), 127.0f); /* inf * 0 too */
+            wrong += q[i] != (int8_t)nearbyintf(y);
+            far += isfinite(x[i]) && fabsf(back[i] - x[i]) > amax / 254.0f * 1.0001f;
+            wrong += back[i] != scale * (float)q[i];
+        }
+        CHECK(wrong == 0 && far == 0, "int8 keys n %d round %d path %d: %d wrong, %d further than half a step",
+              n, round, mv_half_path, wrong, far);
+    }
+    free(x), free(back), free(q);
+}
+
 /* Keys transposed (mv_keys_t) against the definition: every element exact,
  * zeros from n to the next 16, nothing written past that or beyond ld. */
-static void test_keys_t(int n, int hd, int half)
+static void test_keys_t(int n, int hd, int elt)
 {
     int ld = (n + 15) / 16 * 16 + 5, wrong = 0;
-    float *k = malloc(sizeof(float) * n * hd), *t = malloc(sizeof(float) * hd * ld);
+    float *k = malloc(sizeof(float) * n * hd), *t = malloc(sizeof(float) * hd * ld), *ks = malloc(sizeof(float) * n);
     uint16_t *kh = malloc(sizeof(uint16_t) * n * hd);
-    for (int i = 0; i < n * hd; i++) k[i] = frand();
+    int8_t *kq = malloc((size_t)n * hd);
+    for (int i = 0; i < n * hd; i++) k[i] = frand() * (1 + i / hd % 5);
     mv_to_half(kh, k, (size_t)n * hd);
-    if (half) mv_from_half(k, kh, (size_t)n * hd); /* the values the halves hold */
+    for (int p = 0; p < n; p++) mv_to_i8(kq + (size_t)p * hd, ks + p, k + (size_t)p * hd, hd);
+    if (elt == MV_F16) mv_from_half(k, kh, (size_t)n * hd); /* the values the halves hold */
+    if (elt == MV_I8) mv_from_i8(k, kq, ks, n, hd);
     for (int i = 0; i < hd * ld; i++) t[i] = 7.0f;
-    mv_keys_t(t, ld, half ? (const void *)kh : k, half, n, hd);
+    mv_keys_t(t, ld, elt == MV_I8 ? (const void *)kq : elt == MV_F16 ? (const void *)kh : k, ks, elt, n, hd);
     for (int d = 0; d < hd; d++)
         for (int p = 0; p < ld; p++) {
             float want = p < n ? k[(size_t)p * hd + d] : p < (n + 15) / 16 * 16 ? 0.0f : 7.0f;
             wrong += memcmp(&t[(size_t)d * ld + p], &want, sizeof want) != 0;
         }
-    CHECK(wrong == 0, "keys transposed n %d hd %d half %d path %d: %d elements wrong", n, hd, half,
+    CHECK(wrong == 0, "keys transposed n %d hd %d elt %d path %d: %d elements wrong", n, hd, elt,
           mv_half_path, wrong);
-    free(k), free(t), free(kh);
+    free(k), free(t), free(kh), free(kq), free(ks);
 }
 
 /* A prompt's weighted values on AVX-512 BF16: m rows of n probabilities
@@ -566,8 +619,39 @@ static void test_gelu(void)
     CHECK(worst_exp < 3e-7, "exp off by %g (relative)", worst_exp);
 }
 
+static void count_task(void *arg, int task, int thread)
+{
+    atomic_fetch_add((atomic_int *)arg + task, 1);
+}
+
+/* pool_run_then: every task once, whatever the spans (none, empty, past
+ * what a wait can pull), over runs back to back and after the workers sleep. */
+static void test_pool(void)
+{
+    enum { THREADS = 3, MAXT = 100, BIG = 4 << 20 };
+    pool *p = pool_new(THREADS);
+    unsigned char *buf = calloc(BIG, 1);
+    atomic_int count[MAXT];
+    int ns[] = {0, 1, 2, 3, 7, MAXT}, wrong = 0;
+    for (int rep = 0; rep < 200; rep++)
+        for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+            pool_span spans[THREADS] = {{buf, BIG}, {buf + 64, 0}, {buf + 4096, 1000}};
+            for (int t = 0; t < MAXT; t++) atomic_init(&count[t], 0);
+            pool_run_then(p, count_task, count, ns[i], rep % 3 ? spans : NULL);
+            for (int t = 0; t < MAXT; t++) wrong += atomic_load(&count[t]) != (t < ns[i]);
+            if (rep == 100 && i == 0) {
+                struct timespec nap = {0, 5000000}; /* past the workers' spin: they sleep */
+                nanosleep(&nap, NULL);
+            }
+        }
+    CHECK(wrong == 0 && pool_size(p) == THREADS, "pool_run_then: %d task counts wrong", wrong);
+    pool_free(p);
+    free(buf);
+}
+
 void kernel_tests(void)
 {
+    test_pool();
     if (!pk_vnni()) printf("SKIP int8 VNNI kernel: this CPU has no AVX-512 VNNI (AVX2 and portable compared)\n");
     if (!pk_bf16_dp()) printf("SKIP bf16 products of bf16 activations: this CPU has no AVX-512 BF16\n");
     int shapes[][2] = {{32, 64}, {45, 70}, {96, 200}, {768, 130}, {200, 17}};
@@ -586,25 +670,29 @@ void kernel_tests(void)
     if (!mv_half_fast()) printf("SKIP half floats in hardware (no F16C here): their portable loops are tested\n");
     for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) test_half();
     mv_half_path = 0;
+    int i8n[] = {1, 3, 12, 16, 17, 64, 80, 301};
+    for (mv_half_path = 0; mv_half_path < 3; mv_half_path += 2) /* AVX-512, the portable loops */
+        for (size_t i = 0; i < sizeof i8n / sizeof *i8n; i++) test_to_i8(i8n[i]);
+    mv_half_path = 0;
     int hds[] = {8, 12, 16, 32, 48, 64, 80};
     /* mv_half_path 1: 64-float heads take the AVX2 kernel on AVX-512 CPUs too */
     for (mv_half_path = 0; mv_half_path < 3; mv_half_path++)
         for (size_t i = 0; i < sizeof hds / sizeof *hds; i++)
             for (int R = 1; R <= MV_ATTN_ROWS; R++)
-                for (int half = 0; half < 2; half++) {
-                    test_attention(hds[i], R, 0, half, hds[i]);
-                    test_attention(hds[i], R, 37, half, hds[i]);
-                    test_attention(hds[i], R, 300, half, hds[i]); /* chunks, 16-key blocks, tails */
-                    test_attention(hds[i], R, 45, half, hds[i] + 3); /* rows apart from their heads */
+                for (int elt = MV_F32; elt <= MV_I8; elt++) {
+                    test_attention(hds[i], R, 0, elt, hds[i]);
+                    test_attention(hds[i], R, 37, elt, hds[i]);
+                    test_attention(hds[i], R, 300, elt, hds[i]); /* chunks, 16-key blocks, tails */
+                    test_attention(hds[i], R, 45, elt, hds[i] + 3); /* rows apart from their heads */
                 }
     mv_half_path = 0;
     for (mv_half_path = 0; mv_half_path < 3; mv_half_path += 2) /* AVX-512 blocks, the portable loop */
-        for (int half = 0; half < 2; half++) {
+        for (int elt = MV_F32; elt <= MV_I8; elt++) {
             int ns[] = {1, 15, 16, 17, 100, 301};
             for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
-                test_keys_t(ns[i], 64, half);
-                test_keys_t(ns[i], 48, half);
-                test_keys_t(ns[i], 12, half); /* not whole blocks: the portable loop on every path */
+                test_keys_t(ns[i], 64, elt);
+                test_keys_t(ns[i], 48, elt);
+                test_keys_t(ns[i], 12, elt); /* not whole blocks: the portable loop on every path */
             }
         }
     mv_half_path = 0;

@@ -208,13 +208,15 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     /* for the bench, GPT2_CPU_PULL=0: threads that end a decode product early just wait */
     const char *pull = getenv("GPT2_CPU_PULL");
     f->pull = !pull || strcmp(pull, "0");
-    /* auto: fp16 for bf16 and int8 weights where the CPU converts half
-     * floats in hardware. int8 keys and values stay a choice: they cut a
-     * third of a decode step's attention at 640 positions, but a typing
-     * session's prompts (20 tokens over a cached 612) measured 6-9 ms
-     * slower with them, so its p50 did not improve (and they add 7% to
-     * int8 weights' mean KL) */
-    if (kv == FWD_KV_AUTO) kv = fmt != FWD_FP32 && mv_half_fast() ? FWD_KV_FP16 : FWD_KV_FP32;
+    /* auto: int8 weights keep int8 keys and values where decode attention
+     * reads them in place (a third less attention time at 640 positions,
+     * typing p50 8-16 ms lower, measured; 7% more to int8's mean KL against
+     * fp32), bf16 and int8 otherwise fp16 ones where the CPU converts half
+     * floats in hardware */
+    if (kv == FWD_KV_AUTO)
+        kv = fmt == FWD_INT8 && mv_i8_fast(m->cfg.n_embd / m->cfg.n_head) ? FWD_KV_INT8
+             : fmt != FWD_FP32 && mv_half_fast()                          ? FWD_KV_FP16
+                                                                          : FWD_KV_FP32;
     f->kv_elt = kv == FWD_KV_INT8 ? MV_I8 : kv == FWD_KV_FP16 ? MV_F16 : MV_F32;
     /* for tests, GPT2_CPU_FUSE=0: a prompt's qkv product as a pass of its own */
     const char *fuse = getenv("GPT2_CPU_FUSE");
@@ -859,8 +861,17 @@ static void attn_block_task(void *arg, int h, int thread)
      * of PK_TILE keys, straight from the cache (mv_keys_t widens as it goes) */
     float *kt = j->f->kt ? j->f->kt + (size_t)thread * hd * j->f->kt_ld : NULL;
     const float *k = NULL;
-    if (kt) mv_keys_t(kt, j->f->kt_ld, kv_head(own->k, own, l, h), kv_scales(own->ks, own, l, h), own->elt, N, hd);
-    else k = kv_floats(own->k, own->ks, own, l, h, N, wk);
+    if (kt) {
+        mv_keys_t(kt, j->f->kt_ld, kv_head(own->k, own, l, h), kv_scales(own->ks, own, l, h), own->elt, N, hd);
+        /* a panel reads whole tiles of keys: zeros past the 16 mv_keys_t
+         * zeroes, not what the scratch held (uninitialised memory read as
+         * floats was denormal: a 33-token prompt over 600 cached ones
+         * took 46 ms instead of 20) */
+        int n16 = (N + 15) / 16 * 16, n64 = (N + PK_TILE - 1) / PK_TILE * PK_TILE;
+        for (int d = 0; d < hd && n64 > n16; d++) memset(kt + (size_t)d * j->f->kt_ld + n16, 0, (size_t)(n64 - n16) * sizeof *kt);
+    } else {
+        k = kv_floats(own->k, own->ks, own, l, h, N, wk);
+    }
     for (int b0 = 0; b0 < R; b0 += ATT_BLOCK) {
         int m = R - b0 < ATT_BLOCK ? R - b0 : ATT_BLOCK, nb = N - R + b0 + m;
         const float *q = j->f->qkv + (size_t)b0 * 3 * C + h * hd;

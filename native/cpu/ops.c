@@ -204,6 +204,16 @@ int mv_half_fast(void)
 
 int mv_half_path;
 
+int mv_i8_fast(int hd)
+{
+#if defined(__x86_64__)
+    return hd == 64 && __builtin_cpu_supports("avx512f");
+#else
+    (void)hd;
+    return 0;
+#endif
+}
+
 
 void mv_to_half(uint16_t *dst, const float *src, size_t n)
 {

@@ -70,6 +70,11 @@ void mv_from_half(float *dst, const uint16_t *src, size_t n);
 void mv_to_i8(int8_t *dst, float *scale, const float *src, int n);
 void mv_from_i8(float *dst, const int8_t *src, const float *scales, int n, int hd);
 
+/* Whether decode attention reads int8 keys and values of hd-element heads
+ * in place here (AVX-512, 64-element heads); elsewhere they are widened
+ * through scratch, correct but slower than half floats. */
+int mv_i8_fast(int hd);
+
 /* Keys k (n positions of hd elements of type elt; int8 ones times their
  * scales ks, a position apart) transposed: t[d * ld + p] = k[p][d] for positions up to n rounded up to
  * 16, zeros past n (ld at least that). In 16 x 16 blocks in registers on

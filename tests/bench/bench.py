@@ -146,7 +146,11 @@ def main():
                   f"the whole head's floor)  batch 3 {r['step3_top40_ms']:5.2f} ms "
                   f"({r['step3_top40_ms'] / r['floor_ms']:4.2f}x)")
 
-    print("  kernels: " + ", ".join(f"{d} {k[d].get('cpu_kernels', '?')}" for d in FORMATS))
+    if all("extend20_ms" in k[d] for d in FORMATS):
+        print("  a keystroke's prompt, 20 tokens after the cached rest of the context: " +
+              ", ".join(f"{d} {k[d]['extend20_ms']:.1f} ms" for d in FORMATS))
+    print("  kernels: " + ", ".join(f"{d} {k[d].get('cpu_kernels', '?')} ({k[d].get('cpu_kv', '?')} keys "
+                                    "and values)" for d in FORMATS))
     print("a prompt's products alone (one thread, 512 rows, 32 a call), G multiply-adds a second:")
     r = subprocess.run([BENCH_CPU, "--kernels"], check=True, capture_output=True, text=True)
     for line in r.stdout.splitlines():

@@ -136,7 +136,7 @@ static void *kv_head(void *base, const kv_cache *kv, int layer, int head)
 
 /* The int8 scales (ks or vs) of one head of one layer, a position apart;
  * NULL for other caches. */
-static const float *kv_scales(float *base, const kv_cache *kv, int layer, int head)
+static float *kv_scales(float *base, const kv_cache *kv, int layer, int head)
 {
     return base ? base + ((size_t)layer * kv->n_head + head) * kv->cap : NULL;
 }
@@ -722,11 +722,8 @@ static void store_kv(fwd *f, const fwd_row *rows, int R, int l, int h0, int h1)
             char *kd = (char *)kv_head(row->own->k, row->own, l, h) + at;
             char *vd = (char *)kv_head(row->own->v, row->own, l, h) + at;
             if (row->own->elt == MV_I8) {
-                int p = row->own_at;
-                mv_to_i8((int8_t *)kd, row->own->ks + ((size_t)l * row->own->n_head + h) * row->own->cap + p,
-                         k + h * hd, hd);
-                mv_to_i8((int8_t *)vd, row->own->vs + ((size_t)l * row->own->n_head + h) * row->own->cap + p,
-                         v + h * hd, hd);
+                mv_to_i8((int8_t *)kd, kv_scales(row->own->ks, row->own, l, h) + row->own_at, k + h * hd, hd);
+                mv_to_i8((int8_t *)vd, kv_scales(row->own->vs, row->own, l, h) + row->own_at, v + h * hd, hd);
             } else if (row->own->elt == MV_F16) {
                 mv_to_half((uint16_t *)kd, k + h * hd, hd);
                 mv_to_half((uint16_t *)vd, v + h * hd, hd);
@@ -868,7 +865,8 @@ static void attn_block_task(void *arg, int h, int thread)
          * floats was denormal: a 33-token prompt over 600 cached ones
          * took 46 ms instead of 20) */
         int n16 = (N + 15) / 16 * 16, n64 = (N + PK_TILE - 1) / PK_TILE * PK_TILE;
-        for (int d = 0; d < hd && n64 > n16; d++) memset(kt + (size_t)d * j->f->kt_ld + n16, 0, (size_t)(n64 - n16) * sizeof *kt);
+        for (int d = 0; d < hd && n64 > n16; d++)
+            memset(kt + (size_t)d * j->f->kt_ld + n16, 0, (size_t)(n64 - n16) * sizeof *kt);
     } else {
         k = kv_floats(own->k, own->ks, own, l, h, N, wk);
     }
@@ -1046,7 +1044,10 @@ void fwd_topk_stats(const fwd *f, unsigned long *screened, unsigned long *fallba
     *fallback = atomic_load_explicit(&f->fallback, memory_order_relaxed);
 }
 
-const char *fwd_kv_name(const fwd *f) { return f->kv_elt == MV_I8 ? "int8" : f->kv_elt == MV_F16 ? "fp16" : "fp32"; }
+const char *fwd_kv_name(const fwd *f)
+{
+    return f->kv_elt == MV_I8 ? "int8" : f->kv_elt == MV_F16 ? "fp16" : "fp32";
+}
 
 const char *fwd_kernels(const fwd *f)
 {

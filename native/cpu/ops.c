@@ -417,7 +417,8 @@ static inline const float *kv_rows(const mv_attn *a, const void *base, const flo
         const int8_t *q = (const int8_t *)base + (size_t)p * a->ld;
         if (a->ld == a->hd) mv_from_i8(a->w, q, sc + p, n, a->hd);
         else
-            for (int i = 0; i < n; i++) mv_from_i8(a->w + (size_t)i * a->hd, q + (size_t)i * a->ld, sc + p + i, 1, a->hd);
+            for (int i = 0; i < n; i++)
+                mv_from_i8(a->w + (size_t)i * a->hd, q + (size_t)i * a->ld, sc + p + i, 1, a->hd);
         return a->w;
     }
     const uint16_t *h = (const uint16_t *)base + (size_t)p * a->ld;

@@ -199,7 +199,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--prefill")) skip_prefill = !atoi(argv[i + 1]); /* 0: decode only, to profile */
-        else if (!strcmp(argv[i], "--kv")) kv_type = !strcmp(argv[i + 1], "int8") ? FWD_KV_INT8 : !strcmp(argv[i + 1], "fp16") ? FWD_KV_FP16 : FWD_KV_FP32;
+        else if (!strcmp(argv[i], "--kv"))
+            kv_type = !strcmp(argv[i + 1], "int8")   ? FWD_KV_INT8
+                      : !strcmp(argv[i + 1], "fp16") ? FWD_KV_FP16
+                                                     : FWD_KV_FP32;
     }
     char err[ERR_MAX];
     model *m = model_load(argv[1], err);

@@ -858,18 +858,8 @@ static void attn_block_task(void *arg, int h, int thread)
      * of PK_TILE keys, straight from the cache (mv_keys_t widens as it goes) */
     float *kt = j->f->kt ? j->f->kt + (size_t)thread * hd * j->f->kt_ld : NULL;
     const float *k = NULL;
-    if (kt) {
-        mv_keys_t(kt, j->f->kt_ld, kv_head(own->k, own, l, h), kv_scales(own->ks, own, l, h), own->elt, N, hd);
-        /* a panel reads whole tiles of keys: zeros past the 16 mv_keys_t
-         * zeroes, not what the scratch held (uninitialised memory read as
-         * floats was denormal: a 33-token prompt over 600 cached ones
-         * took 46 ms instead of 20) */
-        int n16 = (N + 15) / 16 * 16, n64 = (N + PK_TILE - 1) / PK_TILE * PK_TILE;
-        for (int d = 0; d < hd && n64 > n16; d++)
-            memset(kt + (size_t)d * j->f->kt_ld + n16, 0, (size_t)(n64 - n16) * sizeof *kt);
-    } else {
-        k = kv_floats(own->k, own->ks, own, l, h, N, wk);
-    }
+    if (kt) mv_keys_t(kt, j->f->kt_ld, kv_head(own->k, own, l, h), kv_scales(own->ks, own, l, h), own->elt, N, hd);
+    else k = kv_floats(own->k, own->ks, own, l, h, N, wk);
     for (int b0 = 0; b0 < R; b0 += ATT_BLOCK) {
         int m = R - b0 < ATT_BLOCK ? R - b0 : ATT_BLOCK, nb = N - R + b0 + m;
         const float *q = j->f->qkv + (size_t)b0 * 3 * C + h * hd;

@@ -1121,9 +1121,16 @@ AVX512 AI void f32_panel(const float *w, size_t ldw, int K, const float *x, size
     __m512 acc[RB_P][4];
     for (int r = 0; r < R; r++)
         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    /* columns n..64 are not read: a caller's w may end there, or hold
+     * anything (denormals there once cost more than the panel itself) */
+    __mmask16 m[4];
+    for (int j = 0; j < 4; j++) {
+        int lanes = n - 16 * j;
+        m[j] = lanes >= 16 ? 0xFFFF : lanes > 0 ? (__mmask16)((1u << lanes) - 1) : 0;
+    }
     for (int k = 0; k < K; k++) {
         __m512 wv[4];
-        for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(w + (size_t)k * ldw + 16 * j);
+        for (int j = 0; j < 4; j++) wv[j] = _mm512_maskz_loadu_ps(m[j], w + (size_t)k * ldw + 16 * j);
         for (int r = 0; r < R; r++) {
             __m512 xb = _mm512_set1_ps(x[(size_t)r * ldx + k]);
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(xb, wv[j], acc[r][j]);

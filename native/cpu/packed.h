@@ -111,7 +111,8 @@ const float *pk_f32_tile(const pmat *p, int t, float *scratch);
  * attention) run on pk_f32_product here (AVX-512), rather than OpenBLAS
  * sgemm (pk_force_generic sends the tiles' products to sgemm). Then
  *   out (R, ldo)[:, 0..n) (+)= alpha * x (R, K; ldx apart) @ w (K, n; ldw apart),
- * summed in input order with one fma per input; any n (panels of 64). */
+ * summed in input order with one fma per input; any n (panels of 64, of
+ * which no column past n is read). */
 int pk_f32_prompts(void);
 void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
                     float *out, int ldo, int n, int accumulate);

@@ -6,7 +6,7 @@
  * vectorised GELU / exponential and layer norm, a prompt's bf16 weighted
  * values, and the worker pool. Called from test_main.c.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* mmap MAP_ANONYMOUS, nanosleep */
 #include "../../native/common.h"
 #include "../../native/cpu/amx.h"
 #include "../../native/cpu/ops.h"
@@ -19,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 static uint64_t seed = 0x9E3779B97F4A7C15ull;
 
@@ -239,6 +241,30 @@ static void test_f32_product(int K, int n, int R, float alpha, int accumulate)
     CHECK(d / m < 1e-5, "fp32 panels K %d n %d R %d alpha %g: rel err %g", K, n, R, alpha, d / m);
     CHECK(untouched, "fp32 panels K %d n %d R %d: wrote past column n", K, n, R);
     free(w), free(x), free(got), free(want);
+}
+
+/* fp32 panels read no column past n: w's last row ends at a page that
+ * faults when touched (before, a panel's full-width loads read up to 63
+ * floats past it, and whatever the scratch there held, denormals too). */
+static void test_f32_product_reads_to_n(int K, int n)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t bytes = (size_t)K * n * sizeof(float), span = (bytes + page - 1) / page * page;
+    unsigned char *map = mmap(NULL, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED || mprotect(map + span, page, PROT_NONE)) {
+        CHECK(0, "mmap for the guard page");
+        return;
+    }
+    float *w = (float *)(map + span - bytes), x[3 * 8], out[3 * 64], want = 0;
+    for (int i = 0; i < K * n; i++) w[i] = 1.0f;
+    for (int i = 0; i < 3 * K; i++) x[i] = 0.5f;
+    for (int k = 0; k < K; k++) want += 0.5f;
+    pk_f32_product(w, n, K, x, K, 3, 1.0f, out, 64, n, 0);
+    int wrong = 0;
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < n; c++) wrong += out[r * 64 + c] != want;
+    CHECK(wrong == 0, "fp32 panels up to a guard page, K %d n %d: %d sums wrong", K, n, wrong);
+    munmap(map, span + page);
 }
 
 /* Activations with a NaN or an infinity quantize to the same bytes and scales on
@@ -664,6 +690,11 @@ void kernel_tests(void)
             test_f32_product(64, ns[i], R, 0.125f, 0);
             test_f32_product(45, ns[i], R, 1.0f, 1);
         }
+    }
+    int tails[] = {1, 17, 50, 64, 65};
+    for (size_t i = 0; pk_f32_prompts() && i < sizeof tails / sizeof *tails; i++) {
+        test_f32_product_reads_to_n(5, tails[i]);
+        test_f32_product_reads_to_n(8, tails[i]);
     }
     test_pack_rejects_nan();
     test_quantize_specials();

@@ -214,7 +214,6 @@ int mv_i8_fast(int hd)
 #endif
 }
 
-
 void mv_to_half(uint16_t *dst, const float *src, size_t n)
 {
 #if defined(__x86_64__)
@@ -299,7 +298,7 @@ void mv_to_i8(int8_t *dst, float *scale, const float *src, int n)
 #if defined(__x86_64__)
     static int avx512 = -1;
     if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
-    if (avx512 && mv_half_path != 2) {
+    if (avx512 && !mv_half_path) {
         to_i8_avx512(dst, scale, src, n);
         return;
     }

@@ -1136,10 +1136,13 @@ AVX512 AI void f32_panel(const float *w, size_t ldw, int K, const float *x, size
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(xb, wv[j], acc[r][j]);
         }
     }
-    if (alpha != 1.0f)
-        for (int r = 0; r < R; r++)
-            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_mul_ps(acc[r][j], _mm512_set1_ps(alpha));
-    store_acc(out, ldo, acc, R, n, accumulate);
+    /* the sums leave through a copy: with acc itself passed to store_acc,
+     * gcc 12 stored all 24 to the stack in every step of k (fp32 prefill
+     * 512 took 740 ms against 460 with the copy) */
+    __m512 fin[RB_P][4];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 4; j++) fin[r][j] = alpha != 1.0f ? _mm512_mul_ps(acc[r][j], _mm512_set1_ps(alpha)) : acc[r][j];
+    store_acc(out, ldo, fin, R, n, accumulate);
 }
 
 AVX512 static void f32_panel_rows(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R,

@@ -198,8 +198,10 @@ AMX_T AI void end(int hw)
         DP(7, 1, 3);                                                                               \
     } while (0)
 
-/* out (M rows)[0..n) (+)= acc */
-AMX_T AI void put(const int M, const float (*acc)[PK_TILE], float *out, int ldo, int n, int accumulate)
+/* out (M rows)[0..n) (+)= acc, then + bias where given (the order
+ * packed.c's kernels store theirs in, so the same bits) */
+AMX_T AI void put(const int M, const float (*acc)[PK_TILE], float *out, int ldo, int n, int accumulate,
+                  const float *bias)
 {
     for (int r = 0; r < M; r++) {
         float *o = out + (size_t)r * ldo;
@@ -207,10 +209,13 @@ AMX_T AI void put(const int M, const float (*acc)[PK_TILE], float *out, int ldo,
             for (int j = 0; j < PK_TILE; j += 16) {
                 __m512 v = _mm512_load_ps(acc[r] + j);
                 if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(o + j), v);
+                if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));
                 _mm512_storeu_ps(o + j, v);
             }
         } else {
             for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + acc[r][c];
+            if (bias)
+                for (int c = 0; c < n; c++) o[c] += bias[c];
         }
     }
 }
@@ -219,7 +224,7 @@ AMX_T AI void put(const int M, const float (*acc)[PK_TILE], float *out, int ldo,
  * tiles of sums); M = 32: 2 x 2, each loaded tile serving 2 multiplies. */
 AMX_T AI void i8_body(int hw, const int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                       size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                      int n, int accumulate)
+                      int n, int accumulate, const float *bias)
 {
     float acc[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
     int32_t cs[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
@@ -258,21 +263,22 @@ AMX_T AI void i8_body(int hw, const int M, const unsigned char *tp, int G, float
         }
     }
     end(hw);
-    put(M, acc, out, ldo, n, accumulate);
+    put(M, acc, out, ldo, n, accumulate, bias);
 }
 
 AMX_T void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                        size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                       int n, int accumulate)
+                       int n, int accumulate, const float *bias)
 {
-    if (mode == AMX_HW && M == 32) i8_body(1, 32, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
-    else if (mode == AMX_HW) i8_body(1, 16, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
-    else if (M == 32) i8_body(0, 32, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
-    else i8_body(0, 16, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate);
+    if (mode == AMX_HW && M == 32)
+        i8_body(1, 32, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias);
+    else if (mode == AMX_HW) i8_body(1, 16, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias);
+    else if (M == 32) i8_body(0, 32, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias);
+    else i8_body(0, 16, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias);
 }
 
 AMX_T AI void bf16_body(int hw, const int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                        float *out, int ldo, int n, int accumulate)
+                        float *out, int ldo, int n, int accumulate, const float *bias)
 {
     enum { SP = 16 };                             /* pairs a step */
     const size_t step_w = (size_t)SP * PK_TILE * 4; /* weight bytes a step */
@@ -311,23 +317,23 @@ AMX_T AI void bf16_body(int hw, const int M, const unsigned char *tp, int P, con
         }
     }
     end(hw);
-    put(M, acc, out, ldo, n, accumulate);
+    put(M, acc, out, ldo, n, accumulate, bias);
 }
 
 AMX_T void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                         float *out, int ldo, int n, int accumulate)
+                         float *out, int ldo, int n, int accumulate, const float *bias)
 {
-    if (mode == AMX_HW && M == 32) bf16_body(1, 32, tp, P, x, ldx, out, ldo, n, accumulate);
-    else if (mode == AMX_HW) bf16_body(1, 16, tp, P, x, ldx, out, ldo, n, accumulate);
-    else if (M == 32) bf16_body(0, 32, tp, P, x, ldx, out, ldo, n, accumulate);
-    else bf16_body(0, 16, tp, P, x, ldx, out, ldo, n, accumulate);
+    if (mode == AMX_HW && M == 32) bf16_body(1, 32, tp, P, x, ldx, out, ldo, n, accumulate, bias);
+    else if (mode == AMX_HW) bf16_body(1, 16, tp, P, x, ldx, out, ldo, n, accumulate, bias);
+    else if (M == 32) bf16_body(0, 32, tp, P, x, ldx, out, ldo, n, accumulate, bias);
+    else bf16_body(0, 16, tp, P, x, ldx, out, ldo, n, accumulate, bias);
 }
 
 #else
 int amx_usable(void) { return 0; }
 void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                  size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                 int n, int accumulate) { abort(); }
+                 int n, int accumulate, const float *bias) { abort(); }
 void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                   float *out, int ldo, int n, int accumulate) { abort(); }
+                   float *out, int ldo, int n, int accumulate, const float *bias) { abort(); }
 #endif

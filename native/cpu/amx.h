@@ -36,15 +36,16 @@ int amx_usable(void);
 
 /* out (M rows, ldo)[0..n) (+)= the M rows' int8 activations (q: row r's
  * group g at q + r * ldq + g * PK_GROUP; sum and scale: row r's group g at
- * [r * lds + g]) times the int8 tile tp of G groups. */
+ * [r * lds + g]) times the int8 tile tp of G groups, then + bias[0..n)
+ * where bias is given. */
 void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                  size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                 int n, int accumulate);
+                 int n, int accumulate, const float *bias);
 
 /* out (M rows, ldo)[0..n) (+)= M rows of P bf16 pairs (ldx words apart)
- * times the bf16 tile tp (P pairs of inputs). */
+ * times the bf16 tile tp (P pairs of inputs), then + bias as above. */
 void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                   float *out, int ldo, int n, int accumulate);
+                   float *out, int ldo, int n, int accumulate, const float *bias);
 
 /* Whether callers give 32 rows a call where they have them (2 x 2 tiles
  * of sums), else 16 (1 x 4); 1 by default, 0 for the bench's comparison. */

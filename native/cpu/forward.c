@@ -37,8 +37,8 @@ void openblas_set_num_threads(int n);
  * not overlap its reads from memory with the sums). */
 #define STREAM_ROWS 24
 #define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
-/* a prompt's packed products: rows per pk_matmul, then bias and activation
- * (two whole blocks of AMX rows where those run) */
+/* a prompt's packed products: rows per pk_matmul (which adds the bias),
+ * then the activation (two whole blocks of AMX rows where those run) */
 static int finish_rows(void) { return pk_amx() ? 2 * AMX_ROWS : 24; }
 #define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
 
@@ -365,13 +365,15 @@ typedef struct {
     const pmat *next;      /* decode: the product after this one, for pool_run_then */
 } gemm_job;
 
-/* Bias and activation on columns c0..c1 of rows r0..r1. */
-static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1)
+/* Bias (unless the product added it: has_bias) and activation on columns
+ * c0..c1 of rows r0..r1. */
+static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1, int has_bias)
 {
-    if (!j->bias && !j->act) return;
+    int bias = j->bias && !has_bias;
+    if (!bias && !j->act) return;
     for (int r = r0; r < r1; r++) {
         float *o = j->out + (size_t)r * j->O + c0;
-        if (j->bias) mv_add(o, j->bias + c0, c1 - c0);
+        if (bias) mv_add(o, j->bias + c0, c1 - c0);
         if (j->act) activate(o, c1 - c0, j->kind);
     }
 }
@@ -408,24 +410,24 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
                 float *o = j->out + (size_t)r0 * j->O;
                 if (panel) {
                     pk_f32_product(wt, PK_TILE, j->I, j->x + (size_t)r0 * j->I, j->I, r1 - r0, 1.0f,
-                                   o + c0, j->O, c1 - c0, j->accumulate);
+                                   o + c0, j->O, c1 - c0, j->accumulate, j->bias ? j->bias + c0 : NULL);
                 } else {
                     pk_act rows = pk_act_rows(j->q, j->I, r0);
                     pk_matmul(j->w, o, j->O, j->x + (size_t)r0 * j->I, j->I, &rows, r1 - r0, t, te,
-                              j->accumulate);
+                              j->accumulate, j->bias);
                 }
-                finish_cols(j, r0, r1, c0, c1);
+                finish_cols(j, r0, r1, c0, c1, 1);
             }
             continue;
         }
         if (packed) {
-            pk_matmul(j->w, j->out, j->O, j->x, j->I, j->q, j->R, t, te, j->accumulate);
+            pk_matmul(j->w, j->out, j->O, j->x, j->I, j->q, j->R, t, te, j->accumulate, j->bias);
         } else {
             for (int u = t; u < te; u++) pk_widen(j->w, u, wf + (u - t) * PK_TILE, SUB);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->R, c1 - c0, j->I, 1.0f, j->x,
                         j->I, wf, SUB, j->accumulate ? 1.0f : 0.0f, j->out + c0, j->O);
         }
-        finish_cols(j, 0, j->R, c0, c1);
+        finish_cols(j, 0, j->R, c0, c1, packed);
     }
 }
 
@@ -630,7 +632,7 @@ static void exact_task(void *arg, int t, int thread)
     pmat p;
     pk_pack_rows(&p, s->tile + (size_t)thread * s->tile_bytes, s->rowp + c0, n, C, s->fmt,
                  s->gather + (size_t)thread * PK_TILE * C);
-    pk_matmul(&p, s->exact + c0, s->cap_u, j->f->h, C, NULL, s->n, 0, 1, 0);
+    pk_matmul(&p, s->exact + c0, s->cap_u, j->f->h, C, NULL, s->n, 0, 1, 0, NULL);
 }
 
 /* The k best logits of the n rows (1..FWD_TOPK_ROWS, k in 1..FWD_TOPK_MAX)
@@ -865,7 +867,7 @@ static void attn_block_task(void *arg, int h, int thread)
         const float *q = j->f->qkv + (size_t)b0 * 3 * C + h * hd;
         float *Sb = S + (size_t)b0 * N, *out = j->f->att + (size_t)b0 * C + h * hd;
         if (kt)
-            pk_f32_product(kt, j->f->kt_ld, hd, q, 3 * C, m, j->scale, Sb, N, nb, 0);
+            pk_f32_product(kt, j->f->kt_ld, hd, q, 3 * C, m, j->scale, Sb, N, nb, 0, NULL);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, hd, j->scale, q, 3 * C, k, hd,
                         0, Sb, N);
@@ -876,7 +878,7 @@ static void attn_block_task(void *arg, int h, int thread)
             if (pb) pk_bf16_pairs(pb + (size_t)r * pairs, Sb + (size_t)r * N, nb);
         }
         if (pb) pk_bf16_product(vt, (nb + 1) / 2, pb, pairs, m, out, C, hd, 0);
-        else if (kt && hd % PK_TILE == 0) pk_f32_product(v, hd, nb, Sb, N, m, 1.0f, out, C, hd, 0);
+        else if (kt && hd % PK_TILE == 0) pk_f32_product(v, hd, nb, Sb, N, m, 1.0f, out, C, hd, 0, NULL);
         else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, nb, 1.0f, Sb, N, v, hd, 0, out, C);
     }
 }

@@ -761,7 +761,8 @@ static void i8_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a
 #define AVX512 __attribute__((target("avx512f")))
 
 /* out[r][0..n) (+)= acc[r] for R rows of one tile, ldo apart. */
-AVX512 AI void store_acc(float *out, int ldo, __m512 (*acc)[4], const int R, int n, int accumulate)
+AVX512 AI void store_acc(float *out, int ldo, __m512 (*acc)[4], const int R, int n, int accumulate,
+                         const float *bias)
 {
     for (int r = 0; r < R; r++) {
         float *o = out + (size_t)r * ldo;
@@ -769,18 +770,21 @@ AVX512 AI void store_acc(float *out, int ldo, __m512 (*acc)[4], const int R, int
             for (int j = 0; j < 4; j++) {
                 __m512 v = acc[r][j];
                 if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(o + 16 * j), v);
+                if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * j));
                 _mm512_storeu_ps(o + 16 * j, v);
             }
         } else {
             float tmp[PK_TILE];
             for (int j = 0; j < 4; j++) _mm512_storeu_ps(tmp + 16 * j, acc[r][j]);
             for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + tmp[c];
+            if (bias)
+                for (int c = 0; c < n; c++) o[c] += bias[c];
         }
     }
 }
 
 VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, float unscale, const pk_act *a, int r0,
-                         const int R, float *out, int ldo, int n, int accumulate)
+                         const int R, float *out, int ldo, int n, int accumulate, const float *bias)
 {
     __m512 acc[RB_Q][4];
     for (int r = 0; r < R; r++)
@@ -813,7 +817,7 @@ VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, float unscale, const p
                 acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[r][j]), _mm512_mul_ps(ws[j], xs), acc[r][j]);
         }
     }
-    store_acc(out + (size_t)r0 * ldo, ldo, acc, R, n, accumulate);
+    store_acc(out + (size_t)r0 * ldo, ldo, acc, R, n, accumulate, bias);
 }
 
 /* Three rows by one tile over every group, in assembly: the body of
@@ -852,7 +856,7 @@ VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, float unscale, const p
 #define SAVE(i, at) "vmovups %%zmm" #i ", " #at "*64(%[acc])\n\t"
 
 VNNI static void i8_tile3_asm(const unsigned char *tp, int G, float unscale, const pk_act *a, int r0,
-                              float *out, int ldo, int n, int accumulate)
+                              float *out, int ldo, int n, int accumulate, const float *bias)
 {
     float acc[RB_Q][PK_TILE];
     const unsigned char *w = tp;
@@ -905,7 +909,7 @@ VNNI static void i8_tile3_asm(const unsigned char *tp, int G, float unscale, con
     __m512 sums[RB_Q][4];
     for (int r = 0; r < RB_Q; r++)
         for (int j = 0; j < 4; j++) sums[r][j] = _mm512_loadu_ps(acc[r] + 16 * j);
-    store_acc(out + (size_t)r0 * ldo, ldo, sums, RB_Q, n, accumulate);
+    store_acc(out + (size_t)r0 * ldo, ldo, sums, RB_Q, n, accumulate, bias);
 }
 
 /* Six rows by one tile, for prompts: 24 int32 group sums in zmm0-23 (the
@@ -930,7 +934,7 @@ VNNI static void i8_tile3_asm(const unsigned char *tp, int G, float unscale, con
     RESCALE_M(24, a) RESCALE_M(25, b) RESCALE_M(26, c) RESCALE_M(27, d)
 
 VNNI static void i8_tile6_asm(const unsigned char *tp, int G, float unscale, const pk_act *a, int r0,
-                              float *out, int ldo, int n, int accumulate)
+                              float *out, int ldo, int n, int accumulate, const float *bias)
 {
     enum { R6 = 6 };
     float acc[R6][PK_TILE] __attribute__((aligned(64))) = {{0}};
@@ -989,7 +993,7 @@ VNNI static void i8_tile6_asm(const unsigned char *tp, int G, float unscale, con
     __m512 sums[R6][4];
     for (int r = 0; r < R6; r++)
         for (int j = 0; j < 4; j++) sums[r][j] = _mm512_load_ps(acc[r] + 16 * j);
-    store_acc(out + (size_t)r0 * ldo, ldo, sums, R6, n, accumulate);
+    store_acc(out + (size_t)r0 * ldo, ldo, sums, R6, n, accumulate, bias);
 }
 #undef RESCALE_M
 #undef RESCALE_ROW_M
@@ -1002,17 +1006,17 @@ VNNI static void i8_tile6_asm(const unsigned char *tp, int G, float unscale, con
 
 /* Rows r..R of a by one tile (out: the tile's first column). */
 VNNI static void i8_rows_vnni(const pmat *p, const unsigned char *tp, const pk_act *a, int r, int R,
-                              float *out, int ldo, int n, int accumulate)
+                              float *out, int ldo, int n, int accumulate, const float *bias)
 {
     for (; R - r >= 6; r += 6) /* prompts (and 6-8 decode rows) */
-        i8_tile6_asm(tp, p->groups, p->unscale, a, r, out, ldo, n, accumulate);
+        i8_tile6_asm(tp, p->groups, p->unscale, a, r, out, ldo, n, accumulate, bias);
     for (; R - r >= RB_Q; r += RB_Q) /* 3 decode rows, a prompt's last rows */
-        i8_tile3_asm(tp, p->groups, p->unscale, a, r, out, ldo, n, accumulate);
+        i8_tile3_asm(tp, p->groups, p->unscale, a, r, out, ldo, n, accumulate, bias);
     for (; r < R; r += RB_Q) {
         switch (R - r < RB_Q ? R - r : RB_Q) {
-        case 1: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 1, out, ldo, n, accumulate); break;
-        case 2: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 2, out, ldo, n, accumulate); break;
-        default: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 3, out, ldo, n, accumulate); break;
+        case 1: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 1, out, ldo, n, accumulate, bias); break;
+        case 2: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 2, out, ldo, n, accumulate, bias); break;
+        default: i8_tile_vnni(tp, p->groups, p->unscale, a, r, 3, out, ldo, n, accumulate, bias); break;
         }
     }
 }
@@ -1025,16 +1029,18 @@ static int amx_rows(int R)
 
 /* amx: 0, or AMX_HW / AMX_EMU for the rows in whole blocks of 16 (amx.h). */
 VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
-                               int t1, int accumulate, int amx)
+                               int t1, int accumulate, const float *bias, int amx)
 {
     size_t G = p->groups;
     for (int t = t0; t < t1; t++) {
         const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE, r = 0;
+        const float *b = bias ? bias + c0 : NULL;
         for (int m; amx && (m = amx_rows(R - r)); r += m)
             amx_i8_rows(amx, m, tp, p->groups, p->unscale, a->q + r * G * PK_GROUP, G * PK_GROUP,
-                        a->sum + r * G, a->scale + r * G, G, out + (size_t)r * ldo + c0, ldo, n, accumulate);
-        i8_rows_vnni(p, tp, a, r, R, out + c0, ldo, n, accumulate);
+                        a->sum + r * G, a->scale + r * G, G, out + (size_t)r * ldo + c0, ldo, n, accumulate,
+                        b);
+        i8_rows_vnni(p, tp, a, r, R, out + c0, ldo, n, accumulate, b);
     }
 }
 
@@ -1042,7 +1048,7 @@ VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act 
  * apart) by one bf16 tile: one vdpbf16ps per pair of inputs, 16 columns and
  * row; R x 64 sums in registers. */
 BF16DP AI void bf16_tile_dp(const unsigned char *tp, int P, const uint32_t *x, size_t ldx, const int R,
-                            float *out, int ldo, int n, int accumulate)
+                            float *out, int ldo, int n, int accumulate, const float *bias)
 {
     __m512 acc[RB_D][4];
     for (int r = 0; r < R; r++)
@@ -1055,23 +1061,23 @@ BF16DP AI void bf16_tile_dp(const unsigned char *tp, int P, const uint32_t *x, s
             for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], w[j], xb);
         }
     }
-    store_acc(out, ldo, acc, R, n, accumulate);
+    store_acc(out, ldo, acc, R, n, accumulate, bias);
 }
 
 /* R rows of bf16 pairs by one bf16 tile, RB_D rows at a time. */
 BF16DP static void bf16_rows_dp(const unsigned char *tp, int P, const uint32_t *x, size_t ldx, int R,
-                                float *out, int ldo, int n, int accumulate)
+                                float *out, int ldo, int n, int accumulate, const float *bias)
 {
     for (int r = 0; r < R; r += RB_D) {
         const uint32_t *xr = x + (size_t)r * ldx;
         float *o = out + (size_t)r * ldo;
         switch (R - r < RB_D ? R - r : RB_D) {
-        case 1: bf16_tile_dp(tp, P, xr, ldx, 1, o, ldo, n, accumulate); break;
-        case 2: bf16_tile_dp(tp, P, xr, ldx, 2, o, ldo, n, accumulate); break;
-        case 3: bf16_tile_dp(tp, P, xr, ldx, 3, o, ldo, n, accumulate); break;
-        case 4: bf16_tile_dp(tp, P, xr, ldx, 4, o, ldo, n, accumulate); break;
-        case 5: bf16_tile_dp(tp, P, xr, ldx, 5, o, ldo, n, accumulate); break;
-        default: bf16_tile_dp(tp, P, xr, ldx, 6, o, ldo, n, accumulate); break;
+        case 1: bf16_tile_dp(tp, P, xr, ldx, 1, o, ldo, n, accumulate, bias); break;
+        case 2: bf16_tile_dp(tp, P, xr, ldx, 2, o, ldo, n, accumulate, bias); break;
+        case 3: bf16_tile_dp(tp, P, xr, ldx, 3, o, ldo, n, accumulate, bias); break;
+        case 4: bf16_tile_dp(tp, P, xr, ldx, 4, o, ldo, n, accumulate, bias); break;
+        case 5: bf16_tile_dp(tp, P, xr, ldx, 5, o, ldo, n, accumulate, bias); break;
+        default: bf16_tile_dp(tp, P, xr, ldx, 6, o, ldo, n, accumulate, bias); break;
         }
     }
 }
@@ -1079,29 +1085,30 @@ BF16DP static void bf16_rows_dp(const unsigned char *tp, int P, const uint32_t *
 /* R rows of bf16 pairs by one bf16 tile: whole blocks of 16 rows on AMX
  * tiles where amx (AMX_HW / AMX_EMU), the rest by vdpbf16ps. */
 BF16DP static void bf16_rows(const unsigned char *tp, int P, const uint32_t *x, size_t ldx, int R,
-                             float *out, int ldo, int n, int accumulate, int amx)
+                             float *out, int ldo, int n, int accumulate, const float *bias, int amx)
 {
     int r = 0;
     for (int m; amx && (m = amx_rows(R - r)); r += m)
-        amx_bf16_rows(amx, m, tp, P, x + (size_t)r * ldx, ldx, out + (size_t)r * ldo, ldo, n, accumulate);
-    if (r < R) bf16_rows_dp(tp, P, x + (size_t)r * ldx, ldx, R - r, out + (size_t)r * ldo, ldo, n, accumulate);
+        amx_bf16_rows(amx, m, tp, P, x + (size_t)r * ldx, ldx, out + (size_t)r * ldo, ldo, n, accumulate, bias);
+    if (r < R)
+        bf16_rows_dp(tp, P, x + (size_t)r * ldx, ldx, R - r, out + (size_t)r * ldo, ldo, n, accumulate, bias);
 }
 
 BF16DP static void bf16_tiles_dp(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
-                                 int t1, int accumulate)
+                                 int t1, int accumulate, const float *bias)
 {
     int amx = pk_amx();
     for (int t = t0; t < t1; t++) {
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
         bf16_rows(p->data + (size_t)t * p->tile_bytes, (p->K + 1) / 2, (const uint32_t *)a->bf,
-                  a->cap_pairs, R, out + c0, ldo, n, accumulate, amx);
+                  a->cap_pairs, R, out + c0, ldo, n, accumulate, bias ? bias + c0 : NULL, amx);
     }
 }
 
 void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx, int R, float *out,
                      int ldo, int n, int accumulate)
 {
-    bf16_rows((const unsigned char *)tile, P, x, ldx, R, out, ldo, n, accumulate, pk_amx());
+    bf16_rows((const unsigned char *)tile, P, x, ldx, R, out, ldo, n, accumulate, NULL, pk_amx());
 }
 
 /* ==== fp32 prompts (AVX-512) ====
@@ -1116,7 +1123,7 @@ void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx,
 #define RB_P 6
 
 AVX512 AI void f32_panel(const float *w, size_t ldw, int K, const float *x, size_t ldx, const int R,
-                         float alpha, float *out, int ldo, int n, int accumulate)
+                         float alpha, float *out, int ldo, int n, int accumulate, const float *bias)
 {
     __m512 acc[RB_P][4];
     for (int r = 0; r < R; r++)
@@ -1142,32 +1149,33 @@ AVX512 AI void f32_panel(const float *w, size_t ldw, int K, const float *x, size
     __m512 fin[RB_P][4];
     for (int r = 0; r < R; r++)
         for (int j = 0; j < 4; j++) fin[r][j] = alpha != 1.0f ? _mm512_mul_ps(acc[r][j], _mm512_set1_ps(alpha)) : acc[r][j];
-    store_acc(out, ldo, fin, R, n, accumulate);
+    store_acc(out, ldo, fin, R, n, accumulate, bias);
 }
 
 AVX512 static void f32_panel_rows(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R,
-                                  float alpha, float *out, int ldo, int n, int accumulate)
+                                  float alpha, float *out, int ldo, int n, int accumulate,
+                                  const float *bias)
 {
     for (int r = 0; r < R; r += RB_P) {
         const float *xr = x + (size_t)r * ldx;
         float *o = out + (size_t)r * ldo;
         switch (R - r < RB_P ? R - r : RB_P) {
-        case 1: f32_panel(w, ldw, K, xr, ldx, 1, alpha, o, ldo, n, accumulate); break;
-        case 2: f32_panel(w, ldw, K, xr, ldx, 2, alpha, o, ldo, n, accumulate); break;
-        case 3: f32_panel(w, ldw, K, xr, ldx, 3, alpha, o, ldo, n, accumulate); break;
-        case 4: f32_panel(w, ldw, K, xr, ldx, 4, alpha, o, ldo, n, accumulate); break;
-        case 5: f32_panel(w, ldw, K, xr, ldx, 5, alpha, o, ldo, n, accumulate); break;
-        default: f32_panel(w, ldw, K, xr, ldx, 6, alpha, o, ldo, n, accumulate); break;
+        case 1: f32_panel(w, ldw, K, xr, ldx, 1, alpha, o, ldo, n, accumulate, bias); break;
+        case 2: f32_panel(w, ldw, K, xr, ldx, 2, alpha, o, ldo, n, accumulate, bias); break;
+        case 3: f32_panel(w, ldw, K, xr, ldx, 3, alpha, o, ldo, n, accumulate, bias); break;
+        case 4: f32_panel(w, ldw, K, xr, ldx, 4, alpha, o, ldo, n, accumulate, bias); break;
+        case 5: f32_panel(w, ldw, K, xr, ldx, 5, alpha, o, ldo, n, accumulate, bias); break;
+        default: f32_panel(w, ldw, K, xr, ldx, 6, alpha, o, ldo, n, accumulate, bias); break;
         }
     }
 }
 
 void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
-                    float *out, int ldo, int n, int accumulate)
+                    float *out, int ldo, int n, int accumulate, const float *bias)
 {
     for (int c = 0; c < n; c += PK_TILE)
         f32_panel_rows(w + c, ldw, K, x, ldx, R, alpha, out + c, ldo,
-                       n - c < PK_TILE ? n - c : PK_TILE, accumulate);
+                       n - c < PK_TILE ? n - c : PK_TILE, accumulate, bias ? bias + c : NULL);
 }
 
 /* Seconds for 12 x reps independent vdpbf16ps (dp) or vfmadd231ps. */
@@ -1534,7 +1542,7 @@ int pk_i8_prompts(void) { return 0; }
 int pk_f32_prompts(void) { return 0; }
 int pk_bf16_dp_faster(void) { return 0; }
 void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
-                    float *out, int ldo, int n, int accumulate) { abort(); }
+                    float *out, int ldo, int n, int accumulate, const float *bias) { abort(); }
 int pk_vnni(void) { return 0; }
 int pk_amx(void) { return 0; }
 const char *pk_kernels(int fmt) { return "portable"; }
@@ -1546,8 +1554,9 @@ void pk_bf16_values(uint32_t *dst, const float *v, int n) { abort(); }
 #endif
 
 void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, const pk_act *a,
-               int R, int t0, int t1, int accumulate)
+               int R, int t0, int t1, int accumulate, const float *bias)
 {
+    int fused = 0; /* whether the kernel added the bias as it stored the sums */
     switch (p->fmt) {
     case PK_F32:
 #if defined(__x86_64__)
@@ -1561,7 +1570,8 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
     case PK_BF16:
 #if defined(__x86_64__)
         if (a && a->bf && pk_bf16_dp()) {
-            bf16_tiles_dp(p, out, ldo, a, R, t0, t1, accumulate);
+            bf16_tiles_dp(p, out, ldo, a, R, t0, t1, accumulate, bias);
+            fused = 1;
             break;
         }
         if (float_avx2()) {
@@ -1575,7 +1585,8 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
 #if defined(__x86_64__)
         int amx = R >= AMX_ROWS ? pk_amx() : 0;
         if (pk_vnni() || amx) {
-            i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate, amx);
+            i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate, bias, amx);
+            fused = 1;
             break;
         }
         if (avx2()) {
@@ -1585,5 +1596,9 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
 #endif
         i8_tiles_generic(p, out, ldo, a, R, t0, t1, accumulate);
     }
+    }
+    if (bias && !fused) { /* the same sum, a pass of its own */
+        int c0 = t0 * PK_TILE, c1 = t1 * PK_TILE < p->N ? t1 * PK_TILE : p->N;
+        for (int r = 0; r < R; r++) mv_add(out + (size_t)r * ldo + c0, bias + c0, c1 - c0);
     }
 }

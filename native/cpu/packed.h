@@ -94,11 +94,13 @@ void pk_act_free(pk_act *a);
  * view into a's memory: a product over some of a prompt's rows. */
 pk_act pk_act_rows(const pk_act *a, int K, int r0);
 
-/* out (R, ldo)[:, columns of tiles t0..t1) (+)= x (R, ldx) @ W. int8
- * matrices read a (quantized from x by pk_act_quantize) instead of x; bf16
- * ones read a's bf16 rows when a is given (and pk_bf16_dp()), else x. */
+/* out (R, ldo)[:, columns of tiles t0..t1) (+)= x (R, ldx) @ W, then
+ * + bias (indexed by column, as out; NULL for none): out = ((out +) sum) +
+ * bias. int8 matrices read a (quantized from x by pk_act_quantize) instead
+ * of x; bf16 ones read a's bf16 rows when a is given (and pk_bf16_dp()),
+ * else x. The AVX-512 kernels add the bias as they store the sums. */
 void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, const pk_act *a,
-               int R, int t0, int t1, int accumulate);
+               int R, int t0, int t1, int accumulate, const float *bias);
 
 /* Tile t as fp32 (K, PK_TILE) into dst with leading dimension ldd. */
 void pk_widen(const pmat *p, int t, float *dst, int ldd);
@@ -111,11 +113,11 @@ const float *pk_f32_tile(const pmat *p, int t, float *scratch);
  * attention) run on pk_f32_product here (AVX-512), rather than OpenBLAS
  * sgemm (pk_force_generic sends the tiles' products to sgemm). Then
  *   out (R, ldo)[:, 0..n) (+)= alpha * x (R, K; ldx apart) @ w (K, n; ldw apart),
- * summed in input order with one fma per input; any n (panels of 64, of
- * which no column past n is read). */
+ * summed in input order with one fma per input, then + bias[0..n) where
+ * bias is given; any n (panels of 64, of which no column past n is read). */
 int pk_f32_prompts(void);
 void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
-                    float *out, int ldo, int n, int accumulate);
+                    float *out, int ldo, int n, int accumulate, const float *bias);
 
 /* Whether vdpbf16ps does more multiply-adds a second than fp32 fmas here
  * (timed once): then bf16 prompts take bf16 activations, else fp32 ones

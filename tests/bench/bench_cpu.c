@@ -163,7 +163,7 @@ static int kernel_rates(void)
                     for (int t = 0; t < p.tiles; t++)
                         for (int r0 = 0; r0 < R; r0 += CHUNK) {
                             pk_act rows = pk_act_rows(&a, K, r0);
-                            pk_matmul(&p, out + (size_t)r0 * N, N, NULL, K, &rows, CHUNK, t, t + 1, 0);
+                            pk_matmul(&p, out + (size_t)r0 * N, N, NULL, K, &rows, CHUNK, t, t + 1, 0, NULL);
                         }
                     double dt = now_s() - t0;
                     best = dt < best ? dt : best;

@@ -67,6 +67,29 @@ static void bf16_reference(const float *w, const float *x, int K, int N, int out
         }
 }
 
+/* pk_matmul with a bias gives the same call's sums without one, then +
+ * bias, bit for bit, accumulating (onto 1) or not, on the path that
+ * pk_force_generic picks now. */
+static int bias_matches(const pmat *p, const float *x, int K, const pk_act *a, int R)
+{
+    int N = p->N, ok = 1;
+    float *bias = malloc(sizeof(float) * N), *plain = malloc(sizeof(float) * R * N);
+    float *with = malloc(sizeof(float) * R * N);
+    for (int c = 0; c < N; c++) bias[c] = frand() * 2.0f;
+    for (int accumulate = 0; accumulate < 2; accumulate++) {
+        for (int i = 0; i < R * N; i++) plain[i] = with[i] = accumulate ? 1.0f : 7.0f;
+        pk_matmul(p, plain, N, x, K, a, R, 0, p->tiles, accumulate, NULL);
+        pk_matmul(p, with, N, x, K, a, R, 0, p->tiles, accumulate, bias);
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < N; c++) {
+                float want = plain[(size_t)r * N + c] + bias[c];
+                ok &= !memcmp(&want, &with[(size_t)r * N + c], sizeof want);
+            }
+    }
+    free(bias), free(plain), free(with);
+    return ok;
+}
+
 static void test_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
@@ -147,7 +170,7 @@ static void test_products(int K, int N, int out_in)
                     want[(size_t)r * N + n] = s + 1.0; /* accumulate onto 1 */
                 }
             for (int i = 0; i < rows * N; i++) got[i] = 1.0f;
-            pk_matmul(&p, got, N, x, K, &a, rows, 0, p.tiles, 1);
+            pk_matmul(&p, got, N, x, K, &a, rows, 0, p.tiles, 1, NULL);
             double e = rel_err(got, want, (size_t)rows * N);
             CHECK(e < 1e-5, "fmt %d K %d N %d rows %d out_in %d: rel err %g", fmt, K, N, rows,
                   out_in, e);
@@ -156,11 +179,17 @@ static void test_products(int K, int N, int out_in)
                  * formats: the generic kernel, compiled with fma where the CPU has it) */
                 for (int i = 0; i < rows * N; i++) gen[i] = 1.0f;
                 pk_force_generic = force;
-                pk_matmul(&p, gen, N, x, K, &a, rows, 0, p.tiles, 1);
+                pk_matmul(&p, gen, N, x, K, &a, rows, 0, p.tiles, 1, NULL);
                 pk_force_generic = 0;
                 CHECK(!memcmp(gen, got, sizeof(float) * rows * N), "fmt %d K %d N %d rows %d: %s differ from %s",
                       fmt, K, N, rows, force == 1 ? "the portable loops" : "the AVX2 kernel's sums",
                       pk_vnni() ? "VNNI's" : "the default path's");
+            }
+            for (int force = 0; force <= 2; force++) {
+                pk_force_generic = force;
+                CHECK(bias_matches(&p, x, K, &a, rows), "fmt %d K %d N %d rows %d path %d: the bias changed the sums",
+                      fmt, K, N, rows, force);
+                pk_force_generic = 0;
             }
         }
         for (int rows = 1; fmt == PK_BF16 && pk_bf16_dp() && rows <= RD; rows++) {
@@ -169,10 +198,12 @@ static void test_products(int K, int N, int out_in)
             pk_act_quantize(&a, PK_BF16, x, 0, rows, K, K);
             bf16_reference(w, x, K, N, out_in, rows, want);
             for (int i = 0; i < rows * N; i++) got[i] = 1.0f;
-            pk_matmul(&p, got, N, x, K, &a, rows, 0, p.tiles, 1);
+            pk_matmul(&p, got, N, x, K, &a, rows, 0, p.tiles, 1, NULL);
             double e = rel_err(got, want, (size_t)rows * N);
             CHECK(e < 1e-5, "bf16 activations K %d N %d rows %d out_in %d: rel err %g", K, N, rows,
                   out_in, e);
+            CHECK(bias_matches(&p, x, K, &a, rows), "bf16 activations K %d N %d rows %d: the bias changed the sums",
+                  K, N, rows);
         }
         for (int rows = 1; fmt != PK_I8 && pk_f32_prompts() && rows <= RD; rows += 4) {
             /* a prompt's fp32 panels over the tiles as fp32 (bf16 ones widened) */
@@ -180,7 +211,7 @@ static void test_products(int K, int N, int out_in)
                 int c0 = t * PK_TILE, n = N - c0 < PK_TILE ? N - c0 : PK_TILE;
                 for (int r = 0; r < rows; r++)
                     for (int c = 0; c < n; c++) got[(size_t)r * N + c0 + c] = 1.0f;
-                pk_f32_product(pk_f32_tile(&p, t, wide), PK_TILE, K, x, K, rows, 1.0f, got + c0, N, n, 1);
+                pk_f32_product(pk_f32_tile(&p, t, wide), PK_TILE, K, x, K, rows, 1.0f, got + c0, N, n, 1, NULL);
             }
             for (int r = 0; r < rows; r++)
                 for (int n = 0; n < N; n++) {
@@ -200,9 +231,9 @@ static void test_products(int K, int N, int out_in)
         }
         /* a split over tile ranges writes the same as one call */
         for (int i = 0; i < N; i++) gen[i] = got[i] = 0;
-        pk_matmul(&p, got, N, x, K, &a, 1, 0, p.tiles, 0);
-        pk_matmul(&p, gen, N, x, K, &a, 1, 0, p.tiles / 2, 0);
-        pk_matmul(&p, gen, N, x, K, &a, 1, p.tiles / 2, p.tiles, 0);
+        pk_matmul(&p, got, N, x, K, &a, 1, 0, p.tiles, 0, NULL);
+        pk_matmul(&p, gen, N, x, K, &a, 1, 0, p.tiles / 2, 0, NULL);
+        pk_matmul(&p, gen, N, x, K, &a, 1, p.tiles / 2, p.tiles, 0, NULL);
         CHECK(!memcmp(gen, got, sizeof(float) * N), "fmt %d: tile ranges", fmt);
         pk_free(&p);
         pk_act_free(&a);
@@ -228,7 +259,20 @@ static void test_f32_product(int K, int n, int R, float alpha, int accumulate)
             for (int k = 0; k < K; k++) s += (double)x[(size_t)r * ldx + k] * w[(size_t)k * ldw + c];
             want[(size_t)r * n + c] = alpha * s + (accumulate ? 0.5 : 0.0);
         }
-    pk_f32_product(w, ldw, K, x, ldx, R, alpha, got, ldo, n, accumulate);
+    pk_f32_product(w, ldw, K, x, ldx, R, alpha, got, ldo, n, accumulate, NULL);
+    /* with a bias: the same sums, then + bias */
+    float *bias = malloc(sizeof(float) * n), *with = malloc(sizeof(float) * R * ldo);
+    for (int c = 0; c < n; c++) bias[c] = frand();
+    for (int i = 0; i < R * ldo; i++) with[i] = 0.5f;
+    pk_f32_product(w, ldw, K, x, ldx, R, alpha, with, ldo, n, accumulate, bias);
+    int biased = 1;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < ldo; c++) {
+            float expect = c < n ? got[(size_t)r * ldo + c] + bias[c] : 0.5f;
+            biased &= !memcmp(&expect, &with[(size_t)r * ldo + c], sizeof expect);
+        }
+    CHECK(biased, "fp32 panels K %d n %d R %d: the bias changed the sums (or a column past n)", K, n, R);
+    free(bias), free(with);
     double d = 0, m = 1e-30;
     int untouched = 1;
     for (int r = 0; r < R; r++) {
@@ -259,7 +303,7 @@ static void test_f32_product_reads_to_n(int K, int n)
     for (int i = 0; i < K * n; i++) w[i] = 1.0f;
     for (int i = 0; i < 3 * K; i++) x[i] = 0.5f;
     for (int k = 0; k < K; k++) want += 0.5f;
-    pk_f32_product(w, n, K, x, K, 3, 1.0f, out, 64, n, 0);
+    pk_f32_product(w, n, K, x, K, 3, 1.0f, out, 64, n, 0, NULL);
     int wrong = 0;
     for (int r = 0; r < 3; r++)
         for (int c = 0; c < n; c++) wrong += out[r * 64 + c] != want;
@@ -564,21 +608,26 @@ static void test_amx_products(int K, int N, int out_in)
         pk_act_quantize(&a, PK_I8, x, 0, R, K, K);
         for (int i = 0; i < R * N; i++) ref[i] = got[i] = emu[i] = 1.0f;
         pk_force_generic = 1;
-        pk_matmul(&p, ref, N, x, K, &a, R, 0, p.tiles, 1);
+        pk_matmul(&p, ref, N, x, K, &a, R, 0, p.tiles, 1, NULL);
         for (amx_pair_rows = 0; amx_pair_rows < 2; amx_pair_rows++) {
             for (int i = 0; i < R * N; i++) emu[i] = 1.0f;
             pk_force_generic = 3;
-            pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1);
+            pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1, NULL);
             pk_force_generic = 0;
             CHECK(!memcmp(ref, emu, sizeof(float) * R * N),
                   "int8 K %d N %d rows %d out_in %d pairs %d: emulated AMX tiles differ from the portable loops",
                   K, N, R, out_in, amx_pair_rows);
+            pk_force_generic = 3;
+            CHECK(bias_matches(&p, x, K, &a, R), "int8 K %d N %d rows %d pairs %d: the bias changed emulated AMX sums",
+                  K, N, R, amx_pair_rows);
+            pk_force_generic = 0;
         }
         amx_pair_rows = 1;
         if (hw) {
-            pk_matmul(&p, got, N, x, K, &a, R, 0, p.tiles, 1);
+            pk_matmul(&p, got, N, x, K, &a, R, 0, p.tiles, 1, NULL);
             CHECK(!memcmp(ref, got, sizeof(float) * R * N),
                   "int8 K %d N %d rows %d out_in %d: AMX tiles differ from the portable loops", K, N, R, out_in);
+            CHECK(bias_matches(&p, x, K, &a, R), "int8 K %d N %d rows %d: the bias changed AMX sums", K, N, R);
         }
         pk_free(&p);
         pk_act_free(&a);
@@ -590,17 +639,22 @@ static void test_amx_products(int K, int N, int out_in)
         for (amx_pair_rows = 0; amx_pair_rows < 2; amx_pair_rows++) {
             for (int i = 0; i < R * N; i++) got[i] = emu[i] = 1.0f;
             pk_force_generic = 3;
-            pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1);
+            pk_matmul(&p, emu, N, x, K, &a, R, 0, p.tiles, 1, NULL);
             pk_force_generic = 0;
             double e = rel_err(emu, want, (size_t)R * N);
             CHECK(e < 1e-5, "bf16 K %d N %d rows %d out_in %d pairs %d: emulated AMX tiles off by %g", K, N, R,
                   out_in, amx_pair_rows, e);
+            pk_force_generic = 3;
+            CHECK(bias_matches(&p, x, K, &a, R), "bf16 K %d N %d rows %d pairs %d: the bias changed emulated AMX sums",
+                  K, N, R, amx_pair_rows);
+            pk_force_generic = 0;
         }
         if (hw) {
-            pk_matmul(&p, got, N, x, K, &a, R, 0, p.tiles, 1);
+            pk_matmul(&p, got, N, x, K, &a, R, 0, p.tiles, 1, NULL);
             double d = 0, eh = rel_err(got, want, (size_t)R * N);
             for (int i = 0; i < R * N; i++) d = fmax(d, fabs(got[i] - emu[i]));
             CHECK(eh < 1e-5, "bf16 K %d N %d rows %d out_in %d: AMX tiles off by %g", K, N, R, out_in, eh);
+            CHECK(bias_matches(&p, x, K, &a, R), "bf16 K %d N %d rows %d: the bias changed AMX sums", K, N, R);
             if (d > 0 && ri == 0 && K >= 768) printf("note: bf16 AMX tiles against their emulation: max |diff| %g (K %d)\n", d, K);
         }
         pk_free(&p);

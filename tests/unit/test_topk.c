@@ -60,8 +60,8 @@ static void test_pack_rows(int K, int N, int n, int fmt)
           "fmt %d K %d n %d: gathered rows pack to other bytes", fmt, K, n);
     CHECK(pk_pack(&whole, w, K, N, 1, fmt, err) == 0, "pack: %s", err);
     for (int R = 1; R <= 8; R++) {
-        pk_matmul(&whole, full, N, x, K, NULL, R, 0, whole.tiles, 0);
-        pk_matmul(&got, part, n, x, K, NULL, R, 0, got.tiles, 0);
+        pk_matmul(&whole, full, N, x, K, NULL, R, 0, whole.tiles, 0, NULL);
+        pk_matmul(&got, part, n, x, K, NULL, R, 0, got.tiles, 0, NULL);
         int diff = 0;
         for (int r = 0; r < R; r++)
             for (int c = 0; c < n; c++) diff += !same_bits(part[r * n + c], full[r * N + idx[c]]);
@@ -184,11 +184,11 @@ static int test_candidates(int K, int V, int R, int k, int fmt)
     CHECK(pk_pack(&exact, w, K, V, 1, fmt, err) == 0, "pack: %s", err);
     CHECK(pk_act_reserve(&a, PK_I8, 2 * R, K) == 0, "act");
     pk_i8_bounds(&q, w, fmt, e, am);
-    pk_matmul(&exact, L, V, x, K, NULL, R, 0, exact.tiles, 0);
+    pk_matmul(&exact, L, V, x, K, NULL, R, 0, exact.tiles, 0, NULL);
     for (int path = 0; path <= 2; path++) {
         pk_force_generic = path; /* the fastest int8 product here, the portable one, AVX2 */
         CHECK(tk_quantize(&a, x, R, K, res, Pr, Qr) == 0, "finite rows quantize");
-        pk_matmul(&q, S, V, NULL, K, &a, 2 * R, 0, q.tiles, 0);
+        pk_matmul(&q, S, V, NULL, K, &a, 2 * R, 0, q.tiles, 0, NULL);
         for (int r = 0; r < R; r++) {
             const float *Lr = L + (size_t)r * V, *S1 = S + (size_t)r * V, *S2 = S + (size_t)(R + r) * V;
             int n = tk_candidates(S1, S2, e, am, V, Pr[r], Qr[r], k, lo, cand, V);

@@ -365,11 +365,11 @@ typedef struct {
     const pmat *next;      /* decode: the product after this one, for pool_run_then */
 } gemm_job;
 
-/* Bias (unless the product added it: has_bias) and activation on columns
- * c0..c1 of rows r0..r1. */
-static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1, int has_bias)
+/* Bias (unless the product added it: bias_added) and activation on
+ * columns c0..c1 of rows r0..r1. */
+static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1, int bias_added)
 {
-    int bias = j->bias && !has_bias;
+    int bias = j->bias && !bias_added;
     if (!bias && !j->act) return;
     for (int r = r0; r < r1; r++) {
         float *o = j->out + (size_t)r * j->O + c0;

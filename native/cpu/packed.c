@@ -760,7 +760,8 @@ static void i8_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define AVX512 __attribute__((target("avx512f")))
 
-/* out[r][0..n) (+)= acc[r] for R rows of one tile, ldo apart. */
+/* out[r][0..n) (+)= acc[r] for R rows of one tile, ldo apart, then + bias[0..n)
+ * where given. */
 AVX512 AI void store_acc(float *out, int ldo, __m512 (*acc)[4], const int R, int n, int accumulate,
                          const float *bias)
 {

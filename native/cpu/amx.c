@@ -1,8 +1,9 @@
 /* amx.c - see amx.h.
  *
- * Every call configures the eight tiles alike (16 rows of 64 bytes) and
- * gives them back at its end (tilerelease), so no thread keeps AMX state
- * between products. A step is one int8 group or 16 bf16 pairs.
+ * Every call configures the eight tiles (64 bytes a row; 16 rows, but for
+ * the activations and sums of a last block of fewer rows) and gives them
+ * back at its end (tilerelease), so no thread keeps AMX state between
+ * products. A step is one int8 group or 16 bf16 pairs.
  *   16 rows (1 x 4):  tmm0, tmm1 the activations, alternating from one step
  *                     to the next; tmm2, tmm3 the weights of 16 columns,
  *                     alternating; tmm4-7 the sums of columns 0-15, 16-31,
@@ -65,23 +66,26 @@ typedef struct {
 /* ==== The tile instructions in C (AMX_EMU) ==== */
 
 static __thread uint8_t emu[8][16][64];
+static __thread int emu_rows[8]; /* each tile's rows, as configured */
 
 static void emu_zero(int t) { memset(emu[t], 0, sizeof emu[t]); }
 
+/* rows past a tile's configured ones read as zero and are not loaded or stored */
 static void emu_load(int t, const void *p, size_t stride)
 {
-    for (int r = 0; r < 16; r++) memcpy(emu[t][r], (const char *)p + r * stride, 64);
+    emu_zero(t);
+    for (int r = 0; r < emu_rows[t]; r++) memcpy(emu[t][r], (const char *)p + r * stride, 64);
 }
 
 static void emu_store(int t, void *p, size_t stride)
 {
-    for (int r = 0; r < 16; r++) memcpy((char *)p + r * stride, emu[t][r], 64);
+    for (int r = 0; r < emu_rows[t]; r++) memcpy((char *)p + r * stride, emu[t][r], 64);
 }
 
 /* tdpbsud: C (int32) += A (int8, 4 a dword) . B (uint8, row k: 4 of column n) */
 static void emu_dpbsud(int c, int a, int b)
 {
-    for (int m = 0; m < 16; m++)
+    for (int m = 0; m < emu_rows[c]; m++)
         for (int n = 0; n < 16; n++) {
             int32_t s;
             memcpy(&s, &emu[c][m][4 * n], 4);
@@ -105,7 +109,7 @@ static float emu_bf(const uint8_t *p)
  * added (each product exact in fp32), subnormal results to zero */
 static void emu_dpbf16ps(int c, int a, int b)
 {
-    for (int m = 0; m < 16; m++)
+    for (int m = 0; m < emu_rows[c]; m++)
         for (int n = 0; n < 16; n++) {
             float s;
             memcpy(&s, &emu[c][m][4 * n], 4);
@@ -131,6 +135,19 @@ static void emu_dpbf16ps(int c, int a, int b)
 #define T_DPBF16(c, a, b) EITHER(_tile_dpbf16ps(c, a, b), emu_dpbf16ps(c, a, b))
 #define T_ZERO_SUMS() do { T_ZERO(4); T_ZERO(5); T_ZERO(6); T_ZERO(7); } while (0)
 
+/* A call that streams its tile from memory (stream: no other call reads
+ * it) fetches each step's weights (n bytes at w) PF_AHEAD bytes before it
+ * needs them, toward L2, as the decode kernels do. A 20-row bf16 prompt
+ * after 627 cached tokens: 17.5-18.2 -> 15.6-16.0 ms (4 KB ahead measured
+ * alike). Prompts of many rows, whose calls read each tile again from L2,
+ * measured no better with it. */
+#define PF_AHEAD 16384
+#define PF_STEP(stream, w, n)                                                                      \
+    do {                                                                                           \
+        if (stream)                                                                                \
+            for (size_t o_ = 0; o_ < (n); o_ += 64) __builtin_prefetch((const char *)(w) + PF_AHEAD + o_, 0, 1); \
+    } while (0)
+
 /* One step: activations at x (16 rows, sx bytes apart) into tile A, times
  * 64 columns of weights at w (16 rows of 256 bytes) onto tmm4-7. */
 #define STEP(DP, A, x, sx, w)                                                                      \
@@ -152,13 +169,21 @@ static void emu_dpbf16ps(int c, int a, int b)
         else STEP(DP, 0, x, sx, w);                                                                \
     } while (0)
 
-AMX_T AI void begin(int hw)
+/* m of M rows (M - 16 < m <= M): the activations' and sums' tiles of the
+ * last block of 16 rows get the rows it has (m - M + 16), so that a call
+ * reads and writes no row past m, and multiplies no more. */
+AMX_T AI void begin(int hw, const int M, int m)
 {
     tile_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    int last = m - (M - 16);
+    if (M == 16) cfg.rows[0] = cfg.rows[1] = cfg.rows[4] = cfg.rows[5] = cfg.rows[6] = cfg.rows[7] = last;
+    else cfg.rows[1] = cfg.rows[6] = cfg.rows[7] = last;
     if (hw) _tile_loadconfig(&cfg);
+    else
+        for (int t = 0; t < 8; t++) emu_rows[t] = cfg.rows[t];
 }
 
 AMX_T AI void end(int hw)
@@ -222,17 +247,18 @@ AMX_T AI void put(const int M, const float (*acc)[PK_TILE], float *out, int ldo,
 
 /* M = 16: each group's activations loaded once for 4 multiplies (1 x 4
  * tiles of sums); M = 32: 2 x 2, each loaded tile serving 2 multiplies. */
-AMX_T AI void i8_body(int hw, const int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
+AMX_T AI void i8_body(int hw, const int M, int m, const unsigned char *tp, int G, float unscale, const int8_t *q,
                       size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                      int n, int accumulate, const float *bias)
+                      int n, int accumulate, const float *bias, int stream)
 {
     float acc[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
     int32_t cs[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
-    memset(acc, 0, sizeof(float) * M * PK_TILE);
-    begin(hw);
+    memset(acc, 0, sizeof(float) * m * PK_TILE);
+    begin(hw, M, m);
     for (int g = 0; g < G; g++) {
         const unsigned char *gp = tp + (size_t)g * PK_GROUP_BYTES;
         const int8_t *qg = q + (size_t)g * PK_GROUP;
+        PF_STEP(stream, gp, PK_GROUP_BYTES);
         if (M == 16) {
             T_ZERO_SUMS();
             STEP_ALT(T_DPBSUD, g, qg, ldq, gp);
@@ -252,7 +278,7 @@ AMX_T AI void i8_body(int hw, const int M, const unsigned char *tp, int G, float
         __m512 ws[4];
         for (int j = 0; j < 4; j++)
             ws[j] = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(gp + PK_GROUP_W + 32 * j)));
-        for (int r = 0; r < M; r++) {
+        for (int r = 0; r < m; r++) {
             __m512i base = _mm512_set1_epi32(-128 * sum[(size_t)r * lds + g]);
             __m512 xs = _mm512_set1_ps(scale[(size_t)r * lds + g] * unscale);
             for (int j = 0; j < 4; j++) {
@@ -263,22 +289,22 @@ AMX_T AI void i8_body(int hw, const int M, const unsigned char *tp, int G, float
         }
     }
     end(hw);
-    put(M, acc, out, ldo, n, accumulate, bias);
+    put(m, acc, out, ldo, n, accumulate, bias);
 }
 
 AMX_T void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                        size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                       int n, int accumulate, const float *bias)
+                       int n, int accumulate, const float *bias, int stream)
 {
-    if (mode == AMX_HW && M == 32)
-        i8_body(1, 32, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias);
-    else if (mode == AMX_HW) i8_body(1, 16, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias);
-    else if (M == 32) i8_body(0, 32, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias);
-    else i8_body(0, 16, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias);
+    if (mode == AMX_HW && M > 16)
+        i8_body(1, 32, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, stream);
+    else if (mode == AMX_HW) i8_body(1, 16, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, stream);
+    else if (M > 16) i8_body(0, 32, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, stream);
+    else i8_body(0, 16, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, stream);
 }
 
-AMX_T AI void bf16_body(int hw, const int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                        float *out, int ldo, int n, int accumulate, const float *bias)
+AMX_T AI void bf16_body(int hw, const int M, int m, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
+                        float *out, int ldo, int n, int accumulate, const float *bias, int stream)
 {
     enum { SP = 16 };                             /* pairs a step */
     const size_t step_w = (size_t)SP * PK_TILE * 4; /* weight bytes a step */
@@ -289,14 +315,16 @@ AMX_T AI void bf16_body(int hw, const int M, const unsigned char *tp, int P, con
     if (rest) { /* the last pairs, zero padded to a whole step */
         memset(xa, 0, sizeof(uint32_t) * M * SP);
         memset(wb + (size_t)rest * PK_TILE * 4, 0, sizeof wb - (size_t)rest * PK_TILE * 4);
-        for (int r = 0; r < M; r++) memcpy(xa[r], x + r * ldx + (size_t)S * SP, rest * 4);
+        for (int r = 0; r < m; r++) memcpy(xa[r], x + r * ldx + (size_t)S * SP, rest * 4);
         memcpy(wb, tp + S * step_w, (size_t)rest * PK_TILE * 4);
     }
-    begin(hw);
+    begin(hw, M, m);
     if (M == 16) {
         T_ZERO_SUMS();
-        for (int s = 0; s < S; s++)
+        for (int s = 0; s < S; s++) {
+            PF_STEP(stream, tp + s * step_w, step_w);
             STEP_ALT(T_DPBF16, s, x + (size_t)s * SP, ldx * 4, tp + s * step_w);
+        }
         if (rest) STEP_ALT(T_DPBF16, S, xa, sizeof xa[0], wb);
         STORE_SUMS(16, 0, acc);
     } else {
@@ -307,6 +335,7 @@ AMX_T AI void bf16_body(int hw, const int M, const unsigned char *tp, int P, con
                 const uint32_t *xs = s < S ? x + (size_t)s * SP : xa[0];
                 size_t sx = s < S ? ldx * 4 : sizeof xa[0];
                 const unsigned char *w = s < S ? tp + s * step_w : wb;
+                if (!h && s < S) PF_STEP(stream, w, step_w);
                 T_LOAD(0, xs, sx);
                 T_LOAD(1, (const char *)xs + 16 * sx, sx);
                 if (h) QUAD(T_DPBF16, w, 1);
@@ -317,23 +346,23 @@ AMX_T AI void bf16_body(int hw, const int M, const unsigned char *tp, int P, con
         }
     }
     end(hw);
-    put(M, acc, out, ldo, n, accumulate, bias);
+    put(m, acc, out, ldo, n, accumulate, bias);
 }
 
 AMX_T void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                         float *out, int ldo, int n, int accumulate, const float *bias)
+                         float *out, int ldo, int n, int accumulate, const float *bias, int stream)
 {
-    if (mode == AMX_HW && M == 32) bf16_body(1, 32, tp, P, x, ldx, out, ldo, n, accumulate, bias);
-    else if (mode == AMX_HW) bf16_body(1, 16, tp, P, x, ldx, out, ldo, n, accumulate, bias);
-    else if (M == 32) bf16_body(0, 32, tp, P, x, ldx, out, ldo, n, accumulate, bias);
-    else bf16_body(0, 16, tp, P, x, ldx, out, ldo, n, accumulate, bias);
+    if (mode == AMX_HW && M > 16) bf16_body(1, 32, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, stream);
+    else if (mode == AMX_HW) bf16_body(1, 16, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, stream);
+    else if (M > 16) bf16_body(0, 32, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, stream);
+    else bf16_body(0, 16, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, stream);
 }
 
 #else
 int amx_usable(void) { return 0; }
 void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                  size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                 int n, int accumulate, const float *bias) { abort(); }
+                 int n, int accumulate, const float *bias, int stream) { abort(); }
 void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                   float *out, int ldo, int n, int accumulate, const float *bias) { abort(); }
+                   float *out, int ldo, int n, int accumulate, const float *bias, int stream) { abort(); }
 #endif

@@ -13,8 +13,9 @@
  *         the same order, so the results are VNNI's bit for bit.
  *   bf16: tdpbf16ps over every pair of inputs into fp32 tiles.
  *
- * Each call does 16 or 32 rows by one packed tile (PK_TILE columns); the
- * caller gives the remaining rows to the other kernels. mode AMX_HW runs the
+ * Each call does 1 to 32 rows by one packed tile (PK_TILE columns): up to
+ * 16 as one block of tiles, 17 to 32 as two, the last block's tiles
+ * configured with the rows it has. mode AMX_HW runs the
  * instructions (amx_usable() must hold); AMX_EMU runs the same code with
  * each tile instruction done in C on a per-thread array of tiles, so that
  * machines without AMX test the layout, the blocking and the rescale. */
@@ -32,23 +33,25 @@ enum { AMX_HW = 1, AMX_EMU = 2 };
  * kernel (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16+); asked once. */
 int amx_usable(void);
 
-/* M = 16 or 32 rows a call (amx_pair_rows below). */
+/* M = 1..32 rows a call (amx_pair_rows below). */
 
 /* out (M rows, ldo)[0..n) (+)= the M rows' int8 activations (q: row r's
  * group g at q + r * ldq + g * PK_GROUP; sum and scale: row r's group g at
  * [r * lds + g]) times the int8 tile tp of G groups, then + bias[0..n)
- * where bias is given. */
+ * where bias is given. stream: no other call reads tile tp (the caller's
+ * rows fit one call), so the call fetches its weights ahead from memory. */
 void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                  size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                 int n, int accumulate, const float *bias);
+                 int n, int accumulate, const float *bias, int stream);
 
 /* out (M rows, ldo)[0..n) (+)= M rows of P bf16 pairs (ldx words apart)
  * times the bf16 tile tp (P pairs of inputs), then + bias as above. */
 void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                   float *out, int ldo, int n, int accumulate, const float *bias);
+                   float *out, int ldo, int n, int accumulate, const float *bias, int stream);
 
-/* Whether callers give 32 rows a call where they have them (2 x 2 tiles
- * of sums), else 16 (1 x 4); 1 by default, 0 for the bench's comparison. */
+/* Whether callers give up to 32 rows a call where they have more than 16
+ * (2 x 2 tiles of sums), else up to 16 (1 x 4); 1 by default, 0 for the
+ * bench's comparison. */
 extern int amx_pair_rows;
 
 #endif

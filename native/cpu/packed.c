@@ -50,6 +50,9 @@ typedef uint32_t v16w __attribute__((vector_size(64)));
 #define RB_F 4 /* rows per pass, float kernels: 16 sums + 4 weights in registers */
 #define RB_Q 3 /* int8: 12 fp32 sums + 12 int32 sums + 4 weights */
 #define RB_D 6 /* bf16 activations: 24 sums + 4 weights + 1 input pair */
+#ifndef AMX_REST
+#define AMX_REST 1 /* the fewest rows an AMX call takes (amx_rows) */
+#endif
 
 int pk_force_generic;
 int pk_amx_off;
@@ -288,6 +291,33 @@ int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, i
     return 0;
 }
 
+typedef uint16_t v16h __attribute__((vector_size(32)));
+
+/* K weights as bf16 (to_bf16, 16 at a time), then a zero when K is odd:
+ * the bf16 pairs of pack_group's tiles, in memory order. */
+CLONES
+static void weights_bf16(const float *w, int K, uint16_t *d)
+{
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        v16w u;
+        memcpy(&u, w + k, sizeof u);
+        v16h h = __builtin_convertvector((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16, v16h);
+        memcpy(d + k, &h, sizeof h);
+    }
+    for (; k < K; k++) d[k] = to_bf16(w[k]);
+    if (K & 1) d[K] = 0;
+}
+
+#ifndef PACK_AHEAD
+#define PACK_AHEAD 4
+#endif
+
+static void prefetch_row(const float *r, int K)
+{
+    for (size_t o = 0; o < (size_t)K * sizeof *r; o += 64) __builtin_prefetch((const char *)r + o, 0, 3);
+}
+
 void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, int fmt, float *scratch)
 {
     shape(p, K, n, fmt);
@@ -297,19 +327,23 @@ void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, in
     /* a tile is its columns' words transposed: fp32 values, or bf16 pairs
      * (inputs 2i low, 2i + 1 high, zero past an odd K) as 32-bit words */
     int W = fmt == PK_F32 ? K : (K + 1) / 2;
+    /* The rows are scattered (a screen's candidates over the head): each
+     * started cold, and converting them waited on memory. Every row is
+     * fetched whole PACK_AHEAD rows before it is read. */
+    for (int c = 0; PACK_AHEAD && c < n && c < PACK_AHEAD; c++) prefetch_row(rows[c], K);
     for (int t = 0; t < p->tiles; t++) {
         unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int cols = n - t * PK_TILE < PK_TILE ? n - t * PK_TILE : PK_TILE;
         if (cols < PK_TILE) memset(tp, 0, p->tile_bytes); /* the missing columns are zero */
         for (int c = 0; c < cols; c++) {
-            const float *r = rows[(size_t)t * PK_TILE + c];
+            size_t i_row = (size_t)t * PK_TILE + c;
+            const float *r = rows[i_row];
+            if (PACK_AHEAD && i_row + PACK_AHEAD < (size_t)n) prefetch_row(rows[i_row + PACK_AHEAD], K);
             if (fmt == PK_F32) {
                 memcpy(scratch + (size_t)c * W, r, (size_t)K * sizeof(float));
                 continue;
             }
-            uint32_t *d = (uint32_t *)(scratch + (size_t)c * W);
-            for (int i = 0; i < K / 2; i++) d[i] = to_bf16(r[2 * i]) | (uint32_t)to_bf16(r[2 * i + 1]) << 16;
-            if (K % 2) d[W - 1] = to_bf16(r[K - 1]);
+            weights_bf16(r, K, (uint16_t *)(scratch + (size_t)c * W));
         }
         mv_keys_t((float *)tp, PK_TILE, scratch, NULL, MV_F32, cols, W); /* moves bits: no value is NaN */
     }
@@ -1022,13 +1056,15 @@ VNNI static void i8_rows_vnni(const pmat *p, const unsigned char *tp, const pk_a
     }
 }
 
-/* Rows the next AMX call takes of the R left: 32, 16 or none. */
+/* Rows the next AMX call takes of the R left (amx.h): up to 32, or up to
+ * 16, or none where fewer than AMX_REST are left. */
 static int amx_rows(int R)
 {
-    return R >= 2 * AMX_ROWS && amx_pair_rows ? 2 * AMX_ROWS : R >= AMX_ROWS ? AMX_ROWS : 0;
+    int most = amx_pair_rows ? 2 * AMX_ROWS : AMX_ROWS;
+    return R >= most ? most : R >= AMX_REST ? R : 0;
 }
 
-/* amx: 0, or AMX_HW / AMX_EMU for the rows in whole blocks of 16 (amx.h). */
+/* amx: 0, or AMX_HW / AMX_EMU for the rows amx_rows gives it (amx.h). */
 VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
                                int t1, int accumulate, const float *bias, int amx)
 {
@@ -1040,7 +1076,7 @@ VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act 
         for (int m; amx && (m = amx_rows(R - r)); r += m)
             amx_i8_rows(amx, m, tp, p->groups, p->unscale, a->q + r * G * PK_GROUP, G * PK_GROUP,
                         a->sum + r * G, a->scale + r * G, G, out + (size_t)r * ldo + c0, ldo, n, accumulate,
-                        b);
+                        b, R <= m);
         i8_rows_vnni(p, tp, a, r, R, out + c0, ldo, n, accumulate, b);
     }
 }
@@ -1083,14 +1119,15 @@ BF16DP static void bf16_rows_dp(const unsigned char *tp, int P, const uint32_t *
     }
 }
 
-/* R rows of bf16 pairs by one bf16 tile: whole blocks of 16 rows on AMX
- * tiles where amx (AMX_HW / AMX_EMU), the rest by vdpbf16ps. */
+/* R rows of bf16 pairs by one bf16 tile: on AMX tiles where amx (AMX_HW /
+ * AMX_EMU) as amx_rows gives them, the rest by vdpbf16ps. */
 BF16DP static void bf16_rows(const unsigned char *tp, int P, const uint32_t *x, size_t ldx, int R,
                              float *out, int ldo, int n, int accumulate, const float *bias, int amx)
 {
     int r = 0;
     for (int m; amx && (m = amx_rows(R - r)); r += m)
-        amx_bf16_rows(amx, m, tp, P, x + (size_t)r * ldx, ldx, out + (size_t)r * ldo, ldo, n, accumulate, bias);
+        amx_bf16_rows(amx, m, tp, P, x + (size_t)r * ldx, ldx, out + (size_t)r * ldo, ldo, n, accumulate, bias,
+                      R <= m);
     if (r < R)
         bf16_rows_dp(tp, P, x + (size_t)r * ldx, ldx, R - r, out + (size_t)r * ldo, ldo, n, accumulate, bias);
 }
@@ -1584,7 +1621,7 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
         break;
     default: {
 #if defined(__x86_64__)
-        int amx = R >= AMX_ROWS ? pk_amx() : 0;
+        int amx = R > MV_MAX_ROWS ? pk_amx() : 0; /* prompts */
         if (pk_vnni() || amx) {
             i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate, bias, amx);
             fused = 1;

@@ -590,7 +590,7 @@ static void test_amx_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
     enum { RM = 51 };
-    int rows_list[] = {16, 19, 32, 35, 48, RM}; /* 16- and 32-row calls, and the rest */
+    int rows_list[] = {16, 9, 13, 19, 20, 32, 35, 48, RM}; /* 16- and 32-row calls, and partial ones */
     float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * RM * K);
     float *ref = malloc(sizeof(float) * RM * N), *got = malloc(sizeof(float) * RM * N);
     float *emu = malloc(sizeof(float) * RM * N);

@@ -50,9 +50,6 @@ typedef uint32_t v16w __attribute__((vector_size(64)));
 #define RB_F 4 /* rows per pass, float kernels: 16 sums + 4 weights in registers */
 #define RB_Q 3 /* int8: 12 fp32 sums + 12 int32 sums + 4 weights */
 #define RB_D 6 /* bf16 activations: 24 sums + 4 weights + 1 input pair */
-#ifndef AMX_REST
-#define AMX_REST 1 /* the fewest rows an AMX call takes (amx_rows) */
-#endif
 
 int pk_force_generic;
 int pk_amx_off;
@@ -309,15 +306,6 @@ static void weights_bf16(const float *w, int K, uint16_t *d)
     if (K & 1) d[K] = 0;
 }
 
-#ifndef PACK_AHEAD
-#define PACK_AHEAD 4
-#endif
-
-static void prefetch_row(const float *r, int K)
-{
-    for (size_t o = 0; o < (size_t)K * sizeof *r; o += 64) __builtin_prefetch((const char *)r + o, 0, 3);
-}
-
 void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, int fmt, float *scratch)
 {
     shape(p, K, n, fmt);
@@ -327,18 +315,12 @@ void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, in
     /* a tile is its columns' words transposed: fp32 values, or bf16 pairs
      * (inputs 2i low, 2i + 1 high, zero past an odd K) as 32-bit words */
     int W = fmt == PK_F32 ? K : (K + 1) / 2;
-    /* The rows are scattered (a screen's candidates over the head): each
-     * started cold, and converting them waited on memory. Every row is
-     * fetched whole PACK_AHEAD rows before it is read. */
-    for (int c = 0; PACK_AHEAD && c < n && c < PACK_AHEAD; c++) prefetch_row(rows[c], K);
     for (int t = 0; t < p->tiles; t++) {
         unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int cols = n - t * PK_TILE < PK_TILE ? n - t * PK_TILE : PK_TILE;
         if (cols < PK_TILE) memset(tp, 0, p->tile_bytes); /* the missing columns are zero */
         for (int c = 0; c < cols; c++) {
-            size_t i_row = (size_t)t * PK_TILE + c;
-            const float *r = rows[i_row];
-            if (PACK_AHEAD && i_row + PACK_AHEAD < (size_t)n) prefetch_row(rows[i_row + PACK_AHEAD], K);
+            const float *r = rows[(size_t)t * PK_TILE + c];
             if (fmt == PK_F32) {
                 memcpy(scratch + (size_t)c * W, r, (size_t)K * sizeof(float));
                 continue;
@@ -1056,12 +1038,14 @@ VNNI static void i8_rows_vnni(const pmat *p, const unsigned char *tp, const pk_a
     }
 }
 
-/* Rows the next AMX call takes of the R left (amx.h): up to 32, or up to
- * 16, or none where fewer than AMX_REST are left. */
+/* Rows the next AMX call takes of the R left (amx.h): up to 32, or 16
+ * without amx_pair_rows. A 20-row bf16 prompt after 627 cached tokens went
+ * from 20.5-21.5 to 16.0 ms when its last 4 rows left vdpbf16ps for a call
+ * of 20 (with its weights fetched ahead, amx.c). */
 static int amx_rows(int R)
 {
     int most = amx_pair_rows ? 2 * AMX_ROWS : AMX_ROWS;
-    return R >= most ? most : R >= AMX_REST ? R : 0;
+    return R < most ? R : most;
 }
 
 /* amx: 0, or AMX_HW / AMX_EMU for the rows amx_rows gives it (amx.h). */

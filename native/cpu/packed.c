@@ -306,6 +306,18 @@ static void weights_bf16(const float *w, int K, uint16_t *d)
     if (K & 1) d[K] = 0;
 }
 
+/* pk_pack_rows' rows are scattered (a screen's candidates over the head),
+ * each a new stream to the prefetchers: a row is fetched into L2 whole
+ * PACK_AHEAD rows before it is read. 64 rows of 768 floats, alone on one
+ * core of a 2-core Xeon: 44 -> 31 us (1 to 8 rows ahead alike; into L1,
+ * 33-34). */
+#define PACK_AHEAD 4
+
+static void fetch_row(const float *r, int K)
+{
+    for (size_t o = 0; o < (size_t)K * sizeof *r; o += 64) __builtin_prefetch((const char *)r + o, 0, 1);
+}
+
 void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, int fmt, float *scratch)
 {
     shape(p, K, n, fmt);
@@ -321,6 +333,7 @@ void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, in
         if (cols < PK_TILE) memset(tp, 0, p->tile_bytes); /* the missing columns are zero */
         for (int c = 0; c < cols; c++) {
             const float *r = rows[(size_t)t * PK_TILE + c];
+            if (t * PK_TILE + c + PACK_AHEAD < n) fetch_row(rows[t * PK_TILE + c + PACK_AHEAD], K);
             if (fmt == PK_F32) {
                 memcpy(scratch + (size_t)c * W, r, (size_t)K * sizeof(float));
                 continue;

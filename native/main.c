@@ -63,9 +63,10 @@ static const char *const USAGE =
     "  --gpu-mem-mb N     cap the GPU memory the helper allocates\n" \
     "  --cpu-dtype T      fp32 | bf16 | int8: matrices the CPU path streams (default fp32)\n" \
     "  --cpu-kv T         auto | fp32 | fp16 | int8: keys and values the CPU path keeps\n" \
-    "                     (int8: one scale per position and head; default auto: fp16\n" \
-    "                     with bf16 or int8 where the CPU converts it in hardware,\n" \
-    "                     else fp32)\n"
+    "                     (int8: one scale per position and head; default auto: int8\n" \
+    "                     with int8 weights where AVX-512 or AVX2 reads it in place,\n" \
+    "                     else fp16 with bf16 or int8 where the CPU converts it in\n" \
+    "                     hardware, else fp32)\n"
 
 static const char *const COMPLETE_HELP =
     "usage: gpt2 complete --model DIR (--prompt TEXT | --tokens IDS) [options]\n"

@@ -208,11 +208,18 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     /* for the bench, GPT2_CPU_PULL=0: threads that end a decode product early just wait */
     const char *pull = getenv("GPT2_CPU_PULL");
     f->pull = !pull || strcmp(pull, "0");
+    /* for tests and the bench: the AVX2 kernels (of products, attention and
+     * conversions), or the portable loops, as on a CPU with no more */
+    const char *isa = getenv("GPT2_CPU_ISA");
+    pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
+    if (isa) mv_half_path = pk_force_generic == 1 ? 2 : pk_force_generic == 2 ? 1 : 0;
     /* auto: int8 weights keep int8 keys and values where decode attention
-     * reads them in place (a third less attention time at 640 positions,
-     * typing p50 8-16 ms lower, measured; 7% more to int8's mean KL against
-     * fp32), bf16 and int8 otherwise fp16 ones where the CPU converts half
-     * floats in hardware */
+     * reads them in place (AVX-512: a third less attention time at 640
+     * positions, typing p50 8-16 ms lower; AVX2 kernels, on an AVX-512
+     * Xeon: p50 254-266 against 271-274 ms, a keystroke's prefill 25-27
+     * against 41 ms; measured; 7% more to int8's mean KL against fp32),
+     * bf16 and int8 otherwise fp16 ones where the CPU converts half floats
+     * in hardware */
     if (kv == FWD_KV_AUTO)
         kv = fmt == FWD_INT8 && mv_i8_fast(m->cfg.n_embd / m->cfg.n_head) ? FWD_KV_INT8
              : fmt != FWD_FP32 && mv_half_fast()                          ? FWD_KV_FP16
@@ -221,8 +228,7 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     /* for tests, GPT2_CPU_FUSE=0: a prompt's qkv product as a pass of its own */
     const char *fuse = getenv("GPT2_CPU_FUSE");
     f->fuse_qkv = !fuse || strcmp(fuse, "0");
-    const char *isa = getenv("GPT2_CPU_ISA"); /* for tests: the AVX2 kernels, or the portable loops */
-    pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
+
     /* for tests and the bench, GPT2_CPU_AMX=0: prompts on AVX-512 where the CPU has AMX */
     const char *amx = getenv("GPT2_CPU_AMX");
     pk_amx_off = amx && !strcmp(amx, "0");

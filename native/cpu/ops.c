@@ -207,7 +207,9 @@ int mv_half_path;
 int mv_i8_fast(int hd)
 {
 #if defined(__x86_64__)
-    return hd == 64 && __builtin_cpu_supports("avx512f");
+    if (hd != 64 || mv_half_path == 2) return 0;
+    if (__builtin_cpu_supports("avx512f") && !mv_half_path) return 1;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
     (void)hd;
     return 0;
@@ -657,10 +659,13 @@ AVX512F static void attend64_avx512(const mv_attn *a)
 #if defined(__x86_64__)
 #define AVX2F __attribute__((target("avx2,fma,f16c")))
 
-/* 8 floats of a key or value: widened from half floats (F16C), or loaded. */
-AVX2F AI __m256 load8(const void *base, size_t i, const int half)
+/* 8 elements of a key or value as floats: widened from half floats (F16C)
+ * or int8 (unscaled), or loaded. */
+AVX2F AI __m256 load8(const void *base, size_t i, const int elt)
 {
-    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+    if (elt == MV_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+    if (elt == MV_I8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)base + i))));
     return _mm256_loadu_ps((const float *)base + i);
 }
 
@@ -673,10 +678,11 @@ AVX2F AI __m256 hsum8x8(const __m256 *t)
 }
 
 /* One query row of a 64-float head against n keys ld elements apart:
- * scale * q.k into s, 8 keys at a time (8 sums and a slice of the query in
- * registers; the keys stay where they are, widened as read). */
-AVX2F AI void scores64_avx2(const float *q, const void *k, size_t ld, int n, float scale, float *s,
-                            const int half)
+ * scale * q.k (int8: times the keys' scales ks) into s, 8 keys at a time (8
+ * sums and a slice of the query in registers; the keys stay where they
+ * are, widened as read). */
+AVX2F AI void scores64_avx2(const float *q, const void *k, const float *ks, size_t ld, int n, float scale,
+                            float *s, const int elt)
 {
     int p = 0;
     for (; p + 8 <= n; p += 8) {
@@ -684,26 +690,30 @@ AVX2F AI void scores64_avx2(const float *q, const void *k, size_t ld, int n, flo
         for (int j = 0; j < 8; j++) t[j] = _mm256_setzero_ps();
         for (int u = 0; u < 8; u++) {
             __m256 qv = _mm256_loadu_ps(q + 8 * u);
-            for (int j = 0; j < 8; j++) t[j] = _mm256_fmadd_ps(load8(k, (size_t)(p + j) * ld + 8 * u, half), qv, t[j]);
+            for (int j = 0; j < 8; j++) t[j] = _mm256_fmadd_ps(load8(k, (size_t)(p + j) * ld + 8 * u, elt), qv, t[j]);
         }
-        _mm256_storeu_ps(s + p, _mm256_mul_ps(hsum8x8(t), _mm256_set1_ps(scale)));
+        __m256 f = _mm256_set1_ps(scale);
+        if (elt == MV_I8) f = _mm256_mul_ps(_mm256_loadu_ps(ks + p), f);
+        _mm256_storeu_ps(s + p, _mm256_mul_ps(hsum8x8(t), f));
     }
     for (; p < n; p++) {
         __m256 t = _mm256_setzero_ps();
         for (int u = 0; u < 8; u++)
-            t = _mm256_fmadd_ps(load8(k, (size_t)p * ld + 8 * u, half), _mm256_loadu_ps(q + 8 * u), t);
+            t = _mm256_fmadd_ps(load8(k, (size_t)p * ld + 8 * u, elt), _mm256_loadu_ps(q + 8 * u), t);
         __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
         h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        s[p] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale;
+        s[p] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * (elt == MV_I8 ? ks[p] * scale : scale);
     }
 }
 
-/* o += s[p] * v_p over n values ld elements apart (o: 8 vectors). */
-AVX2F AI void values64_avx2(__m256 *o, const float *s, const void *v, size_t ld, int n, const int half)
+/* o += s[p] * v_p (int8: times the values' scales vs) over n values ld
+ * elements apart (o: 8 vectors). */
+AVX2F AI void values64_avx2(__m256 *o, const float *s, const void *v, const float *vs, size_t ld, int n,
+                            const int elt)
 {
     for (int p = 0; p < n; p++) {
-        __m256 w = _mm256_broadcast_ss(s + p);
-        for (int u = 0; u < 8; u++) o[u] = _mm256_fmadd_ps(w, load8(v, (size_t)p * ld + 8 * u, half), o[u]);
+        __m256 w = _mm256_set1_ps(elt == MV_I8 ? s[p] * vs[p] : s[p]);
+        for (int u = 0; u < 8; u++) o[u] = _mm256_fmadd_ps(w, load8(v, (size_t)p * ld + 8 * u, elt), o[u]);
     }
 }
 
@@ -712,26 +722,27 @@ AVX2F AI void values64_avx2(__m256 *o, const float *s, const void *v, size_t ld,
  * (attend_rows keeps R x 64 floats of queries and sums there, which spilled
  * on every key: 15% of an int8 decode step at 3 rows, measured on Zen 3).
  * The shared context is read once per row, from L1 or L2 after the first. */
-AVX2F AI void attend64_avx2_rows(const mv_attn *a, const int half)
+AVX2F AI void attend64_avx2_rows(const mv_attn *a, const int elt)
 {
     for (int r = 0; r < a->R; r++) {
         int n0 = a->n0, n = n0 + a->n1[r];
         float *s = a->s;
-        scores64_avx2(a->q[r], a->k0, a->ld, n0, a->scale, s, half);
-        scores64_avx2(a->q[r], a->k1[r], a->ld, a->n1[r], a->scale, s + n0, half);
+        scores64_avx2(a->q[r], a->k0, a->ks0, a->ld, n0, a->scale, s, elt);
+        scores64_avx2(a->q[r], a->k1[r], a->ks1[r], a->ld, a->n1[r], a->scale, s + n0, elt);
         mv_softmax(s, n);
         __m256 o[8];
         for (int u = 0; u < 8; u++) o[u] = _mm256_setzero_ps();
-        values64_avx2(o, s, a->v0, a->ld, n0, half);
-        values64_avx2(o, s + n0, a->v1[r], a->ld, a->n1[r], half);
+        values64_avx2(o, s, a->v0, a->vs0, a->ld, n0, elt);
+        values64_avx2(o, s + n0, a->v1[r], a->vs1[r], a->ld, a->n1[r], elt);
         for (int u = 0; u < 8; u++) _mm256_storeu_ps(a->out[r] + 8 * u, o[u]);
     }
 }
 
 AVX2F static void attend64_avx2(const mv_attn *a)
 {
-    if (a->elt == MV_F16) attend64_avx2_rows(a, 1);
-    else attend64_avx2_rows(a, 0);
+    if (a->elt == MV_F16) attend64_avx2_rows(a, MV_F16);
+    else if (a->elt == MV_I8) attend64_avx2_rows(a, MV_I8);
+    else attend64_avx2_rows(a, MV_F32);
 }
 #endif
 
@@ -806,7 +817,7 @@ void mv_attend(const mv_attn *a)
     if (avx2 < 0)
         avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     /* mv_half_path 1 (the unit test) takes this path on AVX-512 CPUs too */
-    if (a->hd == 64 && a->elt != MV_I8 && avx2 && (!avx512 || mv_half_path == 1) && mv_half_path != 2) {
+    if (a->hd == 64 && avx2 && (!avx512 || mv_half_path == 1) && mv_half_path != 2) {
         attend64_avx2(a);
         return;
     }

@@ -71,8 +71,9 @@ void mv_to_i8(int8_t *dst, float *scale, const float *src, int n);
 void mv_from_i8(float *dst, const int8_t *src, const float *scales, int n, int hd);
 
 /* Whether decode attention reads int8 keys and values of hd-element heads
- * in place here (AVX-512, 64-element heads); elsewhere they are widened
- * through scratch, correct but slower than half floats. */
+ * in place here (AVX-512 or AVX2 with FMA and F16C, 64-element heads);
+ * elsewhere they are widened through scratch, correct but slower than half
+ * floats. */
 int mv_i8_fast(int hd);
 
 /* Keys k (n positions of hd elements of type elt; int8 ones times their
@@ -81,8 +82,8 @@ int mv_i8_fast(int hd);
  * AVX-512 (hd a multiple of 16), widened as read. */
 void mv_keys_t(float *t, size_t ld, const void *k, const float *ks, int elt, int n, int hd);
 
-/* For the unit test: 0 the fastest conversion here, 1 no wider than F16C
- * (AVX2), 2 the portable loops. */
+/* For the unit test (and GPT2_CPU_ISA): 0 the fastest kernels here, 1 no
+ * wider than AVX2 and F16C, 2 the portable loops. */
 extern int mv_half_path;
 
 /* out[0..C) = (x - mean) / sqrt(var + eps) * w + b over x[0..C): sums in

@@ -228,7 +228,6 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     /* for tests, GPT2_CPU_FUSE=0: a prompt's qkv product as a pass of its own */
     const char *fuse = getenv("GPT2_CPU_FUSE");
     f->fuse_qkv = !fuse || strcmp(fuse, "0");
-
     /* for tests and the bench, GPT2_CPU_AMX=0: prompts on AVX-512 where the CPU has AMX */
     const char *amx = getenv("GPT2_CPU_AMX");
     pk_amx_off = amx && !strcmp(amx, "0");

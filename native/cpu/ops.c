@@ -204,17 +204,28 @@ int mv_half_fast(void)
 
 int mv_half_path;
 
-int mv_i8_fast(int hd)
+/* The kernel mv_attend takes for caches of elt and hd-element heads:
+ * ATT_AVX512 or ATT_AVX2 (both read half and int8 elements in place, 64
+ * only), else ATT_LOOPS (widened through scratch). mv_half_path 1 (the
+ * unit test, GPT2_CPU_ISA=avx2) takes the AVX2 kernel on AVX-512 CPUs too. */
+enum { ATT_LOOPS, ATT_AVX2, ATT_AVX512 };
+static int attend_path(int elt, int hd)
 {
 #if defined(__x86_64__)
-    if (hd != 64 || mv_half_path == 2) return 0;
-    if (__builtin_cpu_supports("avx512f") && !mv_half_path) return 1;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    static int avx512 = -1, avx2 = -1;
+    if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
+    if (avx2 < 0)
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (hd != 64 || mv_half_path == 2) return ATT_LOOPS;
+    if (elt != MV_F32 && avx512 && !mv_half_path) return ATT_AVX512;
+    if (avx2 && (!avx512 || mv_half_path == 1)) return ATT_AVX2;
 #else
-    (void)hd;
-    return 0;
+    (void)elt, (void)hd;
 #endif
+    return ATT_LOOPS;
 }
+
+int mv_i8_fast(int hd) { return attend_path(MV_I8, hd) != ATT_LOOPS; }
 
 void mv_to_half(uint16_t *dst, const float *src, size_t n)
 {
@@ -807,19 +818,9 @@ CLONES
 void mv_attend(const mv_attn *a)
 {
 #if defined(__x86_64__)
-    static int avx512 = -1;
-    if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
-    if (a->elt != MV_F32 && a->hd == 64 && avx512 && !mv_half_path) {
-        attend64_avx512(a);
-        return;
-    }
-    static int avx2 = -1;
-    if (avx2 < 0)
-        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    /* mv_half_path 1 (the unit test) takes this path on AVX-512 CPUs too */
-    if (a->hd == 64 && avx2 && (!avx512 || mv_half_path == 1) && mv_half_path != 2) {
-        attend64_avx2(a);
-        return;
+    switch (attend_path(a->elt, a->hd)) {
+    case ATT_AVX512: attend64_avx512(a); return;
+    case ATT_AVX2: attend64_avx2(a); return;
     }
 #endif
     switch (a->hd) { /* GPT-2's sizes all have 64-float heads */

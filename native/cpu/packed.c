@@ -597,7 +597,7 @@ void pk_act_quantize(pk_act *a, int fmt, const float *x, int r0, int r1, int K, 
 {
     int G = (K + PK_GROUP - 1) / PK_GROUP;
     if (fmt == PK_BF16) {
-        for (int r = r0; r < r1; r++) bf16_row(x + (size_t)r * ldx, K, a->bf + (size_t)r * a->cap_pairs * 2);
+        for (int r = r0; r < r1; r++) bf16_row(x + (size_t)r * ldx, K, a->bf + (size_t)r * 2 * ((K + 1) / 2));
         return;
     }
     for (int r = r0; r < r1; r++) {
@@ -632,7 +632,7 @@ pk_act pk_act_rows(const pk_act *a, int K, int r0)
         v.scale += r0 * G;
         v.sum += r0 * G;
     }
-    if (v.bf) v.bf += (size_t)r0 * a->cap_pairs * 2;
+    if (v.bf) v.bf += (size_t)r0 * 2 * ((K + 1) / 2);
     v.cap_rows -= r0;
     return v;
 }
@@ -1136,7 +1136,7 @@ BF16DP static void bf16_tiles_dp(const pmat *p, float *out, int ldo, const pk_ac
     for (int t = t0; t < t1; t++) {
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
         bf16_rows(p->data + (size_t)t * p->tile_bytes, (p->K + 1) / 2, (const uint32_t *)a->bf,
-                  a->cap_pairs, R, out + c0, ldo, n, accumulate, bias ? bias + c0 : NULL, amx);
+                  (p->K + 1) / 2, R, out + c0, ldo, n, accumulate, bias ? bias + c0 : NULL, amx);
     }
 }
 

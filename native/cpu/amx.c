@@ -1,9 +1,11 @@
 /* amx.c - see amx.h.
  *
  * Every call configures the eight tiles (64 bytes a row; 16 rows, but for
- * the activations and sums of a last block of fewer rows) and gives them
- * back at its end (tilerelease), so no thread keeps AMX state between
- * products. A step is one int8 group or 16 bf16 pairs.
+ * the activations and sums of a last block of fewer rows), unless an
+ * AMX_HOLD call left them so, and gives them back at its end (tilerelease)
+ * unless it is an AMX_HOLD call itself, whose caller gives them back with
+ * amx_release: no thread keeps AMX state between products. A step is one
+ * int8 group or 16 bf16 pairs.
  *   16 rows (1 x 4):  tmm0, tmm1 the activations, alternating from one step
  *                     to the next; tmm2, tmm3 the weights of 16 columns,
  *                     alternating; tmm4-7 the sums of columns 0-15, 16-31,
@@ -135,7 +137,7 @@ static void emu_dpbf16ps(int c, int a, int b)
 #define T_DPBF16(c, a, b) EITHER(_tile_dpbf16ps(c, a, b), emu_dpbf16ps(c, a, b))
 #define T_ZERO_SUMS() do { T_ZERO(4); T_ZERO(5); T_ZERO(6); T_ZERO(7); } while (0)
 
-/* A call that streams its tile from memory (stream: no other call reads
+/* A call that streams its tile from memory (AMX_STREAM: no other call reads
  * it) fetches each step's weights (n bytes at w) PF_AHEAD bytes before it
  * needs them, toward L2, as the decode kernels do. A 20-row bf16 prompt
  * after 627 cached tokens: 17.5-18.2 -> 15.6-16.0 ms (4 KB ahead measured
@@ -169,26 +171,43 @@ static void emu_dpbf16ps(int c, int a, int b)
         else STEP(DP, 0, x, sx, w);                                                                \
     } while (0)
 
+/* The configuration this thread's tiles hold (M << 8 | the last block's
+ * rows), 0 when released. */
+static __thread unsigned held;
+
 /* m of M rows (M - 16 < m <= M): the activations' and sums' tiles of the
  * last block of 16 rows get the rows it has (m - M + 16), so that a call
- * reads and writes no row past m, and multiplies no more. */
+ * reads and writes no row past m, and multiplies no more. Tiles already so
+ * configured (held since an AMX_HOLD call) are not configured again. */
 AMX_T AI void begin(int hw, const int M, int m)
 {
+    int last = m - (M - 16);
+    if (hw && held == ((unsigned)M << 8 | (unsigned)last)) return;
     tile_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-    int last = m - (M - 16);
     if (M == 16) cfg.rows[0] = cfg.rows[1] = cfg.rows[4] = cfg.rows[5] = cfg.rows[6] = cfg.rows[7] = last;
     else cfg.rows[1] = cfg.rows[6] = cfg.rows[7] = last;
-    if (hw) _tile_loadconfig(&cfg);
-    else
+    if (hw) {
+        _tile_loadconfig(&cfg);
+        held = (unsigned)M << 8 | (unsigned)last;
+    } else
         for (int t = 0; t < 8; t++) emu_rows[t] = cfg.rows[t];
 }
 
-AMX_T AI void end(int hw)
+AMX_T AI void end(int hw, int flags)
 {
-    if (hw) _tile_release();
+    if (hw && !(flags & AMX_HOLD)) {
+        _tile_release();
+        held = 0;
+    }
+}
+
+AMX_T void amx_release(void)
+{
+    if (held) _tile_release();
+    held = 0;
 }
 
 /* The sums of M = 16 rows (tmm4-7: 16 columns each) or of M = 32 rows by
@@ -249,7 +268,7 @@ AMX_T AI void put(const int M, const float (*acc)[PK_TILE], float *out, int ldo,
  * tiles of sums); M = 32: 2 x 2, each loaded tile serving 2 multiplies. */
 AMX_T AI void i8_body(int hw, const int M, int m, const unsigned char *tp, int G, float unscale, const int8_t *q,
                       size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                      int n, int accumulate, const float *bias, int stream)
+                      int n, int accumulate, const float *bias, int flags)
 {
     float acc[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
     int32_t cs[2 * AMX_ROWS][PK_TILE] __attribute__((aligned(64)));
@@ -258,7 +277,7 @@ AMX_T AI void i8_body(int hw, const int M, int m, const unsigned char *tp, int G
     for (int g = 0; g < G; g++) {
         const unsigned char *gp = tp + (size_t)g * PK_GROUP_BYTES;
         const int8_t *qg = q + (size_t)g * PK_GROUP;
-        PF_STEP(stream, gp, PK_GROUP_BYTES);
+        PF_STEP(flags & AMX_STREAM, gp, PK_GROUP_BYTES);
         if (M == 16) {
             T_ZERO_SUMS();
             STEP_ALT(T_DPBSUD, g, qg, ldq, gp);
@@ -288,23 +307,23 @@ AMX_T AI void i8_body(int hw, const int M, int m, const unsigned char *tp, int G
             }
         }
     }
-    end(hw);
+    end(hw, flags);
     put(m, acc, out, ldo, n, accumulate, bias);
 }
 
 AMX_T void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                        size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                       int n, int accumulate, const float *bias, int stream)
+                       int n, int accumulate, const float *bias, int flags)
 {
     if (mode == AMX_HW && M > 16)
-        i8_body(1, 32, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, stream);
-    else if (mode == AMX_HW) i8_body(1, 16, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, stream);
-    else if (M > 16) i8_body(0, 32, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, stream);
-    else i8_body(0, 16, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, stream);
+        i8_body(1, 32, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, flags);
+    else if (mode == AMX_HW) i8_body(1, 16, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, flags);
+    else if (M > 16) i8_body(0, 32, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, flags);
+    else i8_body(0, 16, M, tp, G, unscale, q, ldq, sum, scale, lds, out, ldo, n, accumulate, bias, flags);
 }
 
 AMX_T AI void bf16_body(int hw, const int M, int m, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                        float *out, int ldo, int n, int accumulate, const float *bias, int stream)
+                        float *out, int ldo, int n, int accumulate, const float *bias, int flags)
 {
     enum { SP = 16 };                             /* pairs a step */
     const size_t step_w = (size_t)SP * PK_TILE * 4; /* weight bytes a step */
@@ -322,7 +341,7 @@ AMX_T AI void bf16_body(int hw, const int M, int m, const unsigned char *tp, int
     if (M == 16) {
         T_ZERO_SUMS();
         for (int s = 0; s < S; s++) {
-            PF_STEP(stream, tp + s * step_w, step_w);
+            PF_STEP(flags & AMX_STREAM, tp + s * step_w, step_w);
             STEP_ALT(T_DPBF16, s, x + (size_t)s * SP, ldx * 4, tp + s * step_w);
         }
         if (rest) STEP_ALT(T_DPBF16, S, xa, sizeof xa[0], wb);
@@ -335,7 +354,7 @@ AMX_T AI void bf16_body(int hw, const int M, int m, const unsigned char *tp, int
                 const uint32_t *xs = s < S ? x + (size_t)s * SP : xa[0];
                 size_t sx = s < S ? ldx * 4 : sizeof xa[0];
                 const unsigned char *w = s < S ? tp + s * step_w : wb;
-                if (!h && s < S) PF_STEP(stream, w, step_w);
+                if (!h && s < S) PF_STEP(flags & AMX_STREAM, w, step_w);
                 T_LOAD(0, xs, sx);
                 T_LOAD(1, (const char *)xs + 16 * sx, sx);
                 if (h) QUAD(T_DPBF16, w, 1);
@@ -345,24 +364,25 @@ AMX_T AI void bf16_body(int hw, const int M, int m, const unsigned char *tp, int
             else STORE_SUMS(32, 0, acc);
         }
     }
-    end(hw);
+    end(hw, flags);
     put(m, acc, out, ldo, n, accumulate, bias);
 }
 
 AMX_T void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                         float *out, int ldo, int n, int accumulate, const float *bias, int stream)
+                         float *out, int ldo, int n, int accumulate, const float *bias, int flags)
 {
-    if (mode == AMX_HW && M > 16) bf16_body(1, 32, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, stream);
-    else if (mode == AMX_HW) bf16_body(1, 16, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, stream);
-    else if (M > 16) bf16_body(0, 32, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, stream);
-    else bf16_body(0, 16, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, stream);
+    if (mode == AMX_HW && M > 16) bf16_body(1, 32, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, flags);
+    else if (mode == AMX_HW) bf16_body(1, 16, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, flags);
+    else if (M > 16) bf16_body(0, 32, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, flags);
+    else bf16_body(0, 16, M, tp, P, x, ldx, out, ldo, n, accumulate, bias, flags);
 }
 
 #else
 int amx_usable(void) { return 0; }
 void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                  size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                 int n, int accumulate, const float *bias, int stream) { abort(); }
+                 int n, int accumulate, const float *bias, int flags) { abort(); }
 void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                   float *out, int ldo, int n, int accumulate, const float *bias, int stream) { abort(); }
+                   float *out, int ldo, int n, int accumulate, const float *bias, int flags) { abort(); }
+void amx_release(void) {}
 #endif

@@ -33,25 +33,35 @@ enum { AMX_HW = 1, AMX_EMU = 2 };
  * kernel (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16+); asked once. */
 int amx_usable(void);
 
-/* M = 1..32 rows a call (amx_pair_rows below). */
+/* M = 1..32 rows a call (amx_pair_rows below). flags:
+ *   AMX_STREAM  no other call reads tile tp (the caller's rows fit one
+ *               call): the call fetches its weights ahead from memory;
+ *   AMX_HOLD    the tiles stay configured after the call, for the caller's
+ *               next ones, until amx_release(): configuring and releasing
+ *               them around each 32-row call of a 512-row prompt took 11% of
+ *               the products' time (one thread, K = 768). */
+enum { AMX_STREAM = 1, AMX_HOLD = 2 };
 
 /* out (M rows, ldo)[0..n) (+)= the M rows' int8 activations (q: row r's
  * group g at q + r * ldq + g * PK_GROUP; sum and scale: row r's group g at
  * [r * lds + g]) times the int8 tile tp of G groups, then + bias[0..n)
- * where bias is given. stream: no other call reads tile tp (the caller's
- * rows fit one call), so the call fetches its weights ahead from memory. */
+ * where bias is given. */
 void amx_i8_rows(int mode, int M, const unsigned char *tp, int G, float unscale, const int8_t *q,
                  size_t ldq, const int32_t *sum, const float *scale, size_t lds, float *out, int ldo,
-                 int n, int accumulate, const float *bias, int stream);
+                 int n, int accumulate, const float *bias, int flags);
 
 /* out (M rows, ldo)[0..n) (+)= M rows of P bf16 pairs (ldx words apart)
  * times the bf16 tile tp (P pairs of inputs), then + bias as above. */
 void amx_bf16_rows(int mode, int M, const unsigned char *tp, int P, const uint32_t *x, size_t ldx,
-                   float *out, int ldo, int n, int accumulate, const float *bias, int stream);
+                   float *out, int ldo, int n, int accumulate, const float *bias, int flags);
 
 /* Whether callers give up to 32 rows a call where they have more than 16
  * (2 x 2 tiles of sums), else up to 16 (1 x 4); 1 by default, 0 for the
  * bench's comparison. */
 extern int amx_pair_rows;
+
+/* Gives back this thread's tiles if an AMX_HOLD call left them configured
+ * (else nothing), so that the thread holds no AMX state between products. */
+void amx_release(void);
 
 #endif

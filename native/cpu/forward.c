@@ -418,6 +418,8 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
                                    o + c0, j->O, c1 - c0, j->accumulate, j->bias ? j->bias + c0 : NULL);
                 } else {
                     pk_act rows = pk_act_rows(j->q, j->I, r0);
+                    rows.warm = r0 > 0;
+                    rows.hold = 1; /* given back below */
                     pk_matmul(j->w, o, j->O, j->x + (size_t)r0 * j->I, j->I, &rows, r1 - r0, t, te,
                               j->accumulate, j->bias);
                 }
@@ -434,6 +436,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
         }
         finish_cols(j, 0, j->R, c0, c1, packed);
     }
+    amx_release();
 }
 
 static void gemm_task(void *arg, int task, int thread)

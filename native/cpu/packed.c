@@ -1061,6 +1061,14 @@ static int amx_rows(int R)
     return R < most ? R : most;
 }
 
+/* The flags of an AMX call of m of R rows (amx.h) for rows a (or none):
+ * streaming where the call has the tile to itself and it is not warm. */
+static int amx_flags(const pk_act *a, int R, int m)
+{
+    int warm = a && a->warm, hold = a && a->hold;
+    return (R <= m && !warm ? AMX_STREAM : 0) | (hold ? AMX_HOLD : 0);
+}
+
 /* amx: 0, or AMX_HW / AMX_EMU for the rows amx_rows gives it (amx.h). */
 VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
                                int t1, int accumulate, const float *bias, int amx)
@@ -1073,7 +1081,7 @@ VNNI static void i8_tiles_vnni(const pmat *p, float *out, int ldo, const pk_act 
         for (int m; amx && (m = amx_rows(R - r)); r += m)
             amx_i8_rows(amx, m, tp, p->groups, p->unscale, a->q + r * G * PK_GROUP, G * PK_GROUP,
                         a->sum + r * G, a->scale + r * G, G, out + (size_t)r * ldo + c0, ldo, n, accumulate,
-                        b, R <= m);
+                        b, amx_flags(a, R, m));
         i8_rows_vnni(p, tp, a, r, R, out + c0, ldo, n, accumulate, b);
     }
 }
@@ -1119,12 +1127,13 @@ BF16DP static void bf16_rows_dp(const unsigned char *tp, int P, const uint32_t *
 /* R rows of bf16 pairs by one bf16 tile: on AMX tiles where amx (AMX_HW /
  * AMX_EMU) as amx_rows gives them, the rest by vdpbf16ps. */
 BF16DP static void bf16_rows(const unsigned char *tp, int P, const uint32_t *x, size_t ldx, int R,
-                             float *out, int ldo, int n, int accumulate, const float *bias, int amx)
+                             float *out, int ldo, int n, int accumulate, const float *bias, int amx,
+                             const pk_act *a)
 {
     int r = 0;
     for (int m; amx && (m = amx_rows(R - r)); r += m)
         amx_bf16_rows(amx, m, tp, P, x + (size_t)r * ldx, ldx, out + (size_t)r * ldo, ldo, n, accumulate, bias,
-                      R <= m);
+                      amx_flags(a, R, m));
     if (r < R)
         bf16_rows_dp(tp, P, x + (size_t)r * ldx, ldx, R - r, out + (size_t)r * ldo, ldo, n, accumulate, bias);
 }
@@ -1136,14 +1145,14 @@ BF16DP static void bf16_tiles_dp(const pmat *p, float *out, int ldo, const pk_ac
     for (int t = t0; t < t1; t++) {
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
         bf16_rows(p->data + (size_t)t * p->tile_bytes, (p->K + 1) / 2, (const uint32_t *)a->bf,
-                  (p->K + 1) / 2, R, out + c0, ldo, n, accumulate, bias ? bias + c0 : NULL, amx);
+                  (p->K + 1) / 2, R, out + c0, ldo, n, accumulate, bias ? bias + c0 : NULL, amx, a);
     }
 }
 
 void pk_bf16_product(const uint32_t *tile, int P, const uint32_t *x, size_t ldx, int R, float *out,
                      int ldo, int n, int accumulate)
 {
-    bf16_rows((const unsigned char *)tile, P, x, ldx, R, out, ldo, n, accumulate, NULL, pk_amx());
+    bf16_rows((const unsigned char *)tile, P, x, ldx, R, out, ldo, n, accumulate, NULL, pk_amx(), NULL);
 }
 
 /* ==== fp32 prompts (AVX-512) ====

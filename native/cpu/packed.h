@@ -63,6 +63,11 @@ float pk_round_up(double x);
  * int8 matrices, rounded to bf16 for bf16 ones (many rows, AVX-512 BF16). */
 typedef struct {
     int cap_rows, cap_groups, cap_pairs;
+    int warm;        /* a view of rows after the first block of a prompt, whose
+                      * tiles the first block's products just read into L2: the
+                      * kernels do not fetch them ahead again */
+    int hold;        /* the caller gives AMX tiles back itself (amx_release)
+                      * after its products: they stay configured between them */
     int8_t *q;       /* int8: (rows, groups * PK_GROUP) */
     float *scale;    /* (rows, groups) */
     int32_t *sum;    /* (rows, groups): sum of q over the group */

@@ -163,8 +163,11 @@ static int kernel_rates(void)
                     for (int t = 0; t < p.tiles; t++)
                         for (int r0 = 0; r0 < R; r0 += CHUNK) {
                             pk_act rows = pk_act_rows(&a, K, r0);
+                            rows.warm = r0 > 0; /* as gemm_tiles */
+                            rows.hold = 1;
                             pk_matmul(&p, out + (size_t)r0 * N, N, NULL, K, &rows, CHUNK, t, t + 1, 0, NULL);
                         }
+                    amx_release();
                     double dt = now_s() - t0;
                     best = dt < best ? dt : best;
                 }

@@ -586,6 +586,25 @@ static void test_bf16_values(int m, int n)
  * int8 bit for bit the portable loops' sums, bf16 within the reference's
  * bounds; emulated tiles everywhere (pk_force_generic 3), the hardware's
  * where the CPU has AMX (and then the two against each other). */
+
+/* out (R rows) += rows of a by p in blocks of 7, 32, 20, 32, ... rows, the
+ * tiles held configured from one call to the next (hold, as gemm_tiles
+ * does), warm after the first block, given back at the end: a held
+ * configuration of fewer rows must not serve a call of more (skipping
+ * that check fails 56 of these). */
+static void held_blocks(const pmat *p, const float *x, int K, const pk_act *a, int R, float *out, int N)
+{
+    static const int sizes[] = {7, 32, 20, 32};
+    for (int r0 = 0, i = 0; r0 < R; i++) {
+        int m = sizes[i % 4] < R - r0 ? sizes[i % 4] : R - r0;
+        pk_act v = pk_act_rows(a, K, r0);
+        v.warm = r0 > 0;
+        v.hold = 1;
+        pk_matmul(p, out + (size_t)r0 * N, N, x + (size_t)r0 * K, K, &v, m, 0, p->tiles, 1, NULL);
+        r0 += m;
+    }
+    amx_release();
+}
 static void test_amx_products(int K, int N, int out_in)
 {
     char err[ERR_MAX];
@@ -628,6 +647,10 @@ static void test_amx_products(int K, int N, int out_in)
             CHECK(!memcmp(ref, got, sizeof(float) * R * N),
                   "int8 K %d N %d rows %d out_in %d: AMX tiles differ from the portable loops", K, N, R, out_in);
             CHECK(bias_matches(&p, x, K, &a, R), "int8 K %d N %d rows %d: the bias changed AMX sums", K, N, R);
+            for (int i = 0; i < R * N; i++) emu[i] = 1.0f;
+            held_blocks(&p, x, K, &a, R, emu, N);
+            CHECK(!memcmp(got, emu, sizeof(float) * R * N),
+                  "int8 K %d N %d rows %d: blocks on held tiles differ from one call", K, N, R);
         }
         pk_free(&p);
         pk_act_free(&a);
@@ -656,6 +679,10 @@ static void test_amx_products(int K, int N, int out_in)
             CHECK(eh < 1e-5, "bf16 K %d N %d rows %d out_in %d: AMX tiles off by %g", K, N, R, out_in, eh);
             CHECK(bias_matches(&p, x, K, &a, R), "bf16 K %d N %d rows %d: the bias changed AMX sums", K, N, R);
             if (d > 0 && ri == 0 && K >= 768) printf("note: bf16 AMX tiles against their emulation: max |diff| %g (K %d)\n", d, K);
+            for (int i = 0; i < R * N; i++) emu[i] = 1.0f;
+            held_blocks(&p, x, K, &a, R, emu, N);
+            CHECK(!memcmp(got, emu, sizeof(float) * R * N),
+                  "bf16 K %d N %d rows %d: blocks on held tiles differ from one call", K, N, R);
         }
         pk_free(&p);
         pk_act_free(&a);

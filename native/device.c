@@ -128,7 +128,7 @@ void device_kv_free(device *d, kv_cache *kv)
         d->api->kv_free(d->gpu, kv->gpu);
         free(kv);
     } else {
-        kv_free(kv);
+        kv_free(d->cpu, kv);
     }
 }
 

@@ -685,6 +685,26 @@ def test_prefix_reuse_is_exact(serve):
     assert h0.ok("status")["memory"]["kv_cache_bytes"] == 0
 
 
+def test_spare_caches_are_exact(serve, big_model):
+    """Without cache slots every request has a private cache, which the CPU
+    path keeps as a spare when it is freed and hands to the next request of
+    up to twice its length, its memory still holding the last one's keys
+    and values: the results must be those of a fresh process."""
+    greedy = dict(temperature=0, n=1, max_tokens=8, stop="none")
+    x, y = words(300), words(200, 1000)   # caches of 1.2-2.4 MB: kept (KV_SPARE_MIN is 1 MB)
+    h = serve(big_model, args=["--cache-slots", "0"])
+    first = h.complete(text=x, **greedy)
+    second = h.complete(text=y, **greedy)
+    again = h.complete(text=x, **greedy)
+    assert first["cached_tokens"] == second["cached_tokens"] == again["cached_tokens"] == 0
+    assert again["suggestions"] == first["suggestions"]
+    longer = h.complete(text=words(700, 500), **greedy)  # more than x's spare holds: a cache of its own
+    h2 = serve(big_model, args=["--cache-slots", "0"])
+    assert second["suggestions"] == h2.complete(text=y, **greedy)["suggestions"]
+    h3 = serve(big_model, args=["--cache-slots", "0"])
+    assert longer["suggestions"] == h3.complete(text=words(700, 500), **greedy)["suggestions"]
+
+
 # ============================================================================= 4. the window
 
 @pytest.mark.parametrize("lines", [False, True], ids=["one-line", "with-newlines"])

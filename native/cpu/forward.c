@@ -20,6 +20,7 @@
 #include <cblas.h>
 #undef I /* OpenBLAS pulls in <complex.h>, whose I would shadow our names */
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,17 @@ void openblas_set_num_threads(int n);
  * then the activation (two whole blocks of AMX rows where those run) */
 static int finish_rows(void) { return pk_amx() ? 2 * AMX_ROWS : 24; }
 #define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
+
+/* Freed caches of KV_SPARE_MIN bytes or more (memory the C library maps
+ * afresh, not a keystroke's few positions) are kept for kv_new, up to KV_SPARES of them and
+ * KV_SPARE_BYTES in all. A fresh cache's first writes fault its pages in,
+ * each 2 MB zeroed by the kernel, on whichever thread writes first, and the
+ * other waits for it: a cold 512-token bf16 prefill on a fresh cache spent
+ * about 10% of its time so. The helper's prefix slots keep their caches;
+ * its private caches (slots all busy) and the bench's are what this saves. */
+#define KV_SPARES 4
+#define KV_SPARE_MIN ((size_t)1 << 20)
+#define KV_SPARE_BYTES ((size_t)192 << 20)
 
 typedef struct screen screen;
 static int screen_new(fwd *f);
@@ -79,6 +91,9 @@ struct fwd {
     pool_span *spans;                       /* (threads): pool_run_then's */
     int pull;                               /* decode: pull the next product's weights */
     atomic_ulong screened, fallback;        /* fwd_topk_stats */
+    pthread_mutex_t spare_mu;               /* guards spare, n_spare */
+    kv_cache *spare[KV_SPARES];             /* freed caches kept for kv_new */
+    int n_spare;
 };
 
 static size_t kv_elt(const kv_cache *kv)
@@ -86,10 +101,39 @@ static size_t kv_elt(const kv_cache *kv)
     return kv->elt == MV_I8 ? 1 : kv->elt == MV_F16 ? sizeof(uint16_t) : sizeof(float);
 }
 
-kv_cache *kv_new(const fwd *f, int cap)
+/* Memory a cache gives back to the system. */
+static void release(kv_cache *kv)
+{
+    if (!kv) return;
+    free(kv->k);
+    free(kv->v);
+    free(kv->ks);
+    free(kv->vs);
+    free(kv);
+}
+
+/* A spare of at least cap positions and at most twice that, the smallest
+ * (taken out of f->spare), or NULL. */
+static kv_cache *take_spare(fwd *f, int cap)
+{
+    pthread_mutex_lock(&f->spare_mu);
+    int best = -1;
+    for (int i = 0; i < f->n_spare; i++) {
+        int c = f->spare[i]->cap;
+        if (c >= cap && c / 2 <= cap && (best < 0 || c < f->spare[best]->cap)) best = i;
+    }
+    kv_cache *kv = best < 0 ? NULL : f->spare[best];
+    if (kv) f->spare[best] = f->spare[--f->n_spare];
+    pthread_mutex_unlock(&f->spare_mu);
+    return kv;
+}
+
+kv_cache *kv_new(fwd *f, int cap)
 {
     const model_cfg *c = &f->m->cfg;
-    kv_cache *kv = xcalloc(1, sizeof *kv);
+    kv_cache *kv = take_spare(f, cap);
+    if (kv) return kv;
+    kv = xcalloc(1, sizeof *kv);
     if (!kv) return NULL;
     kv->elt = f->kv_elt;
     size_t n = (size_t)c->n_layer * cap * c->n_embd, ns = (size_t)c->n_layer * c->n_head * cap;
@@ -100,7 +144,7 @@ kv_cache *kv_new(const fwd *f, int cap)
         kv->vs = xmallocarray(ns, sizeof(float));
     }
     if (!kv->k || !kv->v || (kv->elt == MV_I8 && (!kv->ks || !kv->vs))) {
-        kv_free(kv);
+        release(kv);
         return NULL;
     }
     kv->cap = cap;
@@ -116,14 +160,19 @@ size_t kv_bytes(const kv_cache *kv)
     return 2 * (size_t)kv->n_layer * kv->cap * (kv->n_embd * kv_elt(kv) + scales);
 }
 
-void kv_free(kv_cache *kv)
+void kv_free(fwd *f, kv_cache *kv)
 {
     if (!kv) return;
-    free(kv->k);
-    free(kv->v);
-    free(kv->ks);
-    free(kv->vs);
-    free(kv);
+    if (kv_bytes(kv) >= KV_SPARE_MIN) {
+        pthread_mutex_lock(&f->spare_mu);
+        size_t held = kv_bytes(kv);
+        for (int i = 0; i < f->n_spare; i++) held += kv_bytes(f->spare[i]);
+        int keep = f->n_spare < KV_SPARES && held <= KV_SPARE_BYTES;
+        if (keep) f->spare[f->n_spare++] = kv;
+        pthread_mutex_unlock(&f->spare_mu);
+        if (keep) return;
+    }
+    release(kv);
 }
 
 /* Keys or values of one head of one layer: cap rows of head-size elements,
@@ -200,6 +249,7 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     f->m = m;
     f->pool = p;
     f->fmt = fmt;
+    pthread_mutex_init(&f->spare_mu, NULL);
     if (!(f->spans = xcalloc(pool_size(p), sizeof *f->spans))) {
         fwd_free(f);
         errf(err, "out of memory");
@@ -284,6 +334,8 @@ void fwd_free(fwd *f)
     screen_free(f->scr);
     free(f->arena);
     pk_act_free(&f->act);
+    for (int i = 0; i < f->n_spare; i++) release(f->spare[i]);
+    pthread_mutex_destroy(&f->spare_mu);
     free(f);
 }
 

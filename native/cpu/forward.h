@@ -25,9 +25,14 @@ typedef struct {
     void *gpu;             /* the backend's handle (gpu_kv) when on a GPU */
 } kv_cache;
 
-/* A cache of the element type f's passes use (NULL when out of memory). */
-kv_cache *kv_new(const fwd *f, int cap);
-void kv_free(kv_cache *kv);
+/* A cache of the element type f's passes use, of at least cap positions
+ * (kv->cap may be up to twice that: a spare reused), NULL when out of
+ * memory. Its contents are undefined until written. kv_free keeps a few
+ * large caches as spares for kv_new (KV_SPARES in forward.c): a fresh
+ * cache's pages are zeroed by the kernel and faulted in by whichever
+ * thread writes them first. Either may be called from any thread. */
+kv_cache *kv_new(fwd *f, int cap);
+void kv_free(fwd *f, kv_cache *kv);
 size_t kv_bytes(const kv_cache *kv); /* host bytes of keys and values */
 
 /* One row of input. Its position is len0 + own_at. It attends to ctx0's first

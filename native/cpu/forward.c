@@ -44,12 +44,14 @@ static int finish_rows(void) { return pk_amx() ? 2 * AMX_ROWS : 24; }
 #define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
 
 /* Freed caches of KV_SPARE_MIN bytes or more (memory the C library maps
- * afresh, not a keystroke's few positions) are kept for kv_new, up to KV_SPARES of them and
- * KV_SPARE_BYTES in all. A fresh cache's first writes fault its pages in,
- * each 2 MB zeroed by the kernel, on whichever thread writes first, and the
- * other waits for it: a cold 512-token bf16 prefill on a fresh cache spent
- * about 10% of its time so. The helper's prefix slots keep their caches;
- * its private caches (slots all busy) and the bench's are what this saves. */
+ * afresh, not a keystroke's few positions) are kept for kv_new, up to
+ * KV_SPARES of them and KV_SPARE_BYTES in all. A fresh cache's first
+ * writes fault its pages in, each 2 MB zeroed by the kernel, on whichever
+ * thread writes first, and the other waits for it: a cold 512-token bf16
+ * prefill on a fresh cache spent about 10% of its time so. The helper's
+ * prefix slots keep their caches; its private caches (slots all busy) and
+ * the bench's are what this saves. Spares are not in status's
+ * kv_cache_bytes. */
 #define KV_SPARES 4
 #define KV_SPARE_MIN ((size_t)1 << 20)
 #define KV_SPARE_BYTES ((size_t)192 << 20)

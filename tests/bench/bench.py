@@ -10,7 +10,10 @@ nothing here asserts a time.
    and 512 tokens; then the same steps keeping only the 40 best logits, as
    sampling does (fp32 and bf16 then screen the head with its int8 copy);
    then a prompt's products alone on one thread (bench_cpu --kernels: int8
-   and bf16 activations, on AMX tiles where the CPU has them and without).
+   and bf16 activations, on AMX tiles where the CPU has them and without),
+   as a share of the peak of the multiply-add instruction they use (timed
+   there too), and each format's prefill-512 floor: its layers' products at
+   that peak on every thread (AMX's peak is not timed: no floor there).
 2. End to end through the CLI: a 256-token prompt, n=3 continuations of 24
    new tokens (no stop rule, so every run decodes all 24), process included.
 3. The accuracy of bf16 and int8 against fp32 over every position of a text.
@@ -94,6 +97,37 @@ def kernels(model):
     return out
 
 
+# the instruction each format's prompt products multiply-add with, without AMX
+# (fp32: OpenBLAS sgemm or the AVX-512 panels, both fmas)
+PROMPT_OP = {"fp32": "vfmadd231ps zmm", "bf16": "vdpbf16ps", "int8": "vpdpbusd"}
+
+
+def prefill_floor(k, peaks):
+    """A prompt's floor: its layers' matrix products (the checkpoint's shape,
+    as checkpoint() makes it) at the peak of the instruction they use, on
+    every thread (bench_cpu --kernels times both). Attention and the rest are
+    left out, so the floor is below what any engine could reach."""
+    if not peaks:
+        print("  SKIP prefill floor: bench_cpu timed no multiply-add instruction here")
+        return
+    print("the multiply-add instructions' peaks (12 independent sums in registers), G multiply-adds "
+          "a second, one thread / all: " +
+          ", ".join(f"{n} {x['gmacs']:.1f} / {x['gmacs_all']:.1f} ({x['threads']})" for n, x in peaks.items()))
+    L, C, I = 12, 768, 3072
+    macs = 512 * L * (4 * C * C + 2 * C * I)
+    parts = []
+    for dtype in FORMATS:
+        name = PROMPT_OP[dtype] if dtype != "fp32" or PROMPT_OP[dtype] in peaks else "vfmadd231ps ymm"
+        amx = k[dtype].get("cpu_kernels", "").startswith("amx")
+        if amx or name not in peaks:
+            parts.append(f"{dtype} -- ({'AMX tiles' if amx else 'no ' + name})")
+            continue
+        floor = macs / (peaks[name]["gmacs_all"] * 1e9) * 1e3
+        parts.append(f"{dtype} {floor:.0f} ms ({k[dtype]['prefill512_ms'] / floor:.2f}x)")
+    print(f"  prefill 512's floor, its layers' products ({macs / 1e9:.1f} G multiply-adds) at the "
+          f"all-thread peak, and the measured prefill's ratio to it: " + ", ".join(parts))
+
+
 def cpu_name():
     try:
         for line in open("/proc/cpuinfo"):
@@ -153,10 +187,14 @@ def main():
                                     "and values)" for d in FORMATS))
     print("a prompt's products alone (one thread, 512 rows, 32 a call), G multiply-adds a second:")
     r = subprocess.run([BENCH_CPU, "--kernels"], check=True, capture_output=True, text=True)
-    for line in r.stdout.splitlines():
-        x = json.loads(line)
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    peaks = {x["peak"]: x for x in lines if "peak" in x}
+    for x in (x for x in lines if "kernel" in x):
         how = f"AMX tiles, {x['amx_rows']} rows a call" if x["amx"] else "without AMX"
-        print(f"  {x['kernel']:5s} K {x['K']:4d} x N {x['N']:4d}: {x['gmacs']:6.1f} ({how})")
+        peak = peaks.get(PROMPT_OP[x["kernel"]])
+        share = f", {x['gmacs'] / peak['gmacs'] * 100:.0f}% of {peak['peak']}'s peak" if peak and not x["amx"] else ""
+        print(f"  {x['kernel']:5s} K {x['K']:4d} x N {x['N']:4d}: {x['gmacs']:6.1f} ({how}{share})")
+    prefill_floor(k, peaks)
 
     print(f"`gpt2 complete`: 256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs")
     med = {}

@@ -29,14 +29,23 @@
  * gpt2's two MLP shapes, rows by 32 per tile as the engine takes them),
  * int8 and bf16 activations, on AMX tiles where the CPU has them (32 and
  * 16 rows a call) and on AVX-512 without: multiply-adds a second, one JSON
- * object per line.
+ * object per line; then the peak of each multiply-add instruction the
+ * prompts' products use here (vfmadd231ps on zmm, or on ymm without
+ * AVX-512; vdpbf16ps; vpdpbusd): 12 independent sums in registers, on one
+ * thread and on every thread of a pool at once (the engine's default), so
+ * bench.py can give each product its share of the peak and a prompt its
+ * floor.
  */
 #define _GNU_SOURCE
 #include "../../native/device.h"
 #include "../../native/cpu/amx.h"
 #include "../../native/cpu/packed.h"
+#include "../../native/cpu/pool.h"
 #include "../../native/generate.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,11 +193,124 @@ static int kernel_rates(void)
     return 0;
 }
 
+/* ==== The multiply-add instructions' peaks ====
+ *
+ * Twelve sums, each its own chain (the instructions' latencies are 4-6
+ * cycles; 12 chains cover two pipes), distinct to the compiler (the empty
+ * asm), operands in registers: the rate the instruction retires at, which
+ * no product with loads can pass. */
+#if defined(__x86_64__)
+#define PEAK_ITERS 5000000L
+#define PEAK_LOOP(T, zero, op, sink)                                                                 \
+    do {                                                                                             \
+        T a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero,    \
+          a8 = zero, a9 = zero, a10 = zero, a11 = zero;                                              \
+        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6),  \
+                         "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));                        \
+        for (long n_ = 0; n_ < PEAK_ITERS; n_++) {                                                   \
+            a0 = op(a0), a1 = op(a1), a2 = op(a2), a3 = op(a3), a4 = op(a4), a5 = op(a5);            \
+            a6 = op(a6), a7 = op(a7), a8 = op(a8), a9 = op(a9), a10 = op(a10), a11 = op(a11);        \
+            __asm__ volatile("" : "+v"(a0));                                                         \
+        }                                                                                            \
+        T s_ = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;                          \
+        memcpy(sink, &s_, sizeof(float));                                                            \
+    } while (0)
+
+enum { PEAK_FMA512, PEAK_FMA256, PEAK_BF16, PEAK_VNNI, PEAKS };
+static const struct {
+    const char *name;
+    int macs; /* multiply-adds per instruction */
+} peak_op[PEAKS] = {{"vfmadd231ps zmm", 16}, {"vfmadd231ps ymm", 8}, {"vdpbf16ps", 32}, {"vpdpbusd", 64}};
+
+__attribute__((target("avx512f"))) static void peak_fma512(float *sink)
+{
+    __m512 x = _mm512_set1_ps(0.5f);
+#define OP(a) _mm512_fmadd_ps(a, x, x)
+    PEAK_LOOP(__m512, _mm512_setzero_ps(), OP, sink);
+#undef OP
+}
+
+__attribute__((target("avx2,fma"))) static void peak_fma256(float *sink)
+{
+    __m256 x = _mm256_set1_ps(0.5f);
+#define OP(a) _mm256_fmadd_ps(a, x, x)
+    PEAK_LOOP(__m256, _mm256_setzero_ps(), OP, sink);
+#undef OP
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static void peak_bf16(float *sink)
+{
+    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f003f00); /* 0.5, 0.5 */
+#define OP(a) _mm512_dpbf16_ps(a, x, x)
+    PEAK_LOOP(__m512, _mm512_setzero_ps(), OP, sink);
+#undef OP
+}
+
+__attribute__((target("avx512f,avx512vnni"))) static void peak_vnni(float *sink)
+{
+    __m512i x = _mm512_set1_epi32(0x01010101);
+#define OP(a) _mm512_dpbusd_epi32(a, x, x)
+    PEAK_LOOP(__m512i, _mm512_setzero_si512(), OP, sink);
+#undef OP
+}
+
+static void peak_task(void *arg, int task, int thread)
+{
+    int op = *(const int *)arg;
+    float sink;
+    if (op == PEAK_FMA512) peak_fma512(&sink);
+    else if (op == PEAK_FMA256) peak_fma256(&sink);
+    else if (op == PEAK_BF16) peak_bf16(&sink);
+    else peak_vnni(&sink);
+    volatile float keep = sink;
+    (void)keep;
+}
+
+/* G multiply-adds a second of instruction op on one thread and on every
+ * thread of p at once (one task each), best of 3. */
+static void peak_rate(pool *p, int op, double *one, double *all)
+{
+    double macs = (double)PEAK_ITERS * 12 * peak_op[op].macs;
+    *one = *all = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s();
+        peak_task(&op, 0, 0);
+        double r1 = macs / (now_s() - t0) / 1e9;
+        t0 = now_s();
+        pool_run(p, peak_task, &op, pool_size(p));
+        double rn = macs * pool_size(p) / (now_s() - t0) / 1e9;
+        *one = r1 > *one ? r1 : *one;
+        *all = rn > *all ? rn : *all;
+    }
+}
+
+static int peak_rates(void)
+{
+    __builtin_cpu_init();
+    int has[PEAKS] = {pk_f32_prompts(), !pk_f32_prompts() && __builtin_cpu_supports("avx2") &&
+                                             __builtin_cpu_supports("fma"),
+                      pk_bf16_dp(), pk_vnni()};
+    pool *p = pool_new(pool_cpu_count());
+    if (!p) return fail("out of memory");
+    for (int op = 0; op < PEAKS; op++) {
+        if (!has[op]) continue;
+        double one, all;
+        peak_rate(p, op, &one, &all);
+        printf("{\"peak\": \"%s\", \"threads\": %d, \"gmacs\": %.1f, \"gmacs_all\": %.1f}\n", peak_op[op].name,
+               pool_size(p), one, all);
+    }
+    pool_free(p);
+    return 0;
+}
+#else
+static int peak_rates(void) { return 0; } /* bench.py then prints no floor */
+#endif
+
 #define EXTEND 20 /* tokens of a keystroke's prompt past its cached prefix */
 
 int main(int argc, char **argv)
 {
-    if (argc == 2 && !strcmp(argv[1], "--kernels")) return kernel_rates();
+    if (argc == 2 && !strcmp(argv[1], "--kernels")) return kernel_rates() || peak_rates();
     if (argc < 3) {
         fprintf(stderr, "usage: bench_cpu MODEL_DIR fp32|bf16|int8|gpu-fp16|gpu-bf16 [--context N] "
                 "[--steps N] [--threads N] [--kv fp32|fp16|int8] [--prefill 0]\n");

@@ -3,7 +3,7 @@
  * groups, 1..MV_MAX_ROWS rows), the VNNI int8 path against the portable one
  * (bit for bit), decode attention for every head-size path over float,
  * half-float and int8 caches, half-float and int8 conversion, the
- * vectorised GELU / exponential and layer norm, a prompt's bf16 weighted
+ * vectorised GELU / exponential, softmax and layer norm, a prompt's bf16 weighted
  * values, and the worker pool. Called from test_main.c.
  */
 #define _DEFAULT_SOURCE /* mmap MAP_ANONYMOUS, nanosleep */
@@ -726,6 +726,27 @@ static void test_gelu(void)
     CHECK(worst_exp < 3e-7, "exp off by %g (relative)", worst_exp);
 }
 
+/* mv_softmax against double for lengths around whole vectors (its last n % 16
+ * take one vexp of their own), over scores spread wide enough that some
+ * fall past its clamp at 87 below the largest. */
+static void test_softmax(int n, float spread)
+{
+    float s[301];
+    double x[301], max = -INFINITY, sum = 0, worst = 0, total = 0;
+    for (int i = 0; i < n; i++) x[i] = s[i] = frand() * spread, max = fmax(max, x[i]);
+    for (int i = 0; i < n; i++) x[i] = (float)(x[i] - max); /* the difference as floats hold it */
+    for (int i = 0; i < n; i++) sum += exp(x[i]);
+    mv_softmax(s, n);
+    for (int i = 0; i < n; i++) {
+        double want = exp(x[i]) / sum;
+        total += s[i];
+        if (want > 1e-30) worst = fmax(worst, fabs(s[i] - want) / want);
+        else worst = fmax(worst, s[i] > 1e-30 ? 1 : 0); /* past the clamp: next to nothing */
+    }
+    CHECK(worst < 2e-6 && fabs(total - 1) < 1e-5, "softmax n %d spread %g: rel err %g, sum %.9g", n, spread,
+          worst, total);
+}
+
 static void count_task(void *arg, int task, int thread)
 {
     atomic_fetch_add((atomic_int *)arg + task, 1);
@@ -809,6 +830,11 @@ void kernel_tests(void)
         }
     mv_half_path = 0;
     test_gelu();
+    int sm[] = {1, 2, 15, 16, 17, 31, 33, 100, 301};
+    for (size_t i = 0; i < sizeof sm / sizeof *sm; i++) {
+        test_softmax(sm[i], 3);
+        test_softmax(sm[i], 100);
+    }
     if (pk_bf16_dp()) {
         int ns[] = {1, 2, 63, 64, 65, 301, 512};
         for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)

@@ -190,12 +190,13 @@ def main():
               ", ".join(f"{d} {k[d]['extend20_ms']:.1f} ms" for d in FORMATS))
     print("  kernels: " + ", ".join(f"{d} {k[d].get('cpu_kernels', '?')} ({k[d].get('cpu_kv', '?')} keys "
                                     "and values)" for d in FORMATS))
-    print("a prompt's products alone (one thread, 512 rows, 32 a call), G multiply-adds a second:")
+    print("a prompt's products alone (one thread, 512 rows, a call's rows as the engine's), G multiply-adds a second:")
     r = subprocess.run([BENCH_CPU, "--kernels"], check=True, capture_output=True, text=True)
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     peaks = {x["peak"]: x for x in lines if "peak" in x}
     for x in (x for x in lines if "kernel" in x):
-        how = f"AMX tiles, {x['amx_rows']} rows a call" if x["amx"] else "without AMX"
+        how = (f"AMX tiles, {x['amx_rows']} rows a call" if x["amx"] else
+               f"without AMX, {x['rows_a_call']} rows a call")
         peak = peaks.get(PROMPT_OP[x["kernel"]])
         share = f", {x['gmacs'] / peak['gmacs'] * 100:.0f}% of {peak['peak']}'s peak" if peak and not x["amx"] else ""
         print(f"  {x['kernel']:5s} K {x['K']:4d} x N {x['N']:4d}: {x['gmacs']:6.1f} ({how}{share})")

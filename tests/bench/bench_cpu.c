@@ -26,7 +26,8 @@
  *                  [--prefill 0]   (0: decode only, for a profiler)
  *
  * bench_cpu --kernels: a prompt's products alone on one thread (512 rows,
- * gpt2's two MLP shapes, rows by 32 per tile as the engine takes them),
+ * gpt2's two MLP shapes, rows by 32 (AMX) or 24 per tile as the engine
+ * takes them),
  * int8 and bf16 activations, on AMX tiles where the CPU has them (32 and
  * 16 rows a call) and on AVX-512 without: multiply-adds a second, one JSON
  * object per line; then the peak of each multiply-add instruction the
@@ -145,7 +146,7 @@ static double now_s(void)
 
 static int kernel_rates(void)
 {
-    enum { R = 512, CHUNK = 32 };
+    enum { R = 512 };
     int shapes[][2] = {{768, 3072}, {3072, 768}};
     char err[ERR_MAX];
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
@@ -166,22 +167,26 @@ static int kernel_rates(void)
             for (int pass = 0; pass < 1 + 2 * has_amx; pass++) { /* AMX 32 and 16 rows a call, then without */
                 pk_amx_off = pass == 2 || !has_amx;
                 amx_pair_rows = pass == 0;
+                /* rows a call as gemm_tiles takes them (forward.c's finish_rows):
+                 * two AMX blocks, else 24 (4 x 6 in the int8 and bf16 kernels) */
+                int chunk = pk_amx() && !pk_amx_off ? 32 : 24;
                 double best = 1e9;
                 for (int rep = 0; rep < 5; rep++) {
                     double t0 = now_s();
                     for (int t = 0; t < p.tiles; t++)
-                        for (int r0 = 0; r0 < R; r0 += CHUNK) {
+                        for (int r0 = 0; r0 < R; r0 += chunk) {
+                            int m = R - r0 < chunk ? R - r0 : chunk;
                             pk_act rows = pk_act_rows(&a, K, r0);
                             rows.warm = r0 > 0; /* as gemm_tiles */
                             rows.hold = 1;
-                            pk_matmul(&p, out + (size_t)r0 * N, N, NULL, K, &rows, CHUNK, t, t + 1, 0, NULL);
+                            pk_matmul(&p, out + (size_t)r0 * N, N, NULL, K, &rows, m, t, t + 1, 0, NULL);
                         }
                     amx_release();
                     double dt = now_s() - t0;
                     best = dt < best ? dt : best;
                 }
-                printf("{\"kernel\": \"%s\", \"amx\": %d, \"amx_rows\": %d, \"K\": %d, \"N\": %d, \"rows\": %d, \"ms\": %.3f, \"gmacs\": %.1f}\n",
-                       fmt == PK_I8 ? "int8" : "bf16", pk_amx(), pk_amx() ? 16 << amx_pair_rows : 0, K, N, R, best * 1e3, (double)R * K * N / best / 1e9);
+                printf("{\"kernel\": \"%s\", \"amx\": %d, \"amx_rows\": %d, \"K\": %d, \"N\": %d, \"rows\": %d, \"rows_a_call\": %d, \"ms\": %.3f, \"gmacs\": %.1f}\n",
+                       fmt == PK_I8 ? "int8" : "bf16", pk_amx(), pk_amx() ? 16 << amx_pair_rows : 0, K, N, R, chunk, best * 1e3, (double)R * K * N / best / 1e9);
             }
             pk_amx_off = 0;
             amx_pair_rows = 1;

@@ -283,6 +283,7 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     /* for tests and the bench, GPT2_CPU_AMX=0: prompts on AVX-512 where the CPU has AMX */
     const char *amx = getenv("GPT2_CPU_AMX");
     pk_amx_off = amx && !strcmp(amx, "0");
+    pk_prefetch_init();
     /* bf16 activations on AMX tiles, or by vdpbf16ps where the CPU has it
      * and it outruns fp32 fmas (timed once); for tests, GPT2_CPU_BF16=dp|fp32
      * forces either (dp: where the CPU has it) */

@@ -65,6 +65,14 @@ int pk_amx_off;
  *                      1.22-1.30, int8 1.20 / 1.53 -> 0.94-1.08 / 1.08-1.15
  *                      (below 1: some weights still in the 260 MB L3).
  * 8-32 KB far measured alike; 4 KB less; prefetchnta much worse. */
+/* On a 2-core Zen 4 (KVM, 2026-12-06) the same prefetches held decode
+ * back instead: its prefetchers alone streamed one core's weights at 27-30
+ * GB/s (a plain read's rate) where the kernels with them took 19-21, and
+ * on two cores an int8 step at 627 tokens went from 4.7-5.2 to 4.2-4.4 ms,
+ * bf16 from 8.5-8.8 to 7.5-8.1 (alternating binaries, the second
+ * fetching only the next line, 4 runs each; this switch measured alike).
+ * So they are issued where pk_prefetch says (packed.h): on Intel's CPUs,
+ * where they were measured to pay, not on others. */
 #ifndef PF_NEAR
 #define PF_NEAR 2048
 #endif
@@ -74,11 +82,26 @@ int pk_amx_off;
 #define STR_(x) #x
 #define STR(x) STR_(x)
 #define prefetch_ahead(p)                                                                          \
-    (__builtin_prefetch((const char *)(p) + PF_NEAR, 0, 3),                                        \
-     __builtin_prefetch((const char *)(p) + PF_FAR, 0, 1))
-/* The same for the 4 lines at %[w] in the assembly kernels. */
+    (pk_prefetch ? (__builtin_prefetch((const char *)(p) + PF_NEAR, 0, 3),                         \
+                    __builtin_prefetch((const char *)(p) + PF_FAR, 0, 1))                          \
+                 : (void)0)
+/* The same for the 4 lines at %[w] in the assembly kernels, skipped (label
+ * 3) where %[pf] is 0. */
 #define PF_LINE(at) "prefetcht0 " STR(PF_NEAR) "+" #at "(%[w])\n\tprefetcht2 " STR(PF_FAR) "+" #at "(%[w])\n\t"
-#define PF_QUAD PF_LINE(0) PF_LINE(64) PF_LINE(128) PF_LINE(192)
+#define PF_QUAD "cmpl $0, %[pf]\n\tje 3f\n\t" PF_LINE(0) PF_LINE(64) PF_LINE(128) PF_LINE(192) "3:\n\t"
+
+int pk_prefetch = -1;
+
+void pk_prefetch_init(void)
+{
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    const char *env = getenv("GPT2_CPU_PREFETCH");
+    pk_prefetch = env && (!strcmp(env, "0") || !strcmp(env, "1")) ? env[0] == '1' : __builtin_cpu_is("intel");
+#else
+    pk_prefetch = 0;
+#endif
+}
 
 /* ==== Packing ==== */
 
@@ -931,7 +954,7 @@ VNNI static void i8_tile3_asm(const unsigned char *tp, int G, float unscale, con
         SAVE(18, 6) SAVE(19, 7) SAVE(20, 8) SAVE(21, 9) SAVE(22, 10) SAVE(23, 11)
         : [w] "+r"(w), [x] "+r"(x), [sp] "+r"(sp), [sc] "+r"(sc), [g] "+r"(groups)
         : [xrow] "r"(xrow), [grow] "r"(grow), [acc] "r"(acc), [uns] "m"(unscale),
-          [quads] "i"(QUADS), [scales] "i"(GROUP_BYTES - GROUP_W)
+          [quads] "i"(QUADS), [scales] "i"(GROUP_BYTES - GROUP_W), [pf] "m"(pk_prefetch)
         : "rax", "rcx", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
           "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19",
           "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29",
@@ -1015,7 +1038,7 @@ VNNI static void i8_tile6_asm(const unsigned char *tp, int G, float unscale, con
         : [w] "+r"(w), [x] "+r"(x), [x3] "+r"(x3), [sp] "+r"(sp), [sp3] "+r"(sp3), [sc] "+r"(sc),
           [sc3] "+r"(sc3), [g] "+r"(groups)
         : [xrow] "r"(xrow), [grow] "r"(grow), [acc] "r"(acc), [uns] "m"(unscale),
-          [quads] "i"(QUADS), [scales] "i"(GROUP_BYTES - GROUP_W)
+          [quads] "i"(QUADS), [scales] "i"(GROUP_BYTES - GROUP_W), [pf] "m"(pk_prefetch)
         : "rax", "rcx", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
           "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19",
           "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29",

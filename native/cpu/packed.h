@@ -145,6 +145,12 @@ extern int pk_force_generic;
  * is 3 (the unit test, on a CPU with AVX-512 VNNI and BF16); else 0. */
 int pk_amx(void);
 extern int pk_amx_off;
+/* Whether the products that stream packed tiles (decode, short prompts)
+ * fetch their weights ahead with prefetch instructions (packed.c says when
+ * that paid and when it cost): set by pk_prefetch_init from the CPU's
+ * vendor (Intel: yes), or GPT2_CPU_PREFETCH=0|1; nonzero before it. */
+extern int pk_prefetch;
+void pk_prefetch_init(void);
 
 /* The kernels products of format fmt take here, as status reports them:
  * "amx-int8" or "amx-bf16" (prompts; decode on AVX-512), "avx512-vnni",

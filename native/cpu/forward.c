@@ -40,7 +40,7 @@ void openblas_set_num_threads(int n);
 #define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
 /* a prompt's packed products: rows per pk_matmul (which adds the bias),
  * then the activation (two whole blocks of AMX rows where those run) */
-static int finish_rows(void) { return pk_amx() ? 2 * AMX_ROWS : 24; }
+int fwd_prompt_rows(void) { return pk_amx() ? 2 * AMX_ROWS : 24; }
 #define ATT_BLOCK 64 /* a prompt's attention: rows per block (attn_block_task) */
 
 /* Freed caches of KV_SPARE_MIN bytes or more (memory the C library maps
@@ -466,7 +466,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
         int c0 = t * PK_TILE, c1 = te * PK_TILE < j->O ? te * PK_TILE : j->O;
         const float *wt = panel ? pk_f32_tile(j->w, t, wf) : NULL; /* the tile in fp32, once */
         if ((packed || panel) && !stream) { /* a prompt: finished a few rows at a time, in L2 */
-            int fr = finish_rows();
+            int fr = fwd_prompt_rows();
             for (int r0 = 0; r0 < j->R; r0 += fr) {
                 int r1 = j->R - r0 < fr ? j->R : r0 + fr;
                 float *o = j->out + (size_t)r0 * j->O;

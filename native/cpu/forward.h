@@ -50,6 +50,10 @@ typedef struct {
 
 /* The most rows one fwd_run takes. */
 #define FWD_ROWS_MAX 256
+/* Rows a prompt's product takes per call of a packed tile (gemm_tiles):
+ * two AMX blocks where prompts run on AMX tiles, else 24 (4 x 6 rows in the
+ * int8 and bf16 kernels). */
+int fwd_prompt_rows(void);
 
 /* Weight formats the CPU path can stream, and what its caches hold. */
 enum { FWD_FP32, FWD_BF16, FWD_INT8 };

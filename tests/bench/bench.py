@@ -122,7 +122,9 @@ def prefill_floor(k, peaks):
     macs = 512 * L * (4 * C * C + 2 * C * I)
     parts = []
     for dtype in FORMATS:
-        name = PROMPT_OP[dtype] if dtype != "fp32" or PROMPT_OP[dtype] in peaks else "vfmadd231ps ymm"
+        name = PROMPT_OP[dtype]
+        if dtype == "fp32" and name not in peaks:  # AVX2 without AVX-512
+            name = "vfmadd231ps ymm"
         amx = k[dtype].get("cpu_kernels", "").startswith("amx")
         if amx or name not in peaks:
             parts.append(f"{dtype} -- ({'AMX tiles' if amx else 'no ' + name})")

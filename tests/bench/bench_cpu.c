@@ -167,9 +167,7 @@ static int kernel_rates(void)
             for (int pass = 0; pass < 1 + 2 * has_amx; pass++) { /* AMX 32 and 16 rows a call, then without */
                 pk_amx_off = pass == 2 || !has_amx;
                 amx_pair_rows = pass == 0;
-                /* rows a call as gemm_tiles takes them (forward.c's finish_rows):
-                 * two AMX blocks, else 24 (4 x 6 in the int8 and bf16 kernels) */
-                int chunk = pk_amx() && !pk_amx_off ? 32 : 24;
+                int chunk = fwd_prompt_rows(); /* rows a call, as gemm_tiles takes them */
                 double best = 1e9;
                 for (int rep = 0; rep < 5; rep++) {
                     double t0 = now_s();

@@ -261,7 +261,8 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     const char *pull = getenv("GPT2_CPU_PULL");
     f->pull = !pull || strcmp(pull, "0");
     /* for tests and the bench: the AVX2 kernels (of products, attention and
-     * conversions), or the portable loops, as on a CPU with no more */
+     * conversions), or the portable loops, as on a CPU with no more: no
+     * vdpbf16ps, no AVX-512 panels (prompts' float products go to sgemm) */
     const char *isa = getenv("GPT2_CPU_ISA");
     pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
     if (isa) mv_half_path = pk_force_generic == 1 ? 2 : pk_force_generic == 2 ? 1 : 0;
@@ -288,11 +289,13 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
      * and it outruns fp32 fmas (timed once); for tests, GPT2_CPU_BF16=dp|fp32
      * forces either (dp: where the CPU has it) */
     const char *bdp = getenv("GPT2_CPU_BF16");
-    f->bf16_dp = pk_bf16_dp() && (bdp && !strcmp(bdp, "dp") ? 1 : bdp && !strcmp(bdp, "fp32") ? 0
-                                                                                              : pk_amx() || pk_bf16_dp_faster());
+    int dp = pk_bf16_dp() && pk_force_generic != 1 && pk_force_generic != 2; /* not under GPT2_CPU_ISA */
+    f->bf16_dp = dp && (bdp && !strcmp(bdp, "dp")     ? 1
+                        : bdp && !strcmp(bdp, "fp32") ? 0
+                                                      : pk_amx() || pk_bf16_dp_faster());
     /* for tests, GPT2_CPU_ATTN=fp32|bf16: a prompt's weighted values so, whatever the weights */
     const char *att = getenv("GPT2_CPU_ATTN");
-    f->att_bf16 = pk_bf16_dp() && m->cfg.n_embd == m->cfg.n_head * PK_TILE &&
+    f->att_bf16 = dp && m->cfg.n_embd == m->cfg.n_head * PK_TILE &&
                   (att && !strcmp(att, "bf16") ? 1 : att && !strcmp(att, "fp32") ? 0
                                                                                   : fmt != FWD_FP32 && f->bf16_dp);
     char why[ERR_MAX];
@@ -342,6 +345,11 @@ void fwd_free(fwd *f)
     free(f);
 }
 
+/* Whether a prompt's fp32 and bf16 products (without bf16 activations) run
+ * on pk_f32_product's panels: on AVX-512, unless GPT2_CPU_ISA forces the
+ * kernels of a CPU without it (then sgemm, as there). */
+static int panels(void) { return pk_f32_prompts() && !pk_force_generic; }
+
 static int reserve(fwd *f, int rows)
 {
     if (rows <= f->cap) return 0;
@@ -374,7 +382,7 @@ static int reserve(fwd *f, int rows)
         if (!(f->wkv = xmallocarray(wk * pool_size(f->pool), sizeof(float)))) return -1;
         f->wkv_cap = wk;
     }
-    if (pk_f32_prompts() && !f->kt) { /* pk_f32_product's panels read PK_TILE keys a row */
+    if (panels() && !f->kt) { /* pk_f32_product's panels read PK_TILE keys a row */
         int ld = (c->n_ctx + PK_TILE - 1) / PK_TILE * PK_TILE;
         if (!(f->kt = xmallocarray((size_t)pool_size(f->pool) * hd * ld, sizeof(float)))) return -1;
         f->kt_ld = ld;
@@ -440,10 +448,6 @@ static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1, int b
     }
 }
 
-/* Whether a prompt's fp32 and bf16 products (without bf16 activations) run
- * on pk_f32_product's panels: on AVX-512, unless GPT2_CPU_ISA forces the
- * kernels of a CPU without it (then sgemm, as there). */
-static int panels(void) { return pk_f32_prompts() && !pk_force_generic; }
 
 /* Rows up to which a product streams the packed tiles (STREAM_ROWS). */
 static int stream_rows(void) { return panels() ? STREAM_ROWS : MV_MAX_ROWS; }

@@ -1556,6 +1556,33 @@ AVX2 AI void half_avx2(const unsigned char *tp, int K, int k0, int k1, int h, co
         for (int j = 0; j < 4; j++) *(v8f *)(acc[r] + h * 32 + 8 * j) = s[r][j];
 }
 
+/* One row (decode at batch 1): its 64 sums fit the registers, so the tile
+ * streams in one pass, each line read where it lies, as the hardware
+ * prefetchers expect (half_avx2's two passes read every other pair of lines
+ * and prefetch the rest: an fp32 step on 2 Zen 4 cores took 20-24 ms,
+ * 1.4-2.3x its floor; this, 9-16 ms, 1.0-1.1x). The same fma chains. */
+AVX2 AI void row_avx2(const unsigned char *tp, int K, const float *x, float *acc, const int fmt)
+{
+    v8f s[8] = {0};
+    if (fmt == PK_F32) {
+        for (int k = 0; k < K; k++) {
+            const float *w = (const float *)tp + (size_t)k * PK_TILE;
+            for (int j = 0; j < 8; j++) s[j] += x[k] * *(const v8f *)(w + 8 * j);
+        }
+    } else {
+        for (int k = 0; k < K; k += 2) {
+            const uint32_t *w = (const uint32_t *)tp + (size_t)(k / 2) * PK_TILE;
+            int ko = k + 1 < K ? k + 1 : k;
+            for (int j = 0; j < 8; j++) {
+                v8w u = *(const v8w *)(w + 8 * j);
+                s[j] += x[k] * (v8f)(u << 16);
+                s[j] += x[ko] * (v8f)(u & 0xFFFF0000u);
+            }
+        }
+    }
+    for (int j = 0; j < 8; j++) *(v8f *)(acc + 8 * j) = s[j];
+}
+
 AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const float *x, int ldx, int R,
                                   int t0, int t1, int accumulate)
 {
@@ -1565,6 +1592,12 @@ AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const floa
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
         for (int r0 = 0; r0 < R; r0 += MV_MAX_ROWS) {
             int m = R - r0 < MV_MAX_ROWS ? R - r0 : MV_MAX_ROWS;
+            if (m == 1) {
+                if (p->fmt == PK_F32) row_avx2(tp, p->K, x + (size_t)r0 * ldx, acc[0], PK_F32);
+                else row_avx2(tp, p->K, x + (size_t)r0 * ldx, acc[0], PK_BF16);
+                add_rows(out + (size_t)r0 * ldo + c0, ldo, acc, 1, n, accumulate);
+                continue;
+            }
             memset(acc, 0, sizeof(float) * PK_TILE * m);
             for (int k0 = 0; k0 < p->K; k0 += KB_A) {
                 int k1 = p->K - k0 < KB_A ? p->K - k0 : KB_A;

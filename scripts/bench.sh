@@ -4,7 +4,8 @@
 #      each weight format, with the same workload through transformers
 #      (set up first by oracle-env.sh, or GPT2_REF_PYTHON);
 #   2. a typing session through `gpt2 serve` in each format (fp32 also
-#      without prefix reuse).
+#      without prefix reuse), and where the CPU has AVX-512 int8 and bf16
+#      again on the AVX2 kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # the transformers side (torch from Debian, transformers from PyPI); without
@@ -15,3 +16,8 @@ fi
 /usr/bin/python3 tests/bench/bench.py "$@"
 /usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype int8 bf16 --no-off
 /usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype fp32
+# as a CPU without AVX-512 types: the AVX2 kernels, OpenBLAS's Haswell sgemm
+if grep -qw avx512f /proc/cpuinfo; then
+    GPT2_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell \
+        /usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype int8 bf16 --no-off
+fi

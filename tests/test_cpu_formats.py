@@ -199,6 +199,26 @@ def test_prompt_qkv_in_attention_tasks(head64_mild, dtype, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+def test_last_layer_on_the_output_rows(head64_mild, dtype, tmp_path):
+    """A prompt's last layer runs attention, its projection and the MLP on the rows that give
+    logits alone (forward.c, last_layer): 300 positions in two chunks, the first giving none,
+    so its last layer only stores keys and values, which the second chunk's rows attend to.
+    The last row's logits against every row's (--all: the whole last layer, as the layers
+    below), with the qkv product fused into the heads' tasks and as a pass of its own. The
+    wanted row then takes decode's kernels: fp32 and int8 differ by rounding alone, bf16 by its
+    prompts' bf16 activations (fp32 in decode's). Without the first chunk's keys and values
+    the second's logits move by far more."""
+    toks = np.random.default_rng(6).integers(0, 512, 300).tolist()
+    every = logits(head64_mild, toks, dtype, str(tmp_path / "a.bin"))
+    bound = 1e-5 if dtype == "fp32" else 2e-2
+    for fuse in (None, "0"):
+        last = logits(head64_mild, toks, dtype, fuse=fuse)
+        rel = float(np.abs(every[-1] - last[0]).max() / np.abs(every[-1]).max())
+        print(f"{dtype} fuse={fuse or 'auto'}: max |diff| {rel:.2e} of max|logit|")
+        assert rel <= bound, f"fuse={fuse}: {rel:.3g}"
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
 def test_prefetch_on_and_off(head64_mild, dtype, tmp_path):
     """The streaming kernels fetch weights ahead where GPT2_CPU_PREFETCH (or the CPU's vendor)
     says, the assembly ones past a branch: on or off, the same bits. 21 positions stream the

@@ -77,6 +77,7 @@ struct fwd {
     pk_act act;                             /* int8, bf16 prefill: the product's input */
     int cap;                                /* rows the buffers hold */
     float *x, *h, *qkv, *att, *fc;          /* (cap, C|C|3C|C|I) */
+    fwd_row *sel;                           /* (cap): last_layer's rows */
     float *wide;                            /* (threads, max(C, I), SUB): widened weights */
     float *scores;                          /* (threads, score_cap) */
     size_t score_cap;
@@ -319,6 +320,7 @@ void fwd_free(fwd *f)
 {
     if (!f) return;
     free(f->x);
+    free(f->sel);
     free(f->h);
     free(f->qkv);
     free(f->att);
@@ -363,6 +365,10 @@ static int reserve(fwd *f, int rows)
         free(*bufs[i]);
         *bufs[i] = p;
     }
+    fwd_row *sel = xmallocarray(rows, sizeof *sel);
+    if (!sel) return -1;
+    free(f->sel);
+    f->sel = sel;
     /* attention scores, per thread: a group's context rows for decode rows,
      * one block of ATT_BLOCK rows at a time for a prompt chunk (its rows
      * each block over again: a 512-token prefill's L2 then held 128 KB of
@@ -965,6 +971,14 @@ static int is_block(const fwd_row *rows, int R)
 
 /* ==== Layers ==== */
 
+static float attn_scale(const model_cfg *c, int l)
+{
+    float scale = c->scale_attn ? 1.0f / sqrtf((float)(c->n_embd / c->n_head)) : 1.0f;
+    return c->scale_inv_layer ? scale / (float)(l + 1) : scale;
+}
+
+static void store_task(void *arg, int h, int thread) { head_qkv(arg, h, thread); }
+
 static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
 {
     const model_cfg *c = &f->m->cfg;
@@ -983,9 +997,7 @@ static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
     int block = is_block(rows, R);
     int fused = block && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 && (qkv.q || panels());
     if (!fused) pool_run(f->pool, gemm_task, &qkv, (qkv.w->tiles + qkv.tiles - 1) / qkv.tiles);
-    float scale = c->scale_attn ? 1.0f / sqrtf((float)(C / c->n_head)) : 1.0f;
-    if (c->scale_inv_layer) scale /= (float)(l + 1);
-    attn_job job = {.f = f, .rows = rows, .R = R, .layer = l, .scale = scale,
+    attn_job job = {.f = f, .rows = rows, .R = R, .layer = l, .scale = attn_scale(c, l),
                     .qkv = fused ? &qkv : NULL};
     if (block) { /* each head's task stores its keys and values */
         pool_run(f->pool, attn_block_task, &job, c->n_head);
@@ -1011,6 +1023,53 @@ static void mlp_block(fwd *f, int R, int l)
     gemm(f, &(gemm_job){.out = f->x, .x = f->fc, .w = &wp->proj, .bias = w->proj_b, .R = R,
                         .I = I, .O = C, .accumulate = 1,
                         .next = l + 1 < c->n_layer ? &f->wp[l + 1].qkv : f->scr ? &f->scr->q : &f->wte});
+}
+
+/* The last layer where only n_out of the R rows give logits (a prompt's
+ * last row; none in the chunks before it): every row's keys and values go
+ * to its cache, but attention, its projection and the MLP, which nothing
+ * else reads, run on the wanted rows alone, gathered first (out_rows
+ * ascending) as decode rows. A 512-token prefill skips 1/12 of its
+ * attention and 3/4 of a layer's products. */
+static void last_layer(fwd *f, const fwd_row *rows, int R, const int *out_rows, int n_out)
+{
+    const model_cfg *c = &f->m->cfg;
+    int l = c->n_layer - 1, C = c->n_embd;
+    const layer_weights *w = &f->m->layers[l];
+    const layerp *wp = &f->wp[l];
+    const pk_act *q = norm(f, R, w->ln1_w, w->ln1_b, &wp->qkv);
+    gemm_job qkv = {.out = f->qkv, .x = f->h, .w = &wp->qkv, .q = q, .bias = w->qkv_b, .R = R,
+                    .I = C, .O = 3 * C};
+    gemm_prepare(f, &qkv);
+    int fused = is_block(rows, R) && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 && (qkv.q || panels());
+    if (!fused) pool_run(f->pool, gemm_task, &qkv, (qkv.w->tiles + qkv.tiles - 1) / qkv.tiles);
+    attn_job *store = &(attn_job){.f = f, .rows = rows, .R = R, .layer = l, .qkv = fused ? &qkv : NULL};
+    pool_run(f->pool, store_task, store, c->n_head);
+    if (!n_out) return;
+    fwd_row *sel = f->sel;
+    for (int i = 0; i < n_out; i++) { /* out_rows[i] >= i: each row moves up, or stays */
+        int r = out_rows[i];
+        sel[i] = rows[r];
+        if (r == i) continue;
+        memcpy(f->qkv + (size_t)i * 3 * C, f->qkv + (size_t)r * 3 * C, 3 * C * sizeof(float));
+        memcpy(f->x + (size_t)i * C, f->x + (size_t)r * C, C * sizeof(float));
+    }
+    attn_job job = {.f = f, .rows = sel, .R = n_out, .layer = l, .scale = attn_scale(c, l)};
+    group_rows(&job);
+    pool_run(f->pool, attn_rows_task, &job, job.groups * c->n_head);
+    gemm(f, &(gemm_job){.out = f->x, .x = f->att, .w = &wp->attn, .bias = w->attn_b, .R = n_out,
+                        .I = C, .O = C, .accumulate = 1, .next = &wp->fc});
+    mlp_block(f, n_out, l);
+}
+
+/* Whether the last layer can run on the output rows alone: fewer than all,
+ * in ascending order. */
+static int prune_last(int R, const int *out_rows, int n_out)
+{
+    if (n_out >= R) return 0;
+    for (int i = 1; i < n_out; i++)
+        if (out_rows[i] <= out_rows[i - 1]) return 0;
+    return 1;
 }
 
 static int check_rows(const model_cfg *c, int elt, const fwd_row *rows, int R, char *err)
@@ -1048,13 +1107,15 @@ static int run_rows(fwd *f, const fwd_row *rows, int R, const int *out_rows, int
         const float *pe = m->wpe + (size_t)(rows[r].len0 + rows[r].own_at) * C;
         for (int i = 0; i < C; i++) f->x[(size_t)r * C + i] = te[i] + pe[i];
     }
-    for (int l = 0; l < c->n_layer; l++) {
+    int prune = prune_last(R, out_rows, n_out);
+    for (int l = 0; l < c->n_layer - prune; l++) {
         attention_block(f, rows, R, l);
         mlp_block(f, R, l);
     }
+    if (prune) last_layer(f, rows, R, out_rows, n_out); /* output row i now at row i */
     for (int i = 0; i < n_out; i++)
-        mv_layernorm(f->h + (size_t)i * C, f->x + (size_t)out_rows[i] * C, m->lnf_w, m->lnf_b, C,
-                     c->eps);
+        mv_layernorm(f->h + (size_t)i * C, f->x + (size_t)(prune ? i : out_rows[i]) * C, m->lnf_w,
+                     m->lnf_b, C, c->eps);
     return 0;
 }
 

@@ -14,7 +14,9 @@ nothing here asserts a time.
    as a share of the peak of the multiply-add instruction they use (timed
    there too), and each format's prefill-512 floor: its layers' products at
    one thread's peak times the threads (AMX's peak is not timed: no floor
-   there).
+   there); then, where the CPU has AVX-512, the same decode and prefill on
+   the AVX2 kernels (GPT2_CPU_ISA=avx2, OpenBLAS's Haswell sgemm): what a CPU
+   without AVX-512 runs.
 2. End to end through the CLI: a 256-token prompt, n=3 continuations of 24
    new tokens (no stop rule, so every run decodes all 24), process included.
 3. The accuracy of bf16 and int8 against fp32 over every position of a text.
@@ -89,13 +91,40 @@ def accuracy(model, prompt):
               f"mean KL {kl:.2e} nats")
 
 
-def kernels(model):
+def kernels(model, env=None):
     out = {}
     for dtype in FORMATS:
         r = subprocess.run([BENCH_CPU, model, dtype, "--context", "256", "--steps", "40"],
-                           check=True, capture_output=True, text=True)
+                           check=True, capture_output=True, text=True,
+                           env=dict(os.environ, **env) if env else None)
         out[dtype] = json.loads(r.stdout)
     return out
+
+
+# what a CPU without AVX-512 runs: our AVX2 kernels, and OpenBLAS's sgemm for
+# Haswell (else it would pick its AVX-512 one here)
+AVX2_ENV = {"GPT2_CPU_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell"}
+
+
+def step_rows(k):
+    print(f"  {'format':6s} {'bytes/step':>10s} {'bandwidth':>16s} {'floor':>8s} {'batch 1':>8s} "
+          f"{'ratio':>6s} {'batch 3':>8s} {'ratio':>6s}  {'prefill 128':>20s}  {'prefill 512':>20s}")
+    for dtype in FORMATS:
+        r = k[dtype]
+        print(f"  {dtype:6s} {r['step_bytes'] / 1e6:7.0f} MB {r['bandwidth_gbs']:5.1f} ({r['bandwidth_best_gbs']:4.1f}) GB/s "
+              f"{r['floor_ms']:5.2f} ms {r['step1_ms']:5.2f} ms {r['step1_ms'] / r['floor_ms']:5.2f}x "
+              f"{r['step3_ms']:5.2f} ms {r['step3_ms'] / r['floor_ms']:5.2f}x  "
+              f"{r['prefill128_ms']:6.1f} ms {128e3 / r['prefill128_ms']:5.0f} tok/s  "
+              f"{r['prefill512_ms']:6.1f} ms {512e3 / r['prefill512_ms']:5.0f} tok/s")
+    print("  a keystroke's prompt, 20 tokens after the cached rest of the context: " +
+          ", ".join(f"{d} {k[d]['extend20_ms']:.1f} ms" for d in FORMATS))
+
+
+def has_avx512():
+    try:
+        return "avx512f" in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
 
 
 # the instruction each format's prompt products multiply-add with, without AMX
@@ -169,15 +198,7 @@ def main():
     k = kernels(model)
     print("decode step after a 256-token context (median of 40) and cold prefill; floor = bytes "
           "streamed per step / bandwidth sampled between the steps (best of the run in brackets)")
-    print(f"  {'format':6s} {'bytes/step':>10s} {'bandwidth':>16s} {'floor':>8s} {'batch 1':>8s} "
-          f"{'ratio':>6s} {'batch 3':>8s} {'ratio':>6s}  {'prefill 128':>20s}  {'prefill 512':>20s}")
-    for dtype in FORMATS:
-        r = k[dtype]
-        print(f"  {dtype:6s} {r['step_bytes'] / 1e6:7.0f} MB {r['bandwidth_gbs']:5.1f} ({r['bandwidth_best_gbs']:4.1f}) GB/s "
-              f"{r['floor_ms']:5.2f} ms {r['step1_ms']:5.2f} ms {r['step1_ms'] / r['floor_ms']:5.2f}x "
-              f"{r['step3_ms']:5.2f} ms {r['step3_ms'] / r['floor_ms']:5.2f}x  "
-              f"{r['prefill128_ms']:6.1f} ms {128e3 / r['prefill128_ms']:5.0f} tok/s  "
-              f"{r['prefill512_ms']:6.1f} ms {512e3 / r['prefill512_ms']:5.0f} tok/s")
+    step_rows(k)
     if all("step1_top40_ms" in k[d] for d in FORMATS):
         print("  the same steps keeping only the 40 best logits (sampling's default top_k; fp32 and "
               "bf16 screen the head with its int8 copy, bit for bit the same 40):")
@@ -187,9 +208,6 @@ def main():
                   f"the whole head's floor)  batch 3 {r['step3_top40_ms']:5.2f} ms "
                   f"({r['step3_top40_ms'] / r['floor_ms']:4.2f}x)")
 
-    if all("extend20_ms" in k[d] for d in FORMATS):
-        print("  a keystroke's prompt, 20 tokens after the cached rest of the context: " +
-              ", ".join(f"{d} {k[d]['extend20_ms']:.1f} ms" for d in FORMATS))
     print("  kernels: " + ", ".join(f"{d} {k[d].get('cpu_kernels', '?')} ({k[d].get('cpu_kv', '?')} keys "
                                     "and values)" for d in FORMATS) +
           "; streamed weights fetched ahead by prefetch instructions: " +
@@ -205,6 +223,12 @@ def main():
         share = f", {x['gmacs'] / peak['gmacs'] * 100:.0f}% of {peak['peak']}'s peak" if peak and not x["amx"] else ""
         print(f"  {x['kernel']:5s} K {x['K']:4d} x N {x['N']:4d}: {x['gmacs']:6.1f} ({how}{share})")
     prefill_floor(k, peaks)
+    if has_avx512():
+        print("the same on the AVX2 kernels, as a CPU without AVX-512 runs them (GPT2_CPU_ISA=avx2, "
+              "OpenBLAS's Haswell sgemm for fp32 and bf16 prompts):")
+        step_rows(kernels(model, AVX2_ENV))
+    else:
+        print("  SKIP the AVX2 rows: this CPU has no AVX-512, so the rows above are its AVX2 kernels")
 
     print(f"`gpt2 complete`: 256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs")
     med = {}

@@ -112,7 +112,8 @@ def main():
     extra = ["--threads", str(a.threads)] if a.threads else []
     extra += ["--cpu-kv", a.cpu_kv] if a.cpu_kv else []
     print(f"typing session: {a.pauses} pauses, 3 x 24 tokens, stop=line, "
-          f"model {os.path.basename(a.model)}, through `gpt2 serve` (p50/p95 as the client sees them)")
+          f"model {os.path.basename(a.model)}, through `gpt2 serve` (p50/p95 as the client sees them)"
+          + (f"; GPT2_CPU_ISA={os.environ['GPT2_CPU_ISA']}" if os.environ.get("GPT2_CPU_ISA") else ""))
     for dtype in a.cpu_dtype:
         runs = [("prefix reuse on ", [])]
         if not a.no_off:

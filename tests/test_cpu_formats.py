@@ -144,12 +144,13 @@ def test_int8_without_vnni(isa, tmp_path):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_float_avx2(dtype, tmp_path):
     """The AVX2 fp32 and bf16 kernels (forced by GPT2_CPU_ISA=avx2 where the CPU has AVX-512) sum
-    each output in the generic kernel's order with the same fma: decode rows give its bits, one
-    row (its own one-pass kernel) and several (two passes of half a tile)."""
+    each output in the generic kernel's order with the same fma: rows that stream the tiles give
+    its bits, one row (its own one-pass kernel), 8 (two passes of half a tile) and 20 (8 at a
+    time, a short prompt)."""
     model = os.path.join(MODELS, "odd-f32")
-    toks = np.random.default_rng(10).integers(0, 300, 8).tolist()
-    for n in (1, 8):
-        want = logits(model, toks[:n], dtype, str(tmp_path / "a.bin"))
+    toks = np.random.default_rng(10).integers(0, 300, 20).tolist()
+    for n in (1, 8, 20):
+        want = logits(model, toks[:n], dtype, str(tmp_path / "a.bin"), bf16="fp32")  # fp32 inputs, as there
         got = logits(model, toks[:n], dtype, str(tmp_path / "b.bin"), isa="avx2")
         assert np.array_equal(want, got), f"{dtype}, {n} rows: max diff {np.abs(want - got).max():.3g}"
 

@@ -27,15 +27,18 @@
 
 void openblas_set_num_threads(int n);
 
-/* Products of up to STREAM_ROWS rows (on AVX-512; elsewhere MV_MAX_ROWS,
- * not measured there) stream the packed tiles as decode does: a contiguous
+/* Products of up to STREAM_ROWS rows (on the AVX-512 and AVX2 kernels; with
+ * the portable loops MV_MAX_ROWS, not measured there) stream the packed
+ * tiles as decode does: a contiguous
  * run of tiles per thread, a few rows a pass (the later passes reading the
  * tile from L2), bf16 widened in registers. More rows go to the prompt
  * kernels (panels on tiles widened once, bf16 or int8 activations), a tile
  * per task.
  * A typing pause's prompt is about 14 tokens: with 8 here its bf16 prefill
  * took 30-33 ms, with 24 23-25 (the tile widened in a pass of its own did
- * not overlap its reads from memory with the sums). */
+ * not overlap its reads from memory with the sums). On the AVX2 kernels
+ * (Zen 4 forced to them, OpenBLAS's Haswell sgemm) 20 tokens after 600 took
+ * 31-42 ms in bf16 with 24 here, 40-56 with 8; fp32 37-45 against 55-63. */
 #define STREAM_ROWS 24
 #define SUB 256 /* prefill: packed tiles widened to fp32 per sgemm (4 tiles) */
 /* a prompt's packed products: rows per pk_matmul (which adds the bias),
@@ -456,7 +459,7 @@ static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1, int b
 
 
 /* Rows up to which a product streams the packed tiles (STREAM_ROWS). */
-static int stream_rows(void) { return panels() ? STREAM_ROWS : MV_MAX_ROWS; }
+static int stream_rows(void) { return strcmp(pk_kernels(PK_F32), "portable") ? STREAM_ROWS : MV_MAX_ROWS; }
 
 /* Columns of tiles t0..t1 of a product, finished (bias, activation). */
 static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)

@@ -880,16 +880,19 @@ VNNI AI void i8_tile_vnni(const unsigned char *tp, int G, float unscale, const p
  * the sums between registers (about 20 moves a quad): 69-83% of the
  * vpdpbusd peak in isolation against 78-87% here; the rescale alone leaves
  * 89% (measured). Decode's 3 rows take it too (with the prefetch, 3 rows
- * measured 7.2 ms a step against 8.2-8.6 in intrinsics on the Xeon).
+ * measured 7.2 ms a step against 8.2-8.6 in intrinsics on the Xeon). A
+ * row's 4 inputs of the quad are each vpdpbusd's broadcast memory operand
+ * ({1to16}) rather than a vpbroadcastd of their own: the 6-row prompt
+ * kernel alone 160-168 -> 166-171 G multiply-adds a second (K 768) and
+ * 174-185 -> 185-190 (K 3072) on a Zen 4 core, decode steps unchanged.
  *   zmm24-27  the quad's weights, then the group's weight scales
- *   zmm28     the broadcast activations, then a row's scale
+ *   zmm28     a row's scale
  *   zmm29     unscale; zmm30 a scale product */
 #define Q_ROW(x, a, b, c, d)                                                                       \
-    "vpbroadcastd " x ", %%zmm28\n\t"                                                              \
-    "vpdpbusd %%zmm28, %%zmm24, %%zmm" #a "\n\t"                                                   \
-    "vpdpbusd %%zmm28, %%zmm25, %%zmm" #b "\n\t"                                                   \
-    "vpdpbusd %%zmm28, %%zmm26, %%zmm" #c "\n\t"                                                   \
-    "vpdpbusd %%zmm28, %%zmm27, %%zmm" #d "\n\t"
+    "vpdpbusd " x "%{1to16%}, %%zmm24, %%zmm" #a "\n\t"                                            \
+    "vpdpbusd " x "%{1to16%}, %%zmm25, %%zmm" #b "\n\t"                                            \
+    "vpdpbusd " x "%{1to16%}, %%zmm26, %%zmm" #c "\n\t"                                            \
+    "vpdpbusd " x "%{1to16%}, %%zmm27, %%zmm" #d "\n\t"
 #define BASE(src, a, b, c, d)                                                                      \
     "movl " src ", %%eax\n\t"                                                                      \
     "imull $-128, %%eax\n\t"                                                                       \
@@ -973,7 +976,7 @@ VNNI static void i8_tile3_asm(const unsigned char *tp, int G, float unscale, con
  * Xeon, 512 rows, best of 40: K 768 x N 3072 285 -> 308 G multiply-adds a
  * second, K 3072 x N 768 302 -> 328 (the peak is about 420).
  *   zmm24-27  the quad's weights, then the group's weight scales
- *   zmm28     the broadcast activations, then a row's scale
+ *   zmm28     a row's scale
  *   zmm29     unscale; zmm30 a scale product; zmm31 fp32 sums */
 #define RESCALE_M(ws, i) /* sums zmm i: row i / 4, columns 16 (i % 4).., at acc + 64 i bytes */   \
     "vmulps %%zmm28, %%zmm" #ws ", %%zmm30\n\t"                                                    \

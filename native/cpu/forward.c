@@ -457,7 +457,6 @@ static void finish_cols(const gemm_job *j, int r0, int r1, int c0, int c1, int b
     }
 }
 
-
 /* Rows up to which a product streams the packed tiles (STREAM_ROWS). */
 static int stream_rows(void) { return strcmp(pk_kernels(PK_F32), "portable") ? STREAM_ROWS : MV_MAX_ROWS; }
 
@@ -982,24 +981,36 @@ static float attn_scale(const model_cfg *c, int l)
 
 static void store_task(void *arg, int h, int thread) { head_qkv(arg, h, thread); }
 
+/* Layer l's first norm and its qkv product for R rows (block: they form a
+ * prompt chunk, is_block), made ready in *qkv. A prompt whose heads'
+ * columns are whole packed tiles: each head's task computes them itself
+ * (head_qkv, in the caller's pass over the heads), one pass over the pool
+ * instead of two (a 512-token int8 prefill measured about 4% faster;
+ * decode rows were not, their product streams best in two halves), and
+ * this returns 1. Else the product runs here. The same tiles either way,
+ * so the same bits. */
+static int qkv_pass(fwd *f, int block, int R, int l, gemm_job *qkv)
+{
+    const model_cfg *c = &f->m->cfg;
+    const layer_weights *w = &f->m->layers[l];
+    int C = c->n_embd;
+    const pk_act *q = norm(f, R, w->ln1_w, w->ln1_b, &f->wp[l].qkv);
+    *qkv = (gemm_job){.out = f->qkv, .x = f->h, .w = &f->wp[l].qkv, .q = q, .bias = w->qkv_b,
+                      .R = R, .I = C, .O = 3 * C};
+    gemm_prepare(f, qkv);
+    int fused = block && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 && (qkv->q || panels());
+    if (!fused) pool_run(f->pool, gemm_task, qkv, (qkv->w->tiles + qkv->tiles - 1) / qkv->tiles);
+    return fused;
+}
+
 static void attention_block(fwd *f, const fwd_row *rows, int R, int l)
 {
     const model_cfg *c = &f->m->cfg;
     const layer_weights *w = &f->m->layers[l];
     int C = c->n_embd;
     const layerp *wp = &f->wp[l];
-    const pk_act *q = norm(f, R, w->ln1_w, w->ln1_b, &wp->qkv);
-    gemm_job qkv = {.out = f->qkv, .x = f->h, .w = &wp->qkv, .q = q, .bias = w->qkv_b, .R = R,
-                    .I = C, .O = 3 * C};
-    gemm_prepare(f, &qkv);
-    /* A prompt whose heads' columns are whole packed tiles: each head's
-     * task computes them itself and goes on to its attention, one pass
-     * over the pool instead of two (a 512-token int8 prefill measured
-     * about 4% faster; decode rows were not, their product streams best in
-     * two halves). The same tiles either way, so the same bits. */
-    int block = is_block(rows, R);
-    int fused = block && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 && (qkv.q || panels());
-    if (!fused) pool_run(f->pool, gemm_task, &qkv, (qkv.w->tiles + qkv.tiles - 1) / qkv.tiles);
+    gemm_job qkv;
+    int block = is_block(rows, R), fused = qkv_pass(f, block, R, l, &qkv);
     attn_job job = {.f = f, .rows = rows, .R = R, .layer = l, .scale = attn_scale(c, l),
                     .qkv = fused ? &qkv : NULL};
     if (block) { /* each head's task stores its keys and values */
@@ -1040,12 +1051,8 @@ static void last_layer(fwd *f, const fwd_row *rows, int R, const int *out_rows, 
     int l = c->n_layer - 1, C = c->n_embd;
     const layer_weights *w = &f->m->layers[l];
     const layerp *wp = &f->wp[l];
-    const pk_act *q = norm(f, R, w->ln1_w, w->ln1_b, &wp->qkv);
-    gemm_job qkv = {.out = f->qkv, .x = f->h, .w = &wp->qkv, .q = q, .bias = w->qkv_b, .R = R,
-                    .I = C, .O = 3 * C};
-    gemm_prepare(f, &qkv);
-    int fused = is_block(rows, R) && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 && (qkv.q || panels());
-    if (!fused) pool_run(f->pool, gemm_task, &qkv, (qkv.w->tiles + qkv.tiles - 1) / qkv.tiles);
+    gemm_job qkv;
+    int fused = qkv_pass(f, is_block(rows, R), R, l, &qkv);
     attn_job *store = &(attn_job){.f = f, .rows = rows, .R = R, .layer = l, .qkv = fused ? &qkv : NULL};
     pool_run(f->pool, store_task, store, c->n_head);
     if (!n_out) return;

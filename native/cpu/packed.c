@@ -72,7 +72,13 @@ int pk_amx_off;
  * bf16 from 8.5-8.8 to 7.5-8.1 (alternating binaries, the second
  * fetching only the next line, 4 runs each; this switch measured alike).
  * So they are issued where pk_prefetch says (packed.h): on Intel's CPUs,
- * where they were measured to pay, not on others. */
+ * where they were measured to pay, not on others. The AVX2 kernels fetch
+ * their near lines their own way and only the far ones here (prefetch_far):
+ * on the Xeon with AMX, as GPT2_CPU_ISA=avx2, decode at 1 / 3 rows went
+ * from 1.23-1.28 / 1.69-1.70x the floor to 1.11-1.13 / 1.31-1.34x (fp32),
+ * 1.25-1.31 / 1.94-1.96x to 1.15-1.18 / 1.51-1.55x (bf16) and 1.94-1.98 /
+ * 2.14-2.17x to 1.33-1.34 / 1.74-1.77x (int8), the bf16 typing session's
+ * p50 414-417 -> 350-352 ms (2026-12-06, alternating binaries). */
 #ifndef PF_NEAR
 #define PF_NEAR 2048
 #endif
@@ -85,6 +91,8 @@ int pk_amx_off;
     (pk_prefetch ? (__builtin_prefetch((const char *)(p) + PF_NEAR, 0, 3),                         \
                     __builtin_prefetch((const char *)(p) + PF_FAR, 0, 1))                          \
                  : (void)0)
+/* The L2 half alone, for kernels that fetch their near lines their own way. */
+#define prefetch_far(p) (pk_prefetch ? __builtin_prefetch((const char *)(p) + PF_FAR, 0, 1) : (void)0)
 /* The same for the 4 lines at %[w] in the assembly kernels, skipped (label
  * 3) where %[pf] is 0. */
 #define PF_LINE(at) "prefetcht0 " STR(PF_NEAR) "+" #at "(%[w])\n\tprefetcht2 " STR(PF_FAR) "+" #at "(%[w])\n\t"
@@ -1471,8 +1479,10 @@ AVX2 AI void i8_block_avx2(const unsigned char *tp, int G, float unscale, const 
              * misses the rest (decode measured 1.7x slower without these
              * prefetches), so fetch the group PF_A ahead, a ninth per pass.
              * Past the tile is the next tile, or nothing (no fault). */
-            for (int l = c / 8 * 9; l < c / 8 * 9 + 9; l++)
+            for (int l = c / 8 * 9; l < c / 8 * 9 + 9; l++) {
                 _mm_prefetch((const char *)gp + PF_A * GROUP_BYTES + 64 * l, _MM_HINT_T0);
+                prefetch_far(gp + 64 * l);
+            }
             __m256i lo[RB_A], hi[RB_A]; /* columns c..c+3, c+4..c+7: two sums each */
             if (R == RB_A) {
                 __m256i sums[2 * RB_A];
@@ -1541,6 +1551,7 @@ AVX2 AI void half_avx2(const unsigned char *tp, int K, int k0, int k1, int h, co
             if (!h) {
                 _mm_prefetch((const char *)(w + 32), _MM_HINT_T0);
                 _mm_prefetch((const char *)(w + 48), _MM_HINT_T0);
+                for (int l = 0; l < 4; l++) prefetch_far(w + 16 * l);
             }
             for (int j = 0; j < 4; j++) {
                 v8f wj = *(const v8f *)(w + 8 * j);
@@ -1553,6 +1564,7 @@ AVX2 AI void half_avx2(const unsigned char *tp, int K, int k0, int k1, int h, co
             if (!h) {
                 _mm_prefetch((const char *)(w + 32), _MM_HINT_T0);
                 _mm_prefetch((const char *)(w + 48), _MM_HINT_T0);
+                for (int l = 0; l < 4; l++) prefetch_far(w + 16 * l);
             }
             int ko = k + 1 < K ? k + 1 : k; /* as float_tile: an odd K's zero weight */
             for (int j = 0; j < 4; j++) {
@@ -1580,12 +1592,14 @@ AVX2 AI void row_avx2(const unsigned char *tp, int K, const float *x, float *acc
     if (fmt == PK_F32) {
         for (int k = 0; k < K; k++) {
             const float *w = (const float *)tp + (size_t)k * PK_TILE;
+            for (int l = 0; l < 4; l++) prefetch_ahead(w + 16 * l);
             for (int j = 0; j < 8; j++) s[j] += x[k] * *(const v8f *)(w + 8 * j);
         }
     } else {
         for (int k = 0; k < K; k += 2) {
             const uint32_t *w = (const uint32_t *)tp + (size_t)(k / 2) * PK_TILE;
             int ko = k + 1 < K ? k + 1 : k;
+            for (int l = 0; l < 4; l++) prefetch_ahead(w + 16 * l);
             for (int j = 0; j < 8; j++) {
                 v8w u = *(const v8w *)(w + 8 * j);
                 s[j] += x[k] * (v8f)(u << 16);

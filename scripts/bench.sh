@@ -5,7 +5,7 @@
 #      (set up first by oracle-env.sh, or GPT2_REF_PYTHON);
 #   2. a typing session through `gpt2 serve` in each format (fp32 also
 #      without prefix reuse), and where the CPU has AVX-512 int8 and bf16
-#      again on the AVX2 kernels.
+#      again on the AVX2 kernels (int8 also with AVX-VNNI's, where it has that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # the transformers side (torch from Debian, transformers from PyPI); without
@@ -20,4 +20,9 @@ fi
 if grep -qw avx512f /proc/cpuinfo; then
     GPT2_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell \
         /usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype int8 bf16 --no-off
+    # and int8 with AVX-VNNI's kernel, where the CPU has it
+    if grep -qw avx_vnni /proc/cpuinfo; then
+        GPT2_CPU_ISA=avxvnni OPENBLAS_CORETYPE=Haswell \
+            /usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype int8 --no-off
+    fi
 fi

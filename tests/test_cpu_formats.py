@@ -122,21 +122,22 @@ def test_int8_kv(name, tmp_path):
         check(ref, got, f"{name} {part}", "int8-kv")
 
 
-@pytest.mark.parametrize("isa", ["avx2", "portable"])
+@pytest.mark.parametrize("isa", ["avx2", "avxvnni", "portable"])
 def test_int8_without_vnni(isa, tmp_path):
     """The int8 kernels of a CPU without AVX-512 VNNI (forced by GPT2_CPU_ISA): the AVX2 kernel's
-    sums are exact, so its logits are the default path's bits, decode rows and prompts alike; the
-    portable loops give those bits for decode rows, and prompts there (weights widened for sgemm)
-    keep int8's bounds."""
+    sums are exact, and so are those of the AVX-VNNI kernel (where the CPU has AVX-VNNI; else
+    avxvnni runs the AVX2 one), so their logits are the default path's bits, decode rows and
+    prompts alike; the portable loops give those bits for decode rows, and prompts there (weights
+    widened for sgemm) keep int8's bounds."""
     model = os.path.join(MODELS, "odd-f32")  # tile and group tails
     toks = np.random.default_rng(9).integers(0, 300, 64).tolist()
     want = logits(model, toks[:8], "int8", str(tmp_path / "a.bin"))
     got = logits(model, toks[:8], "int8", str(tmp_path / "b.bin"), isa=isa)
     assert np.array_equal(want, got), f"{isa}: max diff {np.abs(want - got).max():.3g}"
     prompt = logits(model, toks, "int8", str(tmp_path / "d.bin"), isa=isa)
-    if isa == "avx2":
+    if isa != "portable":
         want = logits(model, toks, "int8", str(tmp_path / "e.bin"))
-        assert np.array_equal(want, prompt), f"avx2 prompt: max diff {np.abs(want - prompt).max():.3g}"
+        assert np.array_equal(want, prompt), f"{isa} prompt: max diff {np.abs(want - prompt).max():.3g}"
     ref = logits(model, toks, "fp32", str(tmp_path / "c.bin"))
     check(ref, prompt, f"odd-f32 ({isa})", "int8")
 
@@ -358,7 +359,7 @@ def cpu_flags():
         return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
 
 
-@pytest.mark.parametrize("isa", [None, "avx2", "portable"])
+@pytest.mark.parametrize("isa", [None, "avx2", "avxvnni", "portable"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
 def test_cpu_kernels_are_reported(dtype, isa):
     """`cpu_kernels` names the path the products take: what GPT2_CPU_ISA forces, else what
@@ -377,6 +378,9 @@ def test_cpu_kernels_are_reported(dtype, isa):
         assert got == "portable"
     elif isa == "avx2":
         assert got == ("avx2" if "avx2" in flags else "portable")
+    elif isa == "avxvnni":
+        assert got == ("portable" if "avx2" not in flags
+                       else "avx-vnni" if dtype == "int8" and "avx_vnni" in flags else "avx2")
     elif "amx_tile" in flags and dtype != "fp32" and got.startswith("amx"):
         assert got == "amx-" + dtype
     elif "avx512f" in flags:
@@ -384,7 +388,8 @@ def test_cpu_kernels_are_reported(dtype, isa):
                 "int8": {"avx512-vnni"} if "avx512_vnni" in flags else {"avx512"}}[dtype]
         assert got in want, got
     else:
-        assert got == ("avx2" if "avx2" in flags else "portable")
+        assert got == ("portable" if "avx2" not in flags
+                       else "avx-vnni" if dtype == "int8" and "avx_vnni" in flags else "avx2")
 
 
 @pytest.mark.parametrize("opt,val", [("--cpu-dtype", "int4"), ("--cpu-kv", "int4")])

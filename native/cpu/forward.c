@@ -265,11 +265,16 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     const char *pull = getenv("GPT2_CPU_PULL");
     f->pull = !pull || strcmp(pull, "0");
     /* for tests and the bench: the AVX2 kernels (of products, attention and
-     * conversions), or the portable loops, as on a CPU with no more: no
-     * vdpbf16ps, no AVX-512 panels (prompts' float products go to sgemm) */
+     * conversions; avxvnni: with AVX-VNNI's int8 kernel where the CPU has
+     * it), or the portable loops, as on a CPU with no more: no vdpbf16ps,
+     * no AVX-512 panels (prompts' float products go to sgemm) */
     const char *isa = getenv("GPT2_CPU_ISA");
-    pk_force_generic = isa && !strcmp(isa, "portable") ? 1 : isa && !strcmp(isa, "avx2") ? 2 : 0;
-    if (isa) mv_half_path = pk_force_generic == 1 ? 2 : pk_force_generic == 2 ? 1 : 0;
+    pk_force_generic = !isa                          ? 0
+                       : !strcmp(isa, "portable") ? 1
+                       : !strcmp(isa, "avx2")     ? 2
+                       : !strcmp(isa, "avxvnni")  ? 4
+                                                  : 0;
+    if (isa) mv_half_path = pk_force_generic == 1 ? 2 : pk_forced_avx2() ? 1 : 0;
     /* auto: int8 weights keep int8 keys and values where decode attention
      * reads them in place (AVX-512: a third less attention time at 640
      * positions, typing p50 8-16 ms lower; AVX2 kernels, on an AVX-512
@@ -293,7 +298,7 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
      * and it outruns fp32 fmas (timed once); for tests, GPT2_CPU_BF16=dp|fp32
      * forces either (dp: where the CPU has it) */
     const char *bdp = getenv("GPT2_CPU_BF16");
-    int dp = pk_bf16_dp() && pk_force_generic != 1 && pk_force_generic != 2; /* not under GPT2_CPU_ISA */
+    int dp = pk_bf16_dp() && pk_force_generic != 1 && !pk_forced_avx2(); /* not under GPT2_CPU_ISA */
     f->bf16_dp = dp && (bdp && !strcmp(bdp, "dp")     ? 1
                         : bdp && !strcmp(bdp, "fp32") ? 0
                                                       : pk_amx() || pk_bf16_dp_faster());

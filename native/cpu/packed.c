@@ -238,7 +238,20 @@ static int avx2(void)
         has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     return has && pk_force_generic != 1;
 }
+
+/* AVX-VNNI (256-bit vpdpbusd) for int8 products where AVX-512 VNNI is not
+ * used: on a CPU without AVX-512 (Intel's since Alder Lake), or forced
+ * (pk_force_generic 4, GPT2_CPU_ISA=avxvnni). pk_force_generic 2 keeps the
+ * AVX2 kernel, as on a CPU without it. */
+static int avx_vnni(void)
+{
+    static int has = -1;
+    if (has < 0) has = __builtin_cpu_supports("avxvnni");
+    return has && avx2() && (!pk_force_generic || pk_force_generic == 4);
+}
 #endif
+
+int pk_forced_avx2(void) { return pk_force_generic == 2 || pk_force_generic == 4; }
 
 static void pack_tile(const pmat *p, const float *w, int out_in, int t)
 {
@@ -1351,12 +1364,12 @@ int pk_vnni(void)
 const char *pk_kernels(int fmt)
 {
     if (pk_force_generic == 1) return "portable";
-    if (pk_force_generic == 2) return avx2() ? "avx2" : "portable";
+    if (pk_forced_avx2()) return fmt == PK_I8 && avx_vnni() ? "avx-vnni" : avx2() ? "avx2" : "portable";
     if (fmt != PK_F32 && pk_amx()) return fmt == PK_I8 ? "amx-int8" : "amx-bf16";
     if (fmt == PK_I8 && pk_vnni()) return "avx512-vnni";
     if (fmt == PK_BF16 && pk_bf16_dp()) return "avx512-bf16";
     if (pk_f32_prompts()) return "avx512";
-    return avx2() ? "avx2" : "portable";
+    return fmt == PK_I8 && avx_vnni() ? "avx-vnni" : avx2() ? "avx2" : "portable";
 }
 
 int pk_amx(void)
@@ -1504,25 +1517,158 @@ AVX2 AI void i8_block_avx2(const unsigned char *tp, int G, float unscale, const 
     add_rows(out + (size_t)r0 * ldo, ldo, acc, R, n, accumulate);
 }
 
+/* A tile's rows in blocks of up to RB_A through block (i8_block_avx2 or
+ * i8_block_avxvnni), row counts constant in each call. */
+#define I8_TILES(block)                                                                            \
+    for (int t = t0; t < t1; t++) {                                                                \
+        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;                             \
+        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;                       \
+        for (int r = 0; r < R; r += RB_A) {                                                        \
+            float *o = out + c0;                                                                   \
+            switch (R - r < RB_A ? R - r : RB_A) {                                                 \
+            case 1: block(tp, p->groups, p->unscale, a, r, 1, o, ldo, n, accumulate); break;       \
+            case 2: block(tp, p->groups, p->unscale, a, r, 2, o, ldo, n, accumulate); break;       \
+            case 3: block(tp, p->groups, p->unscale, a, r, 3, o, ldo, n, accumulate); break;       \
+            case 4: block(tp, p->groups, p->unscale, a, r, 4, o, ldo, n, accumulate); break;       \
+            case 5: block(tp, p->groups, p->unscale, a, r, 5, o, ldo, n, accumulate); break;       \
+            default: block(tp, p->groups, p->unscale, a, r, 6, o, ldo, n, accumulate); break;      \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
 AVX2 static void i8_tiles_avx2(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
                                int t1, int accumulate)
 {
-    for (int t = t0; t < t1; t++) {
-        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
-        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
-        for (int r = 0; r < R; r += RB_A) {
-            float *o = out + c0;
-            switch (R - r < RB_A ? R - r : RB_A) {
-            case 1: i8_block_avx2(tp, p->groups, p->unscale, a, r, 1, o, ldo, n, accumulate); break;
-            case 2: i8_block_avx2(tp, p->groups, p->unscale, a, r, 2, o, ldo, n, accumulate); break;
-            case 3: i8_block_avx2(tp, p->groups, p->unscale, a, r, 3, o, ldo, n, accumulate); break;
-            case 4: i8_block_avx2(tp, p->groups, p->unscale, a, r, 4, o, ldo, n, accumulate); break;
-            case 5: i8_block_avx2(tp, p->groups, p->unscale, a, r, 5, o, ldo, n, accumulate); break;
-            default: i8_block_avx2(tp, p->groups, p->unscale, a, r, 6, o, ldo, n, accumulate); break;
+    I8_TILES(i8_block_avx2)
+}
+
+/* AVX-VNNI: the VEX form of vpdpbusd on 256-bit vectors, which Intel's
+ * cores without AVX-512 have had since Alder Lake. The VNNI kernel's
+ * operations in ymm: each column's 4 stored bytes (w + 128) times the row's
+ * 4 inputs of the quad, broadcast, added to int32 sums that start at
+ * -128 * sum(x); then the same fp32 epilogue, so the same bits. One
+ * instruction where the AVX2 kernel takes a widening, a vpmaddwd and a
+ * vpaddd per 8 columns, and no pairs to fold. 16 columns of up to 6 rows a
+ * pass: 12 sums, 2 weights and an input fill 15 of the 16 registers. A pass
+ * reads 64 bytes of every 256, so each fetches its quarter of the group
+ * PF_A ahead, as i8_block_avx2 does its ninth. */
+#define AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+
+/* 3 or 6 rows' 16 columns over a group's 16 quads in assembly: gcc 12
+ * copies the sums between registers around every vpdpbusd of the
+ * intrinsic (11 moves a quad at 3 rows) and at 6 rows stores 10 of them to
+ * the stack each quad. sums: each row's two, in and out; x: row 0's group
+ * inputs, rows xrow bytes apart. */
+#define VQ_ROW(src, a, b)                                                                          \
+    "vpbroadcastd " src ", %%ymm14\n\t"                                                            \
+    "%{vex%} vpdpbusd %%ymm14, %%ymm12, %%ymm" #a "\n\t"                                             \
+    "%{vex%} vpdpbusd %%ymm14, %%ymm13, %%ymm" #b "\n\t"
+#define VQ_LOAD(i) "vmovdqu " #i "*32(%[s]), %%ymm" #i "\n\t"
+#define VQ_SAVE(i) "vmovdqu %%ymm" #i ", " #i "*32(%[s])\n\t"
+#define VQ_LOOP(rows)                                                                              \
+    "mov $16, %%ecx\n"                                                                             \
+    "1:\n\t"                                                                                      \
+    "vmovdqa (%[w]), %%ymm12\n\t"                                                                  \
+    "vmovdqa 32(%[w]), %%ymm13\n\t"                                                                \
+    rows                                                                                           \
+    "add $256, %[w]\n\t"                                                                           \
+    "add $4, %[x]\n\t"                                                                             \
+    "dec %%ecx\n\t"                                                                                \
+    "jnz 1b\n\t"
+
+AVXVNNI static inline void vnni_quads3_asm(const unsigned char *w, const int8_t *x, size_t xrow,
+                                           __m256i *sums)
+{
+    __asm__ volatile(VQ_LOAD(0) VQ_LOAD(1) VQ_LOAD(2) VQ_LOAD(3) VQ_LOAD(4) VQ_LOAD(5)
+                     VQ_LOOP(VQ_ROW("(%[x])", 0, 1) VQ_ROW("(%[x],%[xrow])", 2, 3)
+                             VQ_ROW("(%[x],%[xrow],2)", 4, 5))
+                     VQ_SAVE(0) VQ_SAVE(1) VQ_SAVE(2) VQ_SAVE(3) VQ_SAVE(4) VQ_SAVE(5)
+                     : [w] "+r"(w), [x] "+r"(x)
+                     : [s] "r"(sums), [xrow] "r"(xrow)
+                     : "ecx", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm12", "xmm13",
+                       "xmm14", "memory", "cc");
+}
+
+AVXVNNI static inline void vnni_quads6_asm(const unsigned char *w, const int8_t *x, size_t xrow,
+                                           __m256i *sums)
+{
+    const int8_t *x3 = x + 3 * xrow;
+    __asm__ volatile(VQ_LOAD(0) VQ_LOAD(1) VQ_LOAD(2) VQ_LOAD(3) VQ_LOAD(4) VQ_LOAD(5)
+                     VQ_LOAD(6) VQ_LOAD(7) VQ_LOAD(8) VQ_LOAD(9) VQ_LOAD(10) VQ_LOAD(11)
+                     VQ_LOOP(VQ_ROW("(%[x])", 0, 1) VQ_ROW("(%[x],%[xrow])", 2, 3)
+                             VQ_ROW("(%[x],%[xrow],2)", 4, 5) VQ_ROW("(%[x3])", 6, 7)
+                             VQ_ROW("(%[x3],%[xrow])", 8, 9) VQ_ROW("(%[x3],%[xrow],2)", 10, 11)
+                             "add $4, %[x3]\n\t")
+                     VQ_SAVE(0) VQ_SAVE(1) VQ_SAVE(2) VQ_SAVE(3) VQ_SAVE(4) VQ_SAVE(5)
+                     VQ_SAVE(6) VQ_SAVE(7) VQ_SAVE(8) VQ_SAVE(9) VQ_SAVE(10) VQ_SAVE(11)
+                     : [w] "+r"(w), [x] "+r"(x), [x3] "+r"(x3)
+                     : [s] "r"(sums), [xrow] "r"(xrow)
+                     : "ecx", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                       "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");
+}
+#undef VQ_ROW
+#undef VQ_LOAD
+#undef VQ_SAVE
+#undef VQ_LOOP
+
+AVXVNNI AI void i8_block_avxvnni(const unsigned char *tp, int G, float unscale, const pk_act *a,
+                                 int r0, const int R, float *out, int ldo, int n, int accumulate)
+{
+    float acc[RB_A][PK_TILE] __attribute__((aligned(32)));
+    memset(acc, 0, sizeof acc);
+    for (int g = 0; g < G; g++) {
+        const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
+        const int8_t *xq[RB_A];
+        size_t xrow = (size_t)G * PK_GROUP; /* row to row */
+        __m256 xs[RB_A];
+        __m256i base[RB_A];
+        for (int r = 0; r < R; r++) {
+            size_t at = (size_t)(r0 + r) * G + g;
+            xq[r] = a->q + at * PK_GROUP;
+            xs[r] = _mm256_set1_ps(a->scale[at] * unscale);
+            base[r] = _mm256_set1_epi32(-128 * a->sum[at]);
+        }
+        const uint16_t *scales = (const uint16_t *)(gp + GROUP_W);
+        for (int c = 0; c < PK_TILE; c += 16) {
+            for (int l = c / 16 * 17; l < c / 16 * 17 + 17; l++) {
+                _mm_prefetch((const char *)gp + PF_A * GROUP_BYTES + 64 * l, _MM_HINT_T0);
+                prefetch_far(gp + 64 * l);
+            }
+            __m256i sum[RB_A][2];
+            for (int r = 0; r < R; r++) sum[r][0] = sum[r][1] = base[r];
+            if (R == 3 || R == 6) {
+                if (R == 3) vnni_quads3_asm(gp + c * 4, xq[0], xrow, sum[0]);
+                else vnni_quads6_asm(gp + c * 4, xq[0], xrow, sum[0]);
+            } else for (int q = 0; q < QUADS; q++) {
+                const unsigned char *wq = gp + (size_t)q * PK_TILE * 4 + c * 4;
+                __m256i w0 = _mm256_load_si256((const __m256i *)wq);
+                __m256i w1 = _mm256_load_si256((const __m256i *)(wq + 32));
+                for (int r = 0; r < R; r++) {
+                    int32_t x4;
+                    memcpy(&x4, xq[r] + 4 * q, sizeof x4);
+                    __m256i xb = _mm256_set1_epi32(x4);
+                    sum[r][0] = _mm256_dpbusd_avx_epi32(sum[r][0], w0, xb);
+                    sum[r][1] = _mm256_dpbusd_avx_epi32(sum[r][1], w1, xb);
+                }
+            }
+            __m256 ws0 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(scales + c)));
+            __m256 ws1 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(scales + c + 8)));
+            for (int r = 0; r < R; r++) {
+                __m256 *o = (__m256 *)(acc[r] + c);
+                o[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[r][0]), _mm256_mul_ps(ws0, xs[r]), o[0]);
+                o[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[r][1]), _mm256_mul_ps(ws1, xs[r]), o[1]);
             }
         }
     }
+    add_rows(out + (size_t)r0 * ldo, ldo, acc, R, n, accumulate);
 }
+
+AVXVNNI static void i8_tiles_avxvnni(const pmat *p, float *out, int ldo, const pk_act *a, int R,
+                                     int t0, int t1, int accumulate)
+{
+    I8_TILES(i8_block_avxvnni)
+}
+#undef I8_TILES
 
 /* ==== AVX2 ==== */
 
@@ -1657,12 +1803,12 @@ int pk_f32_prompts(void)
 }
 
 /* The float kernels above: on AVX2 CPUs without AVX-512 (whose 32
- * registers suit the generic kernel), or forced (pk_force_generic 2). */
+ * registers suit the generic kernel), or forced (pk_force_generic 2, 4). */
 static int float_avx2(void)
 {
     static int fit = -1;
     if (fit < 0) fit = !__builtin_cpu_supports("avx512f");
-    return avx2() && (fit || pk_force_generic == 2);
+    return avx2() && (fit || pk_forced_avx2());
 }
 #else
 int pk_i8_prompts(void) { return 0; }
@@ -1714,6 +1860,10 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
         if (pk_vnni() || amx) {
             i8_tiles_vnni(p, out, ldo, a, R, t0, t1, accumulate, bias, amx);
             fused = 1;
+            break;
+        }
+        if (avx_vnni()) {
+            i8_tiles_avxvnni(p, out, ldo, a, R, t0, t1, accumulate);
             break;
         }
         if (avx2()) {

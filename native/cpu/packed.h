@@ -132,11 +132,15 @@ void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ld
  * against widened tiles. 0 without AVX-512 BF16. */
 int pk_bf16_dp_faster(void);
 
-/* Whether the int8 product runs on AVX-512 VNNI here (else AVX2 where
- * present, else portable loops). For the unit test, which compares them:
- * pk_force_generic 1 makes pk_matmul use the portable loops, 2 AVX2. */
+/* Whether the int8 product runs on AVX-512 VNNI here (else AVX-VNNI, else
+ * AVX2 where present, else portable loops). For the unit test, which
+ * compares them: pk_force_generic 1 makes pk_matmul use the portable
+ * loops, 2 the AVX2 kernels, 4 those with AVX-VNNI's int8 kernel where the
+ * CPU has it (GPT2_CPU_ISA=portable|avx2|avxvnni). pk_forced_avx2: 2 or 4,
+ * the kernels of a CPU with AVX2 and no AVX-512. */
 int pk_vnni(void);
 extern int pk_force_generic;
+int pk_forced_avx2(void);
 
 /* Whether prompts' int8 and bf16 products (whole blocks of 16 rows) run on AMX
  * tiles here (amx.h): AMX_HW where the CPU has AMX and the kernel grants

@@ -16,7 +16,7 @@ nothing here asserts a time.
    one thread's peak times the threads (AMX's peak is not timed: no floor
    there); then, where the CPU has AVX-512, the same decode and prefill on
    the AVX2 kernels (GPT2_CPU_ISA=avx2, OpenBLAS's Haswell sgemm): what a CPU
-   without AVX-512 runs.
+   without AVX-512 runs, and int8 with AVX-VNNI's kernel where the CPU has it.
 2. End to end through the CLI: a 256-token prompt, n=3 continuations of 24
    new tokens (no stop rule, so every run decodes all 24), process included.
 3. The accuracy of bf16 and int8 against fp32 over every position of a text.
@@ -91,9 +91,9 @@ def accuracy(model, prompt):
               f"mean KL {kl:.2e} nats")
 
 
-def kernels(model, env=None):
+def kernels(model, env=None, formats=FORMATS):
     out = {}
-    for dtype in FORMATS:
+    for dtype in formats:
         r = subprocess.run([BENCH_CPU, model, dtype, "--context", "256", "--steps", "40"],
                            check=True, capture_output=True, text=True,
                            env=dict(os.environ, **env) if env else None)
@@ -104,12 +104,14 @@ def kernels(model, env=None):
 # what a CPU without AVX-512 runs: our AVX2 kernels, and OpenBLAS's sgemm for
 # Haswell (else it would pick its AVX-512 one here)
 AVX2_ENV = {"GPT2_CPU_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell"}
+# the same with AVX-VNNI's int8 kernel (Intel's cores without AVX-512 since Alder Lake)
+AVX_VNNI_ENV = dict(AVX2_ENV, GPT2_CPU_ISA="avxvnni")
 
 
-def step_rows(k):
+def step_rows(k, formats=FORMATS):
     print(f"  {'format':6s} {'bytes/step':>10s} {'bandwidth':>16s} {'floor':>8s} {'batch 1':>8s} "
           f"{'ratio':>6s} {'batch 3':>8s} {'ratio':>6s}  {'prefill 128':>20s}  {'prefill 512':>20s}")
-    for dtype in FORMATS:
+    for dtype in formats:
         r = k[dtype]
         print(f"  {dtype:6s} {r['step_bytes'] / 1e6:7.0f} MB {r['bandwidth_gbs']:5.1f} ({r['bandwidth_best_gbs']:4.1f}) GB/s "
               f"{r['floor_ms']:5.2f} ms {r['step1_ms']:5.2f} ms {r['step1_ms'] / r['floor_ms']:5.2f}x "
@@ -117,14 +119,18 @@ def step_rows(k):
               f"{r['prefill128_ms']:6.1f} ms {128e3 / r['prefill128_ms']:5.0f} tok/s  "
               f"{r['prefill512_ms']:6.1f} ms {512e3 / r['prefill512_ms']:5.0f} tok/s")
     print("  a keystroke's prompt, 20 tokens after the cached rest of the context: " +
-          ", ".join(f"{d} {k[d]['extend20_ms']:.1f} ms" for d in FORMATS))
+          ", ".join(f"{d} {k[d]['extend20_ms']:.1f} ms" for d in formats))
+
+
+def cpu_has(flag):
+    try:
+        return flag in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
 
 
 def has_avx512():
-    try:
-        return "avx512f" in open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
+    return cpu_has("avx512f")
 
 
 # the instruction each format's prompt products multiply-add with, without AMX
@@ -227,6 +233,12 @@ def main():
         print("the same on the AVX2 kernels, as a CPU without AVX-512 runs them (GPT2_CPU_ISA=avx2, "
               "OpenBLAS's Haswell sgemm for fp32 and bf16 prompts):")
         step_rows(kernels(model, AVX2_ENV))
+        if cpu_has("avx_vnni"):
+            print("  int8 with AVX-VNNI's kernel (GPT2_CPU_ISA=avxvnni), as Intel's cores without AVX-512 "
+                  "since Alder Lake run it:")
+            step_rows(kernels(model, AVX_VNNI_ENV, ["int8"]), ["int8"])
+        else:
+            print("  SKIP int8 with AVX-VNNI's kernel: this CPU has no AVX-VNNI")
     else:
         print("  SKIP the AVX2 rows: this CPU has no AVX-512, so the rows above are its AVX2 kernels")
 

@@ -174,18 +174,22 @@ static void test_products(int K, int N, int out_in)
             double e = rel_err(got, want, (size_t)rows * N);
             CHECK(e < 1e-5, "fmt %d K %d N %d rows %d out_in %d: rel err %g", fmt, K, N, rows,
                   out_in, e);
-            for (int force = 1; force <= 2; force++) {
-                /* the portable loops and the AVX2 kernels give the same bits (float
+            for (int force = 1; force <= 4; force++) {
+                /* the portable loops and the AVX2 kernels, int8 with AVX-VNNI's
+                 * kernel too (4, where the CPU has it), give the same bits (float
                  * formats: the generic kernel, compiled with fma where the CPU has it) */
+                if (force == 3) continue; /* AMX emulation: below */
                 for (int i = 0; i < rows * N; i++) gen[i] = 1.0f;
                 pk_force_generic = force;
                 pk_matmul(&p, gen, N, x, K, &a, rows, 0, p.tiles, 1, NULL);
                 pk_force_generic = 0;
                 CHECK(!memcmp(gen, got, sizeof(float) * rows * N), "fmt %d K %d N %d rows %d: %s differ from %s",
-                      fmt, K, N, rows, force == 1 ? "the portable loops" : "the AVX2 kernel's sums",
+                      fmt, K, N, rows,
+                      force == 1 ? "the portable loops" : force == 2 ? "the AVX2 kernel's sums" : "AVX-VNNI's sums",
                       pk_vnni() ? "VNNI's" : "the default path's");
             }
-            for (int force = 0; force <= 2; force++) {
+            for (int force = 0; force <= 4; force++) {
+                if (force == 3) continue;
                 pk_force_generic = force;
                 CHECK(bias_matches(&p, x, K, &a, rows), "fmt %d K %d N %d rows %d path %d: the bias changed the sums",
                       fmt, K, N, rows, force);
@@ -782,6 +786,10 @@ void kernel_tests(void)
     test_pool();
     if (!pk_vnni()) printf("SKIP int8 VNNI kernel: this CPU has no AVX-512 VNNI (AVX2 and portable compared)\n");
     if (!pk_bf16_dp()) printf("SKIP bf16 products of bf16 activations: this CPU has no AVX-512 BF16\n");
+    pk_force_generic = 4;
+    if (strcmp(pk_kernels(PK_I8), "avx-vnni"))
+        printf("SKIP int8 AVX-VNNI kernel: this CPU has no AVX-VNNI (its comparisons run the AVX2 kernel)\n");
+    pk_force_generic = 0;
     int shapes[][2] = {{32, 64}, {45, 70}, {96, 200}, {768, 130}, {200, 17}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int out_in = 0; out_in < 2; out_in++) test_products(shapes[i][0], shapes[i][1], out_in);

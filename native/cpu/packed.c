@@ -1468,6 +1468,18 @@ AVX2 AI void i8_quads_avx2(const unsigned char *w, int16_t (*xw)[PK_GROUP], cons
     }
 }
 
+/* Group g's factors for rows r0..r0+R: each row's scale times unscale (xs)
+ * and the -128 * sum(x) that undoes the weights' offset (base). */
+AVX2 AI void group_rows(const pk_act *a, int r0, const int R, int G, int g, float unscale, __m256 *xs,
+                        __m256i *base)
+{
+    for (int r = 0; r < R; r++) {
+        size_t at = (size_t)(r0 + r) * G + g;
+        xs[r] = _mm256_set1_ps(a->scale[at] * unscale);
+        base[r] = _mm256_set1_epi32(-128 * a->sum[at]);
+    }
+}
+
 AVX2 AI void i8_block_avx2(const unsigned char *tp, int G, float unscale, const pk_act *a, int r0,
                           const int R, float *out, int ldo, int n, int accumulate)
 {
@@ -1478,13 +1490,11 @@ AVX2 AI void i8_block_avx2(const unsigned char *tp, int G, float unscale, const 
         int16_t xw[RB_A][PK_GROUP] __attribute__((aligned(32)));
         __m256 xs[RB_A];
         __m256i base[RB_A];
+        group_rows(a, r0, R, G, g, unscale, xs, base);
         for (int r = 0; r < R; r++) {
-            size_t at = (size_t)(r0 + r) * G + g;
-            const int8_t *xq = a->q + at * PK_GROUP;
+            const int8_t *xq = a->q + ((size_t)(r0 + r) * G + g) * PK_GROUP;
             for (int i = 0; i < PK_GROUP; i += 16)
                 _mm256_store_si256((__m256i *)(xw[r] + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(xq + i))));
-            xs[r] = _mm256_set1_ps(a->scale[at] * unscale);
-            base[r] = _mm256_set1_epi32(-128 * a->sum[at]);
         }
         const uint16_t *scales = (const uint16_t *)(gp + GROUP_W);
         for (int c = 0; c < PK_TILE; c += 8) {
@@ -1622,12 +1632,8 @@ AVXVNNI AI void i8_block_avxvnni(const unsigned char *tp, int G, float unscale, 
         size_t xrow = (size_t)G * PK_GROUP; /* row to row */
         __m256 xs[RB_A];
         __m256i base[RB_A];
-        for (int r = 0; r < R; r++) {
-            size_t at = (size_t)(r0 + r) * G + g;
-            xq[r] = a->q + at * PK_GROUP;
-            xs[r] = _mm256_set1_ps(a->scale[at] * unscale);
-            base[r] = _mm256_set1_epi32(-128 * a->sum[at]);
-        }
+        group_rows(a, r0, R, G, g, unscale, xs, base);
+        for (int r = 0; r < R; r++) xq[r] = a->q + ((size_t)(r0 + r) * G + g) * PK_GROUP;
         const uint16_t *scales = (const uint16_t *)(gp + GROUP_W);
         for (int c = 0; c < PK_TILE; c += 16) {
             for (int l = c / 16 * 17; l < c / 16 * 17 + 17; l++) {

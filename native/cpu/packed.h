@@ -158,7 +158,7 @@ void pk_prefetch_init(void);
 
 /* The kernels products of format fmt take here, as status reports them:
  * "amx-int8" or "amx-bf16" (prompts; decode on AVX-512), "avx512-vnni",
- * "avx512-bf16", "avx512", "avx2" or "portable". */
+ * "avx512-bf16", "avx512", "avx-vnni" (int8), "avx2" or "portable". */
 const char *pk_kernels(int fmt);
 
 /* Whether int8 prompts should read the packed tiles (VNNI or AVX2 here),

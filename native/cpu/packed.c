@@ -1642,10 +1642,9 @@ AVXVNNI AI void i8_block_avxvnni(const unsigned char *tp, int G, float unscale, 
             }
             __m256i sum[RB_A][2];
             for (int r = 0; r < R; r++) sum[r][0] = sum[r][1] = base[r];
-            if (R == 3 || R == 6) {
-                if (R == 3) vnni_quads3_asm(gp + c * 4, xq[0], xrow, sum[0]);
-                else vnni_quads6_asm(gp + c * 4, xq[0], xrow, sum[0]);
-            } else for (int q = 0; q < QUADS; q++) {
+            if (R == 3) vnni_quads3_asm(gp + c * 4, xq[0], xrow, sum[0]);
+            else if (R == 6) vnni_quads6_asm(gp + c * 4, xq[0], xrow, sum[0]);
+            else for (int q = 0; q < QUADS; q++) {
                 const unsigned char *wq = gp + (size_t)q * PK_TILE * 4 + c * 4;
                 __m256i w0 = _mm256_load_si256((const __m256i *)wq);
                 __m256i w1 = _mm256_load_si256((const __m256i *)(wq + 32));

@@ -326,15 +326,16 @@ def test_completion_runs_and_is_reported(dtype):
                                       ("fp32", "int8"), ("int8", "int8"), ("int8", "fp32")])
 def test_auto_kv(head64_mild, dtype, kv):
     """`cpu_kv` names what the caches hold: --cpu-kv, or auto's choice (fp32 for fp32 weights;
-    int8 for int8 weights with 64-float heads on AVX-512, where decode reads them in place;
-    else fp16 where the CPU converts half floats in hardware)."""
+    int8 for int8 weights with 64-float heads where decode reads them in place, on AVX-512 or
+    AVX2 with FMA and F16C; else fp16 where the CPU converts half floats in hardware)."""
     r = subprocess.run([GPT2, "complete", "--model", head64_mild, "--tokens", "1,2,3", "--cpu-dtype",
                         dtype, "--cpu-kv", kv, "--device", "cpu", "--max-tokens", "4"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     half = "fp16" if has_cpu_flag("f16c") else "fp32"
     want = kv if kv != "auto" else "fp32" if dtype == "fp32" else \
-        "int8" if dtype == "int8" and has_cpu_flag("avx512f") else half
+        "int8" if dtype == "int8" and (has_cpu_flag("avx512f") or all(
+            has_cpu_flag(f) for f in ("avx2", "fma", "f16c"))) else half
     assert json.loads(r.stdout)["cpu_kv"] == want
 
 

@@ -6,8 +6,10 @@
  * the tiles once. Prompt chunks: int8's exact int32 kernel serves every row
  * count; bf16 rounds activations to bf16 where vdpbf16ps outruns fp32 fmas;
  * otherwise fp32 tiles (bf16 ones widened) go to our AVX-512 panels
- * (pk_f32_product, attention too), or, without AVX-512, a few widened tiles
- * at a time to OpenBLAS sgemm. Our own pool splits the tiles among threads
+ * (pk_f32_product, attention too); without AVX-512 the AVX2 kernels read the
+ * fp32 or bf16 tiles as they lie (pk_float_prompts), and only a CPU with
+ * neither (or a bf16 product of odd K) widens a few tiles at a time for
+ * OpenBLAS's sgemm, which also serves attention there. Our own pool splits the tiles among threads
  * (OpenBLAS itself is kept single-threaded so two thread systems never
  * fight over the cores).
  */
@@ -473,7 +475,9 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
      * tiles (bf16 ones widened) go to pk_f32_product on AVX-512, or a few
      * widened tiles at a time to sgemm */
     int stream = j->R <= stream_rows();
-    int packed = stream || j->q; /* j->q: int8 (VNNI or AVX2 for a prompt), or bf16 activations */
+    /* j->q: int8 (VNNI or AVX2 for a prompt), or bf16 activations; or float
+     * tiles the AVX2 kernels read as they lie */
+    int packed = stream || j->q || pk_float_prompts(j->w);
     int panel = !packed && panels();
     /* a prompt's columns are finished block by block, while still in cache */
     int step = stream ? t1 - t0 : packed || panel ? 1 : SUB / PK_TILE;
@@ -491,11 +495,11 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
                     pk_f32_product(wt, PK_TILE, j->I, j->x + (size_t)r0 * j->I, j->I, r1 - r0, 1.0f,
                                    o + c0, j->O, c1 - c0, j->accumulate, j->bias ? j->bias + c0 : NULL);
                 } else {
-                    pk_act rows = pk_act_rows(j->q, j->I, r0);
+                    pk_act rows = j->q ? pk_act_rows(j->q, j->I, r0) : (pk_act){0};
                     rows.warm = r0 > 0;
                     rows.hold = 1; /* given back below */
-                    pk_matmul(j->w, o, j->O, j->x + (size_t)r0 * j->I, j->I, &rows, r1 - r0, t, te,
-                              j->accumulate, j->bias);
+                    pk_matmul(j->w, o, j->O, j->x + (size_t)r0 * j->I, j->I, j->q ? &rows : NULL, r1 - r0,
+                              t, te, j->accumulate, j->bias);
                 }
                 finish_cols(j, r0, r1, c0, c1, 1);
             }
@@ -566,7 +570,7 @@ static void gemm_prepare(fwd *f, gemm_job *j)
      * so the threads end within a tile of each other; a few runs per thread
      * where tiles are widened for sgemm, whose calls want several tiles. */
     int tasks = j->R <= stream_rows() ? pool_size(f->pool)
-                : j->q || panels() ? j->w->tiles
+                : j->q || panels() || pk_float_prompts(j->w) ? j->w->tiles
                                    : pool_size(f->pool) * 4;
     j->tiles = (j->w->tiles + tasks - 1) / tasks;
 }
@@ -1003,7 +1007,8 @@ static int qkv_pass(fwd *f, int block, int R, int l, gemm_job *qkv)
     *qkv = (gemm_job){.out = f->qkv, .x = f->h, .w = &f->wp[l].qkv, .q = q, .bias = w->qkv_b,
                       .R = R, .I = C, .O = 3 * C};
     gemm_prepare(f, qkv);
-    int fused = block && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 && (qkv->q || panels());
+    int fused = block && f->fuse_qkv && (C / c->n_head) % PK_TILE == 0 &&
+                (qkv->q || panels() || pk_float_prompts(qkv->w));
     if (!fused) pool_run(f->pool, gemm_task, qkv, (qkv->w->tiles + qkv->tiles - 1) / qkv->tiles);
     return fused;
 }

@@ -1761,9 +1761,137 @@ AVX2 AI void row_avx2(const unsigned char *tp, int K, const float *x, float *acc
     for (int j = 0; j < 8; j++) *(v8f *)(acc + 8 * j) = s[j];
 }
 
+/* Prompts in fp32 or bf16 tiles: 6 rows by 16 columns of sums in 12 ymm
+ * over a block of inputs, the row's input broadcast and the 16 columns'
+ * weights loaded once for the 6 rows (bf16 ones widened in registers), 12
+ * fmas per input; the tile read where it lies, no copy. The same fma chain
+ * per output as row_avx2 and half_avx2 (inputs in order, a bf16 pair's even
+ * then odd), so a prompt's rows get the bits decode would. OpenBLAS's sgemm
+ * on tiles widened for it spent a fifth of an fp32 prefill copying
+ * (widening, then its own packing of both operands). */
+#define PR_ROWS 6
+#define PR_COLS 16
+#define PR_KB 128 /* inputs per block (bf16; fp32 half as many): 4 KB of weights a slice */
+#define PR_CHUNK 24   /* rows whose sums wait in an L1 buffer */
+
+#define PR_LOAD(r, lo, hi)                                                                         \
+    "vmovups " #r "*256(%[a]), %%ymm" #lo "\n\tvmovups " #r "*256+32(%[a]), %%ymm" #hi "\n\t"
+#define PR_STORE(r, lo, hi)                                                                        \
+    "vmovups %%ymm" #lo ", " #r "*256(%[a])\n\tvmovups %%ymm" #hi ", " #r "*256+32(%[a])\n\t"
+#define PR_LOADS PR_LOAD(0, 0, 1) PR_LOAD(1, 2, 3) PR_LOAD(2, 4, 5) PR_LOAD(3, 6, 7) PR_LOAD(4, 8, 9) PR_LOAD(5, 10, 11)
+#define PR_STORES PR_STORE(0, 0, 1) PR_STORE(1, 2, 3) PR_STORE(2, 4, 5) PR_STORE(3, 6, 7) PR_STORE(4, 8, 9) PR_STORE(5, 10, 11)
+#define PR_FMA(at, lo, hi)                                                                         \
+    "vbroadcastss " at ", %%ymm14\n\t"                                                            \
+    "vfmadd231ps %%ymm14, %%ymm12, %%ymm" #lo "\n\t"                                              \
+    "vfmadd231ps %%ymm14, %%ymm13, %%ymm" #hi "\n\t"
+/* rows 0-2 at %[xa] + 0, 1, 2 strides, rows 3-5 at %[xb] + 0, 1, 2 */
+#define PR_FMAS(off)                                                                               \
+    PR_FMA(#off "(%[xa])", 0, 1) PR_FMA(#off "(%[xa],%[ld],1)", 2, 3) PR_FMA(#off "(%[xa],%[ld],2)", 4, 5) \
+    PR_FMA(#off "(%[xb])", 6, 7) PR_FMA(#off "(%[xb],%[ld],1)", 8, 9) PR_FMA(#off "(%[xb],%[ld],2)", 10, 11)
+
+/* acc[6][PK_TILE] at a (16 columns there) += rows x (stride ld floats) by
+ * w's 16 columns (a tile's, 256 bytes an input or bf16 pair) over n inputs. */
+AVX2 static inline void pr_f32_asm(const unsigned char *w, const float *x, size_t ld, int n, float *a,
+                                   const unsigned char *pf)
+{
+    const float *xb = x + 3 * ld;
+    size_t ldb = ld * sizeof(float);
+    __asm__ volatile(PR_LOADS
+                     "1:\n\t"
+                     "vmovups (%[w]), %%ymm12\n\t"
+                     "vmovups 32(%[w]), %%ymm13\n\t"
+                     "prefetcht0 (%[pf])\n\t"
+                     PR_FMAS(0)
+                     "add $256, %[w]\n\t"
+                     "add $256, %[pf]\n\t"
+                     "add $4, %[xa]\n\t"
+                     "add $4, %[xb]\n\t"
+                     "dec %[n]\n\t"
+                     "jnz 1b\n\t"
+                     PR_STORES
+                     : [w] "+r"(w), [xa] "+r"(x), [xb] "+r"(xb), [n] "+r"(n), [pf] "+r"(pf)
+                     : [a] "r"(a), [ld] "r"(ldb)
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                       "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");
+}
+
+/* The same over n pairs of bf16 inputs (an even count of inputs). */
+AVX2 static inline void pr_bf16_asm(const unsigned char *w, const float *x, size_t ld, int n, float *a,
+                                    const unsigned char *pf)
+{
+    static const uint32_t odd = 0xFFFF0000u;
+    const float *xb = x + 3 * ld;
+    size_t ldb = ld * sizeof(float);
+    __asm__ volatile(PR_LOADS
+                     "vpbroadcastd %[odd], %%ymm15\n"
+                     "1:\n\t"
+                     "vmovdqu (%[w]), %%ymm12\n\t"
+                     "vpslld $16, %%ymm12, %%ymm12\n\t"
+                     "vmovdqu 32(%[w]), %%ymm13\n\t"
+                     "vpslld $16, %%ymm13, %%ymm13\n\t"
+                     PR_FMAS(0)
+                     "vpand (%[w]), %%ymm15, %%ymm12\n\t"
+                     "vpand 32(%[w]), %%ymm15, %%ymm13\n\t"
+                     "prefetcht0 (%[pf])\n\t"
+                     PR_FMAS(4)
+                     "add $256, %[w]\n\t"
+                     "add $256, %[pf]\n\t"
+                     "add $8, %[xa]\n\t"
+                     "add $8, %[xb]\n\t"
+                     "dec %[n]\n\t"
+                     "jnz 1b\n\t"
+                     PR_STORES
+                     : [w] "+r"(w), [xa] "+r"(x), [xb] "+r"(xb), [n] "+r"(n), [pf] "+r"(pf)
+                     : [a] "r"(a), [ld] "r"(ldb), [odd] "m"(odd)
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                       "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
+}
+
+/* Rows 0..R (a multiple of PR_ROWS) of tiles t0..t1. */
+AVX2 static void float_prompt_avx2(const pmat *p, float *out, int ldo, const float *x, int ldx, int R,
+                                   int t0, int t1, int accumulate)
+{
+    float acc[PR_CHUNK][PK_TILE] __attribute__((aligned(32)));
+    int bf = p->fmt == PK_BF16;
+    size_t kstep = bf ? 128 : 256; /* a tile's bytes an input */
+    int kb = bf ? PR_KB : PR_KB / 2;
+    for (int t = t0; t < t1; t++) {
+        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
+        for (int r0 = 0; r0 < R; r0 += PR_CHUNK) {
+            int m = R - r0 < PR_CHUNK ? R - r0 : PR_CHUNK;
+            memset(acc, 0, sizeof(float) * PK_TILE * m);
+            for (int k0 = 0; k0 < p->K; k0 += kb) {
+                int kn = p->K - k0 < kb ? p->K - k0 : kb;
+
+                for (int c = 0; c < PK_TILE; c += PR_COLS) {
+                    const unsigned char *w = tp + k0 * kstep + c * 4;
+                    /* the first rows' pass fetches the next slice's lines
+                     * into L1 (the next 16 columns, or the next block's
+                     * first; past the tile is the next tile, or nothing: no
+                     * fault), the others read their own, already there */
+                    const unsigned char *next = c + PR_COLS < PK_TILE ? w + PR_COLS * 4 : tp + (k0 + kn) * kstep;
+                    for (int r = 0; r < m; r += PR_ROWS) {
+                        const float *xr = x + (size_t)(r0 + r) * ldx + k0;
+                        if (bf) pr_bf16_asm(w, xr, ldx, kn / 2, acc[r] + c, r ? w : next);
+                        else pr_f32_asm(w, xr, ldx, kn, acc[r] + c, r ? w : next);
+                    }
+                }
+            }
+            add_rows(out + (size_t)r0 * ldo + c0, ldo, acc, m, n, accumulate);
+        }
+    }
+}
+
 AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const float *x, int ldx, int R,
                                   int t0, int t1, int accumulate)
 {
+    if (R >= PR_ROWS && (p->fmt == PK_F32 || p->K % 2 == 0)) { /* a prompt */
+        int R6 = R - R % PR_ROWS;
+        float_prompt_avx2(p, out, ldo, x, ldx, R6, t0, t1, accumulate);
+        if (R6 == R) return;
+        out += (size_t)R6 * ldo, x += (size_t)R6 * ldx, R -= R6;
+    }
     float acc[MV_MAX_ROWS][PK_TILE] __attribute__((aligned(32)));
     for (int t = t0; t < t1; t++) {
         const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
@@ -1800,6 +1928,13 @@ AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const floa
 
 int pk_i8_prompts(void) { return pk_vnni() || avx2(); }
 
+static int float_avx2(void);
+
+int pk_float_prompts(const pmat *p)
+{
+    return p->fmt != PK_I8 && float_avx2() && (p->fmt == PK_F32 || p->K % 2 == 0);
+}
+
 int pk_f32_prompts(void)
 {
     static int has = -1;
@@ -1817,6 +1952,7 @@ static int float_avx2(void)
 }
 #else
 int pk_i8_prompts(void) { return 0; }
+int pk_float_prompts(const pmat *p) { return 0; }
 int pk_f32_prompts(void) { return 0; }
 int pk_bf16_dp_faster(void) { return 0; }
 void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,

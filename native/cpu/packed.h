@@ -165,6 +165,11 @@ const char *pk_kernels(int fmt);
  * rather than widening them for sgemm (the portable loops). */
 int pk_i8_prompts(void);
 
+/* Whether pk_matmul reads p's fp32 or bf16 tiles as they lie for a prompt's
+ * rows at near the fmas' peak (the AVX2 kernels, where there are no
+ * AVX-512 panels); else a prompt's float products go to sgemm. */
+int pk_float_prompts(const pmat *p);
+
 /* Whether bf16 products can take bf16 activations (AVX-512 BF16) here. */
 int pk_bf16_dp(void);
 

@@ -99,13 +99,23 @@ int pk_amx_off;
 #define PF_QUAD "cmpl $0, %[pf]\n\tje 3f\n\t" PF_LINE(0) PF_LINE(64) PF_LINE(128) PF_LINE(192) "3:\n\t"
 
 int pk_prefetch = -1;
+/* On AMD's CPUs without AVX-512 (the AVX2 kernels) the far prefetches paid
+ * in bf16's passes of 2 to 3 rows (half_avx2) alone: on a 2-core Zen 3 (KVM,
+ * 12-16 GB/s, 2026-12-07, alternating runs) a bf16 step of 3 rows after 640
+ * tokens took 18.4-20.5 ms with them there and 23.7-25.3 without (4 runs
+ * each; 7 runs of all the prefetches alike), keeping the top 40 (the int8
+ * screen of the head, then its bf16 rows) 18.4-22.5 against 21.5-23.3; 1 row
+ * alike. All the prefetches made fp32's steps 5-13% slower; int8's alike. */
+static int pk_prefetch_bf16;
 
 void pk_prefetch_init(void)
 {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     const char *env = getenv("GPT2_CPU_PREFETCH");
-    pk_prefetch = env && (!strcmp(env, "0") || !strcmp(env, "1")) ? env[0] == '1' : __builtin_cpu_is("intel");
+    int set = env && (!strcmp(env, "0") || !strcmp(env, "1"));
+    pk_prefetch = set ? env[0] == '1' : __builtin_cpu_is("intel");
+    pk_prefetch_bf16 = set ? pk_prefetch : __builtin_cpu_is("amd") && !__builtin_cpu_supports("avx512f");
 #else
     pk_prefetch = 0;
 #endif
@@ -1715,7 +1725,8 @@ AVX2 AI void half_avx2(const unsigned char *tp, int K, int k0, int k1, int h, co
             if (!h) {
                 _mm_prefetch((const char *)(w + 32), _MM_HINT_T0);
                 _mm_prefetch((const char *)(w + 48), _MM_HINT_T0);
-                for (int l = 0; l < 4; l++) prefetch_far(w + 16 * l);
+                if (pk_prefetch || pk_prefetch_bf16)
+                    for (int l = 0; l < 4; l++) __builtin_prefetch((const char *)(w + 16 * l) + PF_FAR, 0, 1);
             }
             int ko = k + 1 < K ? k + 1 : k; /* as float_tile: an odd K's zero weight */
             for (int j = 0; j < 4; j++) {

@@ -119,7 +119,8 @@ const float *pk_f32_tile(const pmat *p, int t, float *scratch);
 
 /* Whether prompts' fp32 products (fp32 or widened bf16 tiles, a prompt's
  * attention) run on pk_f32_product here (AVX-512), rather than OpenBLAS
- * sgemm (pk_force_generic sends the tiles' products to sgemm). Then
+ * sgemm (pk_force_generic sends the tiles' products to the AVX2 kernels,
+ * pk_float_prompts, or with the portable loops to sgemm). Then
  *   out (R, ldo)[:, 0..n) (+)= alpha * x (R, K; ldx apart) @ w (K, n; ldw apart),
  * summed in input order with one fma per input, then + bias[0..n) where
  * bias is given; any n (panels of 64, of which no column past n is read). */
@@ -152,7 +153,8 @@ extern int pk_amx_off;
 /* Whether the products that stream packed tiles (decode, short prompts)
  * fetch their weights ahead with prefetch instructions (packed.c says when
  * that paid and when it cost): set by pk_prefetch_init from the CPU's
- * vendor (Intel: yes), or GPT2_CPU_PREFETCH=0|1; nonzero before it. */
+ * vendor (Intel: yes; AMD without AVX-512: bf16's 3-row passes only), or
+ * GPT2_CPU_PREFETCH=0|1 (all or none); nonzero before it. */
 extern int pk_prefetch;
 void pk_prefetch_init(void);
 

@@ -121,6 +121,11 @@ void pk_prefetch_init(void)
 #endif
 }
 
+const char *pk_prefetch_what(void)
+{
+    return pk_prefetch ? "yes" : pk_prefetch_bf16 ? "bf16's 3-row passes only" : "no";
+}
+
 /* ==== Packing ==== */
 
 /* Where weight (k, c) of a bf16 tile is: its pair of inputs, then which. */

@@ -157,6 +157,8 @@ extern int pk_amx_off;
  * GPT2_CPU_PREFETCH=0|1 (all or none); nonzero before it. */
 extern int pk_prefetch;
 void pk_prefetch_init(void);
+/* Which streaming kernels fetch ahead, in words: "yes", "no" or which. */
+const char *pk_prefetch_what(void);
 
 /* The kernels products of format fmt take here, as status reports them:
  * "amx-int8" or "amx-bf16" (prompts; decode on AVX-512), "avx512-vnni",

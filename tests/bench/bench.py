@@ -217,7 +217,8 @@ def main():
     print("  kernels: " + ", ".join(f"{d} {k[d].get('cpu_kernels', '?')} ({k[d].get('cpu_kv', '?')} keys "
                                     "and values)" for d in FORMATS) +
           "; streamed weights fetched ahead by prefetch instructions: " +
-          ("yes" if k["fp32"].get("cpu_prefetch") else "no (the hardware prefetchers alone)"))
+          {"no": "no (the hardware prefetchers alone)"}.get(k["fp32"].get("cpu_prefetch", "?"),
+                                                             k["fp32"].get("cpu_prefetch", "?")))
     print("a prompt's products alone (one thread, 512 rows, a call's rows as the engine's), G multiply-adds a second:")
     r = subprocess.run([BENCH_CPU, "--kernels"], check=True, capture_output=True, text=True)
     lines = [json.loads(line) for line in r.stdout.splitlines()]

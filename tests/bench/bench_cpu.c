@@ -454,8 +454,8 @@ int main(int argc, char **argv)
            during, best, bytes,
            floor_ms, context, steps, step_ms[0], step_ms[1], prefill_ms[0], prefill_ms[1]);
     if (gpu) printf(", \"prefill1000_ms\": %.3f", prefill_ms[2]);
-    else printf(", \"step1_top40_ms\": %.4f, \"step3_top40_ms\": %.4f, \"cpu_prefetch\": %d", step_ms[2],
-                step_ms[3], pk_prefetch != 0);
+    else printf(", \"step1_top40_ms\": %.4f, \"step3_top40_ms\": %.4f, \"cpu_prefetch\": \"%s\"", step_ms[2],
+                step_ms[3], pk_prefetch_what());
     printf(", \"extend%d_ms\": %.3f", EXTEND, extend_ms);
     printf("}\n");
     free(toks1000);

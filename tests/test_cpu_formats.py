@@ -189,10 +189,12 @@ def test_prompt_qkv_in_attention_tasks(head64_mild, dtype, tmp_path):
     """A prompt's q, k, v computed head by head inside the attention tasks (64-float heads,
     packed products or fp32 panels) give the bits of the qkv product run as a pass of its own
     (GPT2_CPU_FUSE=0): 300 positions, two chunks, every logit."""
-    flag = "avx512_vnni" if dtype == "int8" else "avx512f"  # bf16: vdpbf16ps or the panels
-    if not has_cpu_flag(flag):
-        pytest.skip(f"{dtype} prompts: this CPU has no {flag}, so their products are not packed "
-                    "and nothing is fused")
+    # packed products: int8 on VNNI or AVX2; fp32 and bf16 on the AVX-512 panels (or
+    # vdpbf16ps) or the AVX2 kernels
+    if not (has_cpu_flag("avx512_vnni" if dtype == "int8" else "avx512f") or
+            all(has_cpu_flag(f) for f in ("avx2", "fma", "f16c"))):
+        pytest.skip(f"{dtype} prompts: this CPU has neither AVX-512 nor AVX2 with FMA and F16C, "
+                    "so their products are not packed and nothing is fused")
     toks = np.random.default_rng(5).integers(0, 512, 300).tolist()
     want = logits(head64_mild, toks, dtype, str(tmp_path / "a.bin"), fuse="0")
     got = logits(head64_mild, toks, dtype, str(tmp_path / "b.bin"))
@@ -241,8 +243,8 @@ def test_short_prompts_stream(head64_mild, dtype, tmp_path):
     sum every output in input order with one fma each (int8: exact int32 groups), so a
     20-token prompt gives the bits of the first 20 positions of a 40-token one."""
     if not has_cpu_flag("avx512f"):
-        pytest.skip("short prompts stream only on AVX-512 (elsewhere above 8 rows they take "
-                    "the prompt kernels, as longer ones do)")
+        pytest.skip("without AVX-512 a prompt block's attention runs on sgemm, which sums in an "
+                    "order of its own: 20 and 40 tokens differ by rounding there (1e-6)")
     if dtype == "bf16" and has_cpu_flag("avx512_bf16"):
         # where vdpbf16ps wins the timing, prompts above 8 rows round their activations to bf16
         # on either route; force the fp32 route so the rows differ only in their products' route

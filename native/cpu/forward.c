@@ -9,9 +9,9 @@
  * (pk_f32_product, attention too); without AVX-512 the AVX2 kernels read the
  * fp32 or bf16 tiles as they lie (pk_float_prompts), and only a CPU with
  * neither (or a bf16 product of odd K) widens a few tiles at a time for
- * OpenBLAS's sgemm, which also serves attention there. Our own pool splits the tiles among threads
- * (OpenBLAS itself is kept single-threaded so two thread systems never
- * fight over the cores).
+ * OpenBLAS's sgemm, which also serves attention there. Our own pool splits
+ * the tiles among threads (OpenBLAS itself is kept single-threaded so two
+ * thread systems never fight over the cores).
  */
 #include "forward.h"
 #include "amx.h"
@@ -472,7 +472,8 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1, int thread)
 {
     /* decode and short prompts stream the tiles; int8 products stay exact in int32; bf16
      * prompts take vdpbf16ps where it is the faster; else a prompt's fp32
-     * tiles (bf16 ones widened) go to pk_f32_product on AVX-512, or a few
+     * tiles (bf16 ones widened) go to pk_f32_product on AVX-512, to
+     * pk_matmul's AVX2 kernels as they lie (pk_float_prompts), or a few
      * widened tiles at a time to sgemm */
     int stream = j->R <= stream_rows();
     /* j->q: int8 (VNNI or AVX2 for a prompt), or bf16 activations; or float

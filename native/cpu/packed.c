@@ -1787,8 +1787,8 @@ AVX2 AI void row_avx2(const unsigned char *tp, int K, const float *x, float *acc
  * (widening, then its own packing of both operands). */
 #define PR_ROWS 6
 #define PR_COLS 16
-#define PR_KB 128 /* inputs per block (bf16; fp32 half as many): 4 KB of weights a slice */
-#define PR_CHUNK 24   /* rows whose sums wait in an L1 buffer */
+#define PR_KB 128   /* inputs per block (bf16; fp32 half as many): 4 KB of weights a slice */
+#define PR_CHUNK 24 /* rows whose sums wait in an L1 buffer */
 
 #define PR_LOAD(r, lo, hi)                                                                         \
     "vmovups " #r "*256(%[a]), %%ymm" #lo "\n\tvmovups " #r "*256+32(%[a]), %%ymm" #hi "\n\t"
@@ -1879,7 +1879,6 @@ AVX2 static void float_prompt_avx2(const pmat *p, float *out, int ldo, const flo
             memset(acc, 0, sizeof(float) * PK_TILE * m);
             for (int k0 = 0; k0 < p->K; k0 += kb) {
                 int kn = p->K - k0 < kb ? p->K - k0 : kb;
-
                 for (int c = 0; c < PK_TILE; c += PR_COLS) {
                     const unsigned char *w = tp + k0 * kstep + c * 4;
                     /* the first rows' pass fetches the next slice's lines

@@ -1805,6 +1805,14 @@ AVX2 AI void row_avx2(const unsigned char *tp, int K, const float *x, float *acc
     PR_FMA(#off "(%[xa])", 0, 1) PR_FMA(#off "(%[xa],%[ld],1)", 2, 3) PR_FMA(#off "(%[xa],%[ld],2)", 4, 5) \
     PR_FMA(#off "(%[xb])", 6, 7) PR_FMA(#off "(%[xb],%[ld],1)", 8, 9) PR_FMA(#off "(%[xb],%[ld],2)", 10, 11)
 
+/* The loop's end: the next input (or pair, xbytes of each row), then the
+ * sums back to acc; and the operands both kernels change. */
+#define PR_NEXT(xbytes)                                                                            \
+    "add $256, %[w]\n\tadd $256, %[pf]\n\t"                                                      \
+    "add $" #xbytes ", %[xa]\n\tadd $" #xbytes ", %[xb]\n\t"                                      \
+    "dec %[n]\n\tjnz 1b\n\t" PR_STORES
+#define PR_OUTS [w] "+r"(w), [xa] "+r"(x), [xb] "+r"(xb), [n] "+r"(n), [pf] "+r"(pf)
+
 /* acc[6][PK_TILE] at a (16 columns there) += rows x (stride ld floats) by
  * w's 16 columns (a tile's, 256 bytes an input or bf16 pair) over n inputs. */
 AVX2 static inline void pr_f32_asm(const unsigned char *w, const float *x, size_t ld, int n, float *a,
@@ -1818,14 +1826,8 @@ AVX2 static inline void pr_f32_asm(const unsigned char *w, const float *x, size_
                      "vmovups 32(%[w]), %%ymm13\n\t"
                      "prefetcht0 (%[pf])\n\t"
                      PR_FMAS(0)
-                     "add $256, %[w]\n\t"
-                     "add $256, %[pf]\n\t"
-                     "add $4, %[xa]\n\t"
-                     "add $4, %[xb]\n\t"
-                     "dec %[n]\n\t"
-                     "jnz 1b\n\t"
-                     PR_STORES
-                     : [w] "+r"(w), [xa] "+r"(x), [xb] "+r"(xb), [n] "+r"(n), [pf] "+r"(pf)
+                     PR_NEXT(4)
+                     : PR_OUTS
                      : [a] "r"(a), [ld] "r"(ldb)
                      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
                        "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "memory", "cc");
@@ -1850,14 +1852,8 @@ AVX2 static inline void pr_bf16_asm(const unsigned char *w, const float *x, size
                      "vpand 32(%[w]), %%ymm15, %%ymm13\n\t"
                      "prefetcht0 (%[pf])\n\t"
                      PR_FMAS(4)
-                     "add $256, %[w]\n\t"
-                     "add $256, %[pf]\n\t"
-                     "add $8, %[xa]\n\t"
-                     "add $8, %[xb]\n\t"
-                     "dec %[n]\n\t"
-                     "jnz 1b\n\t"
-                     PR_STORES
-                     : [w] "+r"(w), [xa] "+r"(x), [xb] "+r"(xb), [n] "+r"(n), [pf] "+r"(pf)
+                     PR_NEXT(8)
+                     : PR_OUTS
                      : [a] "r"(a), [ld] "r"(ldb), [odd] "m"(odd)
                      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
                        "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");

@@ -1859,6 +1859,9 @@ AVX2 static inline void pr_bf16_asm(const unsigned char *w, const float *x, size
                        "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
 }
 
+/* Whether float_prompt_avx2 takes p (bf16 pairs whole: an even K). */
+static int pr_fits(const pmat *p) { return p->fmt == PK_F32 || (p->fmt == PK_BF16 && p->K % 2 == 0); }
+
 /* Rows 0..R (a multiple of PR_ROWS) of tiles t0..t1. */
 AVX2 static void float_prompt_avx2(const pmat *p, float *out, int ldo, const float *x, int ldx, int R,
                                    int t0, int t1, int accumulate)
@@ -1897,7 +1900,7 @@ AVX2 static void float_prompt_avx2(const pmat *p, float *out, int ldo, const flo
 AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const float *x, int ldx, int R,
                                   int t0, int t1, int accumulate)
 {
-    if (R >= PR_ROWS && (p->fmt == PK_F32 || p->K % 2 == 0)) { /* a prompt */
+    if (R >= PR_ROWS && pr_fits(p)) { /* a prompt */
         int R6 = R - R % PR_ROWS;
         float_prompt_avx2(p, out, ldo, x, ldx, R6, t0, t1, accumulate);
         if (R6 == R) return;
@@ -1943,7 +1946,7 @@ static int float_avx2(void);
 
 int pk_float_prompts(const pmat *p)
 {
-    return p->fmt != PK_I8 && float_avx2() && (p->fmt == PK_F32 || p->K % 2 == 0);
+    return float_avx2() && pr_fits(p);
 }
 
 int pk_f32_prompts(void)

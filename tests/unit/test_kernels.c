@@ -712,44 +712,66 @@ static void test_layernorm(int C, float offset)
     CHECK(worst < 2e-5 * (1 + fabs(offset) * rstd), "layernorm C %d offset %g: off by %g", C, offset, worst);
 }
 
+/* GELU against double over 203 values (a tail of 3 past whole vectors of
+ * 8 and 11 past 16), NaN kept, the element past them untouched; the same
+ * bits on every path (mv_half_path 0-2: 16 lanes on AVX-512, the AVX2
+ * kernel there too and on AVX2 CPUs, the 16-lane loops). */
 static void test_gelu(void)
 {
+    enum { N = 203 };
     double worst = 0, worst_exp = 0;
-    float xs[200];
-    for (int i = 0; i < 200; i++) xs[i] = i < 180 ? (i - 90) * 0.11f + frand() * 0.01f : frand() * 1e4f;
-    xs[0] = 0, xs[1] = -0.0f, xs[2] = 1e-30f, xs[3] = -200, xs[4] = 200;
-    float y[200];
-    memcpy(y, xs, sizeof y);
-    mv_gelu_tanh(y, 200);
-    for (int i = 0; i < 200; i++) {
-        double x = xs[i], want = 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-        worst = fmax(worst, fabs(y[i] - want) / fmax(1.0, fabs(want)));
+    float xs[N], y[3][N + 1];
+    for (int i = 0; i < N; i++) xs[i] = i < 180 ? (i - 90) * 0.11f + frand() * 0.01f : frand() * 1e4f;
+    xs[0] = 0, xs[1] = -0.0f, xs[2] = 1e-30f, xs[3] = -200, xs[4] = 200, xs[N - 1] = NAN;
+    for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) {
+        float *yp = y[mv_half_path];
+        memcpy(yp, xs, sizeof xs);
+        yp[N] = 7;
+        mv_gelu_tanh(yp, N);
+        for (int i = 0; i < N - 1; i++) {
+            double x = xs[i], want = 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+            worst = fmax(worst, fabs(yp[i] - want) / fmax(1.0, fabs(want)));
+        }
+        CHECK(worst < 1e-6 && isnan(yp[N - 1]) && yp[N] == 7, "gelu (path %d) off by %g, NaN kept %d, past n %g",
+              mv_half_path, worst, isnan(yp[N - 1]), yp[N]);
+        CHECK(!memcmp(yp, y[0], sizeof xs), "gelu: path %d's bits differ from path 0's", mv_half_path);
     }
+    mv_half_path = 0;
     for (float x = -87; x < 88; x += 0.37f)
         worst_exp = fmax(worst_exp, fabs(mv_exp(x) - exp(x)) / exp(x));
-    CHECK(worst < 1e-6, "gelu off by %g", worst);
     CHECK(worst_exp < 3e-7, "exp off by %g (relative)", worst_exp);
 }
 
 /* mv_softmax against double for lengths around whole vectors (its last n % 16
- * take one vexp of their own), over scores spread wide enough that some
- * fall past its clamp at 87 below the largest. */
+ * take one vexp of their own, or two of 8 lanes), over scores spread wide
+ * enough that some fall past its clamp at 87 below the largest; the same
+ * bits on every path, as GELU's. */
 static void test_softmax(int n, float spread)
 {
-    float s[301];
-    double x[301], max = -INFINITY, sum = 0, worst = 0, total = 0;
-    for (int i = 0; i < n; i++) x[i] = s[i] = frand() * spread, max = fmax(max, x[i]);
+    float s0[301], s[3][302];
+    double x[301], max = -INFINITY, sum = 0;
+    for (int i = 0; i < n; i++) x[i] = s0[i] = frand() * spread, max = fmax(max, x[i]);
     for (int i = 0; i < n; i++) x[i] = (float)(x[i] - max); /* the difference as floats hold it */
     for (int i = 0; i < n; i++) sum += exp(x[i]);
-    mv_softmax(s, n);
-    for (int i = 0; i < n; i++) {
-        double want = exp(x[i]) / sum;
-        total += s[i];
-        if (want > 1e-30) worst = fmax(worst, fabs(s[i] - want) / want);
-        else worst = fmax(worst, s[i] > 1e-30 ? 1 : 0); /* past the clamp: next to nothing */
+    for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) {
+        float *sp = s[mv_half_path];
+        double worst = 0, total = 0;
+        memcpy(sp, s0, n * sizeof *s0);
+        sp[n] = 7; /* past n: untouched */
+        mv_softmax(sp, n);
+        for (int i = 0; i < n; i++) {
+            double want = exp(x[i]) / sum;
+            total += sp[i];
+            if (want > 1e-30) worst = fmax(worst, fabs(sp[i] - want) / want);
+            else worst = fmax(worst, sp[i] > 1e-30 ? 1 : 0); /* past the clamp: next to nothing */
+        }
+        CHECK(worst < 2e-6 && fabs(total - 1) < 1e-5 && sp[n] == 7,
+              "softmax (path %d) n %d spread %g: rel err %g, sum %.9g, past n %g", mv_half_path, n, spread, worst,
+              total, sp[n]);
+        CHECK(!memcmp(sp, s[0], n * sizeof *sp), "softmax n %d: path %d's bits differ from path 0's", n,
+              mv_half_path);
     }
-    CHECK(worst < 2e-6 && fabs(total - 1) < 1e-5, "softmax n %d spread %g: rel err %g, sum %.9g", n, spread,
-          worst, total);
+    mv_half_path = 0;
 }
 
 static void count_task(void *arg, int task, int thread)
@@ -839,7 +861,7 @@ void kernel_tests(void)
         }
     mv_half_path = 0;
     test_gelu();
-    int sm[] = {1, 2, 15, 16, 17, 31, 33, 100, 301};
+    int sm[] = {1, 2, 7, 8, 9, 15, 16, 17, 24, 31, 33, 100, 301};
     for (size_t i = 0; i < sizeof sm / sizeof *sm; i++) {
         test_softmax(sm[i], 3);
         test_softmax(sm[i], 100);

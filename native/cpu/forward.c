@@ -7,9 +7,10 @@
  * count; bf16 rounds activations to bf16 where vdpbf16ps outruns fp32 fmas;
  * otherwise fp32 tiles (bf16 ones widened) go to our AVX-512 panels
  * (pk_f32_product, attention too); without AVX-512 the AVX2 kernels read the
- * fp32 or bf16 tiles as they lie (pk_float_prompts), and only a CPU with
- * neither (or a bf16 product of odd K) widens a few tiles at a time for
- * OpenBLAS's sgemm, which also serves attention there. Our own pool splits
+ * fp32 or bf16 tiles as they lie (pk_float_prompts; attention on
+ * pk_f32_product's AVX2 kernel), and only a CPU with neither (or a bf16
+ * product of odd K) widens a few tiles at a time for OpenBLAS's sgemm,
+ * which also serves attention there. Our own pool splits
  * the tiles among threads (OpenBLAS itself is kept single-threaded so two
  * thread systems never fight over the cores).
  */
@@ -94,7 +95,7 @@ struct fwd {
     uint32_t *abf;                          /* (threads, abf_cap): their tiles and rows */
     size_t abf_cap;
     float *kt;                              /* (threads, hd, kt_ld): a prompt's keys transposed */
-    int kt_ld;                              /* n_ctx rounded up to whole panels */
+    int kt_ld;                              /* n_ctx rounded up to whole panels, + 16 */
     screen *scr;                            /* top-k rows: the head's int8 screen, or NULL */
     pool_span *spans;                       /* (threads): pool_run_then's */
     int pull;                               /* decode: pull the next product's weights */
@@ -398,8 +399,12 @@ static int reserve(fwd *f, int rows)
         if (!(f->wkv = xmallocarray(wk * pool_size(f->pool), sizeof(float)))) return -1;
         f->wkv_cap = wk;
     }
-    if (panels() && !f->kt) { /* pk_f32_product's panels read PK_TILE keys a row */
-        int ld = (c->n_ctx + PK_TILE - 1) / PK_TILE * PK_TILE;
+    if (pk_f32_products() && !f->kt) {
+        /* whole panels of keys a row, and a line more: rows 1024 floats
+         * apart share one L1 set, and the scores' 16 columns of 64 rows
+         * then came from L2 (AVX2 on Zen 3: 21 -> 28-36 G multiply-adds a
+         * second on 512 keys) */
+        int ld = (c->n_ctx + PK_TILE - 1) / PK_TILE * PK_TILE + 16;
         if (!(f->kt = xmallocarray((size_t)pool_size(f->pool) * hd * ld, sizeof(float)))) return -1;
         f->kt_ld = ld;
     }
@@ -920,8 +925,10 @@ static void group_rows(attn_job *j)
  * vdpbf16ps outruns fp32 fmas (att_bf16), the weighted sum of values is a
  * vdpbf16ps product of probabilities and values rounded to bf16. Scores
  * stay fp32: in bf16 they tripled the logits' error where attention is
- * peaked (measured). fp32 products are pk_f32_product's panels on AVX-512
- * (keys transposed once per head), sgemm elsewhere. */
+ * peaked (measured). fp32 products are pk_f32_product's (keys transposed
+ * once per head) on AVX-512 and AVX2, whose sums do not depend on the
+ * block's size, so a short prompt's rows get a long one's bits; sgemm
+ * elsewhere. */
 static void attn_block_task(void *arg, int h, int thread)
 {
     attn_job *j = arg;
@@ -943,8 +950,8 @@ static void attn_block_task(void *arg, int h, int thread)
     } else {
         v = kv_floats(own->v, own->vs, own, l, h, N, wk ? wk + (size_t)c->n_ctx * hd : NULL);
     }
-    /* on AVX-512, pk_f32_product: keys transposed once, (hd, kt_ld), panels
-     * of PK_TILE keys, straight from the cache (mv_keys_t widens as it goes) */
+    /* pk_f32_product (AVX-512, AVX2): keys transposed once, (hd, kt_ld),
+     * straight from the cache (mv_keys_t widens as it goes) */
     float *kt = j->f->kt ? j->f->kt + (size_t)thread * hd * j->f->kt_ld : NULL;
     const float *k = NULL;
     if (kt) mv_keys_t(kt, j->f->kt_ld, kv_head(own->k, own, l, h), kv_scales(own->ks, own, l, h), own->elt, N, hd);

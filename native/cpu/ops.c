@@ -354,6 +354,8 @@ void mv_from_i8(float *dst, const int8_t *src, const float *scales, int n, int h
 /* ==== Keys transposed ==== */
 
 #if defined(__x86_64__)
+#define AVX2F __attribute__((target("avx2,fma,f16c")))
+
 /* r[0..16) (16 rows of 16 floats) transposed in registers: unpack pairs of
  * rows, then quads within 128-bit lanes, then the lanes across 4 rows. */
 __attribute__((target("avx512f"))) AI void transpose16(__m512 *r)
@@ -404,6 +406,50 @@ __attribute__((target("avx512f"))) static void keys_t_avx512(float *t, size_t ld
         }
     }
 }
+
+/* r[0..8) (8 rows of 8 floats) transposed in registers, as transpose16:
+ * pairs of rows, then quads within 128-bit lanes, then the lanes. */
+AVX2F AI void transpose8(__m256 *r)
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) { /* u[4i + j]: columns j and 4 + j of rows 4i..4i+3 */
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+}
+
+/* mv_keys_t in blocks of 8 positions by 8 elements, widened as read;
+ * positions from n to the next 16 are zeros. */
+AVX2F static void keys_t_avx2(float *t, size_t ld, const void *k, const float *ks, int elt, int n, int hd)
+{
+    for (int p0 = 0; p0 < (n + 15) / 16 * 16; p0 += 8) {
+        int pn = n - p0 < 8 ? n - p0 : 8;
+        for (int d0 = 0; d0 < hd; d0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) {
+                size_t at = (size_t)(p0 + i) * hd + d0;
+                r[i] = i >= pn          ? _mm256_setzero_ps()
+                       : elt == MV_I8  ? _mm256_mul_ps(_mm256_set1_ps(ks[p0 + i]),
+                                                      _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                          _mm_loadl_epi64((const __m128i *)((const int8_t *)k + at)))))
+                       : elt == MV_F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)k + at)))
+                                       : _mm256_loadu_ps((const float *)k + at);
+            }
+            transpose8(r);
+            for (int j = 0; j < 8; j++) _mm256_storeu_ps(t + (size_t)(d0 + j) * ld + p0, r[j]);
+        }
+    }
+}
 #endif
 
 void mv_keys_t(float *t, size_t ld, const void *k, const float *ks, int elt, int n, int hd)
@@ -413,6 +459,10 @@ void mv_keys_t(float *t, size_t ld, const void *k, const float *ks, int elt, int
     if (avx512 < 0) avx512 = mv_half_fast() && __builtin_cpu_supports("avx512f");
     if (avx512 && !mv_half_path && hd % 16 == 0) {
         keys_t_avx512(t, ld, k, ks, elt, n, hd);
+        return;
+    }
+    if (avx2_kernels() && hd % 8 == 0) {
+        keys_t_avx2(t, ld, k, ks, elt, n, hd);
         return;
     }
 #endif
@@ -690,8 +740,6 @@ AVX512F static void attend64_avx512(const mv_attn *a)
 #endif
 
 #if defined(__x86_64__)
-#define AVX2F __attribute__((target("avx2,fma,f16c")))
-
 /* 8 elements of a key or value as floats: widened from half floats (F16C)
  * or int8 (unscaled), or loaded. */
 AVX2F AI __m256 load8(const void *base, size_t i, const int elt)

@@ -79,7 +79,7 @@ int mv_i8_fast(int hd);
 /* Keys k (n positions of hd elements of type elt; int8 ones times their
  * scales ks, a position apart) transposed: t[d * ld + p] = k[p][d] for positions up to n rounded up to
  * 16, zeros past n (ld at least that). In 16 x 16 blocks in registers on
- * AVX-512 (hd a multiple of 16), widened as read. */
+ * AVX-512 (hd a multiple of 16), 8 x 8 on AVX2 (of 8), widened as read. */
 void mv_keys_t(float *t, size_t ld, const void *k, const float *ks, int elt, int n, int hd);
 
 /* For the unit test (and GPT2_CPU_ISA): 0 the fastest kernels here, 1 no

@@ -1286,8 +1286,8 @@ AVX512 static void f32_panel_rows(const float *w, size_t ldw, int K, const float
     }
 }
 
-void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
-                    float *out, int ldo, int n, int accumulate, const float *bias)
+static void f32_product_avx512(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R,
+                               float alpha, float *out, int ldo, int n, int accumulate, const float *bias)
 {
     for (int c = 0; c < n; c += PK_TILE)
         f32_panel_rows(w + c, ldw, K, x, ldx, R, alpha, out + c, ldo,
@@ -1940,9 +1940,91 @@ AVX2 static void float_tiles_avx2(const pmat *p, float *out, int ldo, const floa
     }
 }
 
+/* pk_f32_product on AVX2: blocks of up to 6 rows by 16 columns (12 ymm of
+ * sums), the row's input broadcast, w's 16 columns loaded once for the rows
+ * (the last block's under a mask: no column past n is read). Each sum in
+ * input order with one fma per input, times alpha at the end: the AVX-512
+ * panels' chain, so the two give the same bits. For a prompt's attention
+ * (scores against the transposed keys, the weighted values), which went to
+ * sgemm here, whose order of summing changed with the prompt's length. */
+AVX2 AI void f32_block_avx2(const float *w, size_t ldw, int K, const float *x, size_t ldx, const int R,
+                            float alpha, float *out, int ldo, int n, int accumulate, const float *bias,
+                            const int full)
+{
+    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* 8 - k on: k lanes set */
+    __m256 acc[PR_ROWS][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    __m256i m0 = _mm256_loadu_si256((const __m256i *)(ones + 8 - (n < 8 ? n : 8)));
+    __m256i m1 = _mm256_loadu_si256((const __m256i *)(ones + 8 - (n > 8 ? n - 8 : 0)));
+    for (int k = 0; k < K; k++) {
+        const float *wk = w + (size_t)k * ldw;
+        __m256 w0 = full ? _mm256_loadu_ps(wk) : _mm256_maskload_ps(wk, m0);
+        __m256 w1 = full ? _mm256_loadu_ps(wk + 8) : _mm256_maskload_ps(wk + 8, m1);
+        for (int r = 0; r < R; r++) {
+            __m256 xb = _mm256_broadcast_ss(x + (size_t)r * ldx + k);
+            acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+        }
+    }
+    /* out through a copy, as f32_panel's (else gcc 12 keeps acc on the stack) */
+    __m256 fin[PR_ROWS][2];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 2; j++)
+            fin[r][j] = alpha != 1.0f ? _mm256_mul_ps(acc[r][j], _mm256_set1_ps(alpha)) : acc[r][j];
+    for (int r = 0; r < R; r++) {
+        float *o = out + (size_t)r * ldo, v[PR_COLS];
+        if (full) {
+            for (int j = 0; j < 2; j++) {
+                __m256 s = fin[r][j];
+                if (accumulate) s = _mm256_add_ps(_mm256_loadu_ps(o + 8 * j), s);
+                if (bias) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + 8 * j));
+                _mm256_storeu_ps(o + 8 * j, s);
+            }
+            continue;
+        }
+        _mm256_storeu_ps(v, fin[r][0]);
+        _mm256_storeu_ps(v + 8, fin[r][1]);
+        for (int c = 0; c < n; c++) o[c] = (accumulate ? o[c] : 0.0f) + v[c];
+        if (bias)
+            for (int c = 0; c < n; c++) o[c] += bias[c];
+    }
+}
+
+AVX2 static void f32_product_avx2(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R,
+                                  float alpha, float *out, int ldo, int n, int accumulate, const float *bias)
+{
+    for (int c = 0; c < n; c += PR_COLS) {
+        int nc = n - c < PR_COLS ? n - c : PR_COLS, full = nc == PR_COLS;
+        for (int r = 0; r < R; r += PR_ROWS) {
+            const float *xr = x + (size_t)r * ldx;
+            float *o = out + (size_t)r * ldo + c;
+            const float *b = bias ? bias + c : NULL;
+#define BLOCK(rows, f) f32_block_avx2(w + c, ldw, K, xr, ldx, rows, alpha, o, ldo, nc, accumulate, b, f)
+            switch (R - r < PR_ROWS ? R - r : PR_ROWS) {
+            case 1: full ? BLOCK(1, 1) : BLOCK(1, 0); break;
+            case 2: full ? BLOCK(2, 1) : BLOCK(2, 0); break;
+            case 3: full ? BLOCK(3, 1) : BLOCK(3, 0); break;
+            case 4: full ? BLOCK(4, 1) : BLOCK(4, 0); break;
+            case 5: full ? BLOCK(5, 1) : BLOCK(5, 0); break;
+            default: full ? BLOCK(6, 1) : BLOCK(6, 0); break;
+            }
+#undef BLOCK
+        }
+    }
+}
+
 int pk_i8_prompts(void) { return pk_vnni() || avx2(); }
 
 static int float_avx2(void);
+
+int pk_f32_products(void) { return float_avx2() || (pk_f32_prompts() && !pk_force_generic); }
+
+void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
+                    float *out, int ldo, int n, int accumulate, const float *bias)
+{
+    if (float_avx2()) f32_product_avx2(w, ldw, K, x, ldx, R, alpha, out, ldo, n, accumulate, bias);
+    else f32_product_avx512(w, ldw, K, x, ldx, R, alpha, out, ldo, n, accumulate, bias);
+}
 
 int pk_float_prompts(const pmat *p)
 {
@@ -1968,6 +2050,7 @@ static int float_avx2(void)
 int pk_i8_prompts(void) { return 0; }
 int pk_float_prompts(const pmat *p) { return 0; }
 int pk_f32_prompts(void) { return 0; }
+int pk_f32_products(void) { return 0; }
 int pk_bf16_dp_faster(void) { return 0; }
 void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
                     float *out, int ldo, int n, int accumulate, const float *bias) { abort(); }

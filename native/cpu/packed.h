@@ -118,13 +118,17 @@ void pk_widen(const pmat *p, int t, float *dst, int ldd);
 const float *pk_f32_tile(const pmat *p, int t, float *scratch);
 
 /* Whether prompts' fp32 products (fp32 or widened bf16 tiles, a prompt's
- * attention) run on pk_f32_product here (AVX-512), rather than OpenBLAS
- * sgemm (pk_force_generic sends the tiles' products to the AVX2 kernels,
- * pk_float_prompts, or with the portable loops to sgemm). Then
+ * attention) run on pk_f32_product's AVX-512 panels here, rather than
+ * OpenBLAS sgemm (pk_force_generic sends the tiles' products to the AVX2
+ * kernels, pk_float_prompts, or with the portable loops to sgemm). And
+ * whether pk_f32_product runs here at all: the AVX-512 panels, or its
+ * AVX2 kernel where the tiles take theirs (pk_f32_products; a prompt's
+ * attention takes it, else sgemm). Either computes
  *   out (R, ldo)[:, 0..n) (+)= alpha * x (R, K; ldx apart) @ w (K, n; ldw apart),
- * summed in input order with one fma per input, then + bias[0..n) where
- * bias is given; any n (panels of 64, of which no column past n is read). */
+ * each sum in input order with one fma per input, then + bias[0..n) where
+ * bias is given: the same bits on both; any n (no column past n is read). */
 int pk_f32_prompts(void);
+int pk_f32_products(void);
 void pk_f32_product(const float *w, size_t ldw, int K, const float *x, size_t ldx, int R, float alpha,
                     float *out, int ldo, int n, int accumulate, const float *bias);
 

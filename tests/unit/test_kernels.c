@@ -210,7 +210,7 @@ static void test_products(int K, int N, int out_in)
             CHECK(bias_matches(&p, x, K, &a, rows), "bf16 activations K %d N %d rows %d: the bias changed the sums",
                   K, N, rows);
         }
-        for (int rows = 1; fmt != PK_I8 && pk_f32_prompts() && rows <= RD; rows += 4) {
+        for (int rows = 1; fmt != PK_I8 && pk_f32_products() && rows <= RD; rows += 4) {
             /* a prompt's fp32 panels over the tiles as fp32 (bf16 ones widened) */
             for (int t = 0; t < p.tiles; t++) {
                 int c0 = t * PK_TILE, n = N - c0 < PK_TILE ? N - c0 : PK_TILE;
@@ -248,48 +248,59 @@ static void test_products(int K, int N, int out_in)
 
 /* pk_f32_product over any n (panels of 64 and a tail), rows ldw and ldx
  * apart, alpha, R rows in 6-row blocks and tails: against doubles, and the
- * columns past n untouched. */
+ * columns past n untouched; on each kernel there is (pk_force_generic 0:
+ * AVX-512 panels or AVX2, 2: AVX2), the same bits on both. */
 static void test_f32_product(int K, int n, int R, float alpha, int accumulate)
 {
     int ldw = (n + PK_TILE - 1) / PK_TILE * PK_TILE + 16, ldx = K + 3, ldo = n + 5;
     float *w = malloc(sizeof(float) * K * ldw), *x = malloc(sizeof(float) * R * ldx);
-    float *got = malloc(sizeof(float) * R * ldo);
+    float *got = malloc(sizeof(float) * R * ldo), *first = malloc(sizeof(float) * R * ldo);
     double *want = malloc(sizeof(double) * R * n);
     for (int i = 0; i < K * ldw; i++) w[i] = frand();
     for (int i = 0; i < R * ldx; i++) x[i] = frand();
-    for (int i = 0; i < R * ldo; i++) got[i] = 0.5f;
     for (int r = 0; r < R; r++)
         for (int c = 0; c < n; c++) {
             double s = 0;
             for (int k = 0; k < K; k++) s += (double)x[(size_t)r * ldx + k] * w[(size_t)k * ldw + c];
             want[(size_t)r * n + c] = alpha * s + (accumulate ? 0.5 : 0.0);
         }
-    pk_f32_product(w, ldw, K, x, ldx, R, alpha, got, ldo, n, accumulate, NULL);
-    /* with a bias: the same sums, then + bias */
-    float *bias = malloc(sizeof(float) * n), *with = malloc(sizeof(float) * R * ldo);
-    for (int c = 0; c < n; c++) bias[c] = frand();
-    for (int i = 0; i < R * ldo; i++) with[i] = 0.5f;
-    pk_f32_product(w, ldw, K, x, ldx, R, alpha, with, ldo, n, accumulate, bias);
-    int biased = 1;
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < ldo; c++) {
-            float expect = c < n ? got[(size_t)r * ldo + c] + bias[c] : 0.5f;
-            biased &= !memcmp(&expect, &with[(size_t)r * ldo + c], sizeof expect);
+    for (int force = 0, runs = 0; force <= 2; force += 2) {
+        pk_force_generic = force;
+        if (!pk_f32_products()) continue;
+        for (int i = 0; i < R * ldo; i++) got[i] = 0.5f;
+        pk_f32_product(w, ldw, K, x, ldx, R, alpha, got, ldo, n, accumulate, NULL);
+        /* with a bias: the same sums, then + bias */
+        float *bias = malloc(sizeof(float) * n), *with = malloc(sizeof(float) * R * ldo);
+        for (int c = 0; c < n; c++) bias[c] = frand();
+        for (int i = 0; i < R * ldo; i++) with[i] = 0.5f;
+        pk_f32_product(w, ldw, K, x, ldx, R, alpha, with, ldo, n, accumulate, bias);
+        int biased = 1;
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < ldo; c++) {
+                float expect = c < n ? got[(size_t)r * ldo + c] + bias[c] : 0.5f;
+                biased &= !memcmp(&expect, &with[(size_t)r * ldo + c], sizeof expect);
+            }
+        CHECK(biased, "fp32 product (%s) K %d n %d R %d: the bias changed the sums (or a column past n)",
+              pk_kernels(PK_F32), K, n, R);
+        free(bias), free(with);
+        double d = 0, m = 1e-30;
+        int untouched = 1;
+        for (int r = 0; r < R; r++) {
+            for (int c = 0; c < n; c++) {
+                d = fmax(d, fabs(got[(size_t)r * ldo + c] - want[(size_t)r * n + c]));
+                m = fmax(m, fabs(want[(size_t)r * n + c]));
+            }
+            for (int c = n; c < ldo; c++) untouched &= got[(size_t)r * ldo + c] == 0.5f;
         }
-    CHECK(biased, "fp32 panels K %d n %d R %d: the bias changed the sums (or a column past n)", K, n, R);
-    free(bias), free(with);
-    double d = 0, m = 1e-30;
-    int untouched = 1;
-    for (int r = 0; r < R; r++) {
-        for (int c = 0; c < n; c++) {
-            d = fmax(d, fabs(got[(size_t)r * ldo + c] - want[(size_t)r * n + c]));
-            m = fmax(m, fabs(want[(size_t)r * n + c]));
-        }
-        for (int c = n; c < ldo; c++) untouched &= got[(size_t)r * ldo + c] == 0.5f;
+        CHECK(d / m < 1e-5, "fp32 product (%s) K %d n %d R %d alpha %g: rel err %g", pk_kernels(PK_F32), K, n, R,
+              alpha, d / m);
+        CHECK(untouched, "fp32 product (%s) K %d n %d R %d: wrote past column n", pk_kernels(PK_F32), K, n, R);
+        if (runs++) CHECK(!memcmp(got, first, sizeof(float) * R * ldo), "fp32 product K %d n %d R %d: the AVX2 "
+                          "kernel's bits differ from the fastest one's", K, n, R);
+        else memcpy(first, got, sizeof(float) * R * ldo);
     }
-    CHECK(d / m < 1e-5, "fp32 panels K %d n %d R %d alpha %g: rel err %g", K, n, R, alpha, d / m);
-    CHECK(untouched, "fp32 panels K %d n %d R %d: wrote past column n", K, n, R);
-    free(w), free(x), free(got), free(want);
+    pk_force_generic = 0;
+    free(w), free(x), free(got), free(first), free(want);
 }
 
 /* fp32 panels read no column past n: w's last row ends at a page that
@@ -312,7 +323,7 @@ static void test_f32_product_reads_to_n(int K, int n)
     int wrong = 0;
     for (int r = 0; r < 3; r++)
         for (int c = 0; c < n; c++) wrong += out[r * 64 + c] != want;
-    CHECK(wrong == 0, "fp32 panels up to a guard page, K %d n %d: %d sums wrong", K, n, wrong);
+    CHECK(wrong == 0, "fp32 product (%s) up to a guard page, K %d n %d: %d sums wrong", pk_kernels(PK_F32), K, n, wrong);
     munmap(map, span + page);
 }
 
@@ -816,8 +827,9 @@ void kernel_tests(void)
     int shapes[][2] = {{32, 64}, {45, 70}, {96, 200}, {768, 130}, {200, 17}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         for (int out_in = 0; out_in < 2; out_in++) test_products(shapes[i][0], shapes[i][1], out_in);
-    if (!pk_f32_prompts()) printf("SKIP fp32 prompt panels: this CPU has no AVX-512 (sgemm serves prompts)\n");
-    for (int R = 1; pk_f32_prompts() && R <= 13; R += 3) {
+    if (!pk_f32_prompts()) printf("SKIP fp32 prompt panels: this CPU has no AVX-512 (its AVX2 kernel is tested)\n");
+    if (!pk_f32_products()) printf("SKIP pk_f32_product: this CPU has neither AVX-512 nor AVX2 (sgemm serves)\n");
+    for (int R = 1; pk_f32_products() && R <= 13; R += 3) {
         int ns[] = {1, 17, 64, 100, 301};
         for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
             test_f32_product(64, ns[i], R, 0.125f, 0);
@@ -825,10 +837,14 @@ void kernel_tests(void)
         }
     }
     int tails[] = {1, 17, 50, 64, 65};
-    for (size_t i = 0; pk_f32_prompts() && i < sizeof tails / sizeof *tails; i++) {
-        test_f32_product_reads_to_n(5, tails[i]);
-        test_f32_product_reads_to_n(8, tails[i]);
+    for (int force = 0; force <= 2; force += 2) { /* the fastest kernel, then AVX2 */
+        pk_force_generic = force;
+        for (size_t i = 0; pk_f32_products() && i < sizeof tails / sizeof *tails; i++) {
+            test_f32_product_reads_to_n(5, tails[i]);
+            test_f32_product_reads_to_n(8, tails[i]);
+        }
     }
+    pk_force_generic = 0;
     test_pack_rejects_nan();
     test_quantize_specials();
     if (!mv_half_fast()) printf("SKIP half floats in hardware (no F16C here): their portable loops are tested\n");
@@ -850,9 +866,9 @@ void kernel_tests(void)
                     test_attention(hds[i], R, 45, elt, hds[i] + 3); /* rows apart from their heads */
                 }
     mv_half_path = 0;
-    for (mv_half_path = 0; mv_half_path < 3; mv_half_path += 2) /* AVX-512 blocks, the portable loop */
+    for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) /* AVX-512 or AVX2 blocks, AVX2, the portable loop */
         for (int elt = MV_F32; elt <= MV_I8; elt++) {
-            int ns[] = {1, 15, 16, 17, 100, 301};
+            int ns[] = {1, 7, 8, 9, 15, 16, 17, 100, 301};
             for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
                 test_keys_t(ns[i], 64, elt);
                 test_keys_t(ns[i], 48, elt);

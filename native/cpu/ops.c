@@ -18,15 +18,26 @@
 
 #include "simd.h"
 
+#if defined(__x86_64__)
+#define AVX2F __attribute__((target("avx2,fma,f16c")))
+#endif
+
 typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
 typedef float v4 __attribute__((vector_size(16)));
 
-AI float hsum(v16 v)
+AI float hsum8(v8 a)
 {
-    v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
     v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
     return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+/* The halves added, then hsum8: the AVX2 kernels below get the same sum
+ * from two 8-lane accumulators of a 16-lane one's halves, lo + hi. */
+AI float hsum(v16 v)
+{
+    return hsum8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 
 AI float dot(const float *q, const float *k, int hd)
@@ -76,8 +87,10 @@ VEXP(vexp, v16, i16v)
 VEXP(vexp8, v8, i8v)
 #undef VEXP
 
+/* mv_layernorm and mv_add in 16-lane vectors (AVX-512, CPUs before AVX2;
+ * the AVX2 kernels below give their bits). */
 CLONES
-void mv_layernorm(float *out, const float *x, const float *w, const float *b, int C, float eps)
+static void layernorm16(float *out, const float *x, const float *w, const float *b, int C, float eps)
 {
     v16 acc = {0};
     int i = 0;
@@ -100,7 +113,7 @@ void mv_layernorm(float *out, const float *x, const float *w, const float *b, in
 }
 
 CLONES
-void mv_add(float *o, const float *b, int n)
+static void add16(float *o, const float *b, int n)
 {
     int i = 0;
     for (; i + 16 <= n; i += 16) *(v16u *)(o + i) += *(const v16u *)(b + i);
@@ -326,6 +339,36 @@ __attribute__((target("avx512f"))) static void to_i8_avx512(int8_t *dst, float *
     i8_tail(dst, src, i, n, inv);
     *scale = amax / 127.0f;
 }
+
+/* The same 8 lanes at a time (a prompt's int8 keys and values on AVX2 were
+ * the loops below: 3% of a 512-token int8 prefill on Zen 3); the same bytes
+ * and scale: amax is a max of the same values, vcvtps2dq rounds as the
+ * loops do, vpackssdw/vpacksswb narrow values already clamped. */
+AVX2F static void to_i8_avx2(int8_t *dst, float *scale, const float *src, int n)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(FLT_MAX);
+    __m256 vmax = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(src + i));
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(m, _mm256_cmp_ps(m, big, _CMP_LE_OQ))); /* NaN, inf: 0 */
+    }
+    vmax = _mm256_max_ps(vmax, _mm256_permute2f128_ps(vmax, vmax, 1));
+    vmax = _mm256_max_ps(vmax, _mm256_permute_ps(vmax, 0x4e));
+    vmax = _mm256_max_ps(vmax, _mm256_permute_ps(vmax, 0xb1));
+    float amax = finite_amax(src, i, n, _mm256_cvtss_f32(vmax));
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 y = _mm256_mul_ps(_mm256_loadu_ps(src + i), vinv);
+        y = _mm256_and_ps(y, _mm256_cmp_ps(y, y, _CMP_ORD_Q)); /* NaN */
+        __m256i q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y, lo), hi));
+        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64((__m128i *)(dst + i), _mm_packs_epi16(w, w));
+    }
+    i8_tail(dst, src, i, n, inv);
+    *scale = amax / 127.0f;
+}
 #endif
 
 void mv_to_i8(int8_t *dst, float *scale, const float *src, int n)
@@ -335,6 +378,10 @@ void mv_to_i8(int8_t *dst, float *scale, const float *src, int n)
     if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
     if (avx512 && !mv_half_path) {
         to_i8_avx512(dst, scale, src, n);
+        return;
+    }
+    if (avx2_kernels()) {
+        to_i8_avx2(dst, scale, src, n);
         return;
     }
 #endif
@@ -354,8 +401,6 @@ void mv_from_i8(float *dst, const int8_t *src, const float *scales, int n, int h
 /* ==== Keys transposed ==== */
 
 #if defined(__x86_64__)
-#define AVX2F __attribute__((target("avx2,fma,f16c")))
-
 /* r[0..16) (16 rows of 16 floats) transposed in registers: unpack pairs of
  * rows, then quads within 128-bit lanes, then the lanes across 4 rows. */
 __attribute__((target("avx512f"))) AI void transpose16(__m512 *r)
@@ -602,8 +647,6 @@ AI void scores(const v16 *qv, const float *k, size_t ld, int n, float scale, flo
 /* fold16 for 8 keys: with t[j] from key rev8[j], lane i of the result is
  * key i's score. */
 static const int rev8[8] = {0, 4, 2, 6, 1, 5, 3, 7};
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
-
 AI v8 fold8(const v16 *t)
 {
     v16 y = fold_to_pairs(t);
@@ -882,9 +925,7 @@ AVX2F static void softmax_avx2(float *s, int n)
         acc0 += t0;
         acc1 += t1;
     }
-    v8 a = acc0 + acc1;
-    v4 h = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    float sum = (h[0] + h[2]) + (h[1] + h[3]);
+    float sum = hsum8(acc0 + acc1);
     for (; p < n; p += 8) {
         int k = n - p < 8 ? n - p : 8;
         __m256i lanes = first_lanes(k);
@@ -913,6 +954,40 @@ AVX2F static void gelu_avx2(float *x, int n)
         if (n - i < 8) _mm256_maskstore_ps(x + i, lanes, t);
         else _mm256_storeu_ps(x + i, t);
     }
+}
+/* mv_layernorm and mv_add in 8 lanes, with layernorm16's sums in its order
+ * (two accumulators for its halves): for 16-lane accumulators on AVX2 gcc
+ * 12 goes through the stack every step. */
+AVX2F static void layernorm_avx2(float *out, const float *x, const float *w, const float *b, int C, float eps)
+{
+    v8 a0 = {0}, a1 = {0};
+    int i = 0;
+    for (; i + 16 <= C; i += 16) {
+        a0 += *(const v8u *)(x + i);
+        a1 += *(const v8u *)(x + i + 8);
+    }
+    float sum = hsum8(a0 + a1);
+    for (; i < C; i++) sum += x[i];
+    float mean = sum / C, var;
+    a0 = a1 = (v8){0};
+    for (i = 0; i + 16 <= C; i += 16) {
+        v8 d0 = *(const v8u *)(x + i) - mean, d1 = *(const v8u *)(x + i + 8) - mean;
+        a0 += d0 * d0;
+        a1 += d1 * d1;
+    }
+    var = hsum8(a0 + a1);
+    for (; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+    float rstd = 1.0f / sqrtf(var / C + eps);
+    for (i = 0; i + 8 <= C; i += 8)
+        *(v8u *)(out + i) = (*(const v8u *)(x + i) - mean) * rstd * *(const v8u *)(w + i) + *(const v8u *)(b + i);
+    for (; i < C; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+AVX2F static void add_avx2(float *o, const float *b, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) *(v8u *)(o + i) += *(const v8u *)(b + i);
+    for (; i < n; i++) o[i] += b[i];
 }
 #endif
 
@@ -1010,6 +1085,28 @@ static void gelu16(float *x, int n)
         t = t < -87.0f ? -87.0f : t > 88.0f ? 88.0f : t;
         x[i] = x[i] / (1.0f + mv_exp(t));
     }
+}
+
+void mv_layernorm(float *out, const float *x, const float *w, const float *b, int C, float eps)
+{
+#if defined(__x86_64__)
+    if (avx2_kernels()) {
+        layernorm_avx2(out, x, w, b, C, eps);
+        return;
+    }
+#endif
+    layernorm16(out, x, w, b, C, eps);
+}
+
+void mv_add(float *o, const float *b, int n)
+{
+#if defined(__x86_64__)
+    if (avx2_kernels()) {
+        add_avx2(o, b, n);
+        return;
+    }
+#endif
+    add16(o, b, n);
 }
 
 void mv_softmax(float *s, int n)

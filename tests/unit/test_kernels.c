@@ -710,17 +710,30 @@ static void test_amx_products(int K, int N, int out_in)
 
 static void test_layernorm(int C, float offset)
 {
-    float x[LN_MAX], w[LN_MAX], b[LN_MAX], out[LN_MAX];
-    double mean = 0, var = 0, worst = 0;
+    float x[LN_MAX], w[LN_MAX], b[LN_MAX], out[3][LN_MAX], sum[3][LN_MAX];
+    double mean = 0, var = 0;
     for (int i = 0; i < C; i++) /* and an outlier, as GPT-2's residual stream has */
         x[i] = offset + frand() * 2 + (i == C / 2 ? 50 : 0), w[i] = frand(), b[i] = frand();
     for (int i = 0; i < C; i++) mean += x[i];
     mean /= C;
     for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
     double rstd = 1 / sqrt(var / C + 1e-5);
-    mv_layernorm(out, x, w, b, C, 1e-5f);
-    for (int i = 0; i < C; i++) worst = fmax(worst, fabs(out[i] - ((x[i] - mean) * rstd * w[i] + b[i])));
-    CHECK(worst < 2e-5 * (1 + fabs(offset) * rstd), "layernorm C %d offset %g: off by %g", C, offset, worst);
+    for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) { /* each path, the same bits */
+        double worst = 0;
+        float *o = out[mv_half_path], *s = sum[mv_half_path];
+        mv_layernorm(o, x, w, b, C, 1e-5f);
+        for (int i = 0; i < C; i++) worst = fmax(worst, fabs(o[i] - ((x[i] - mean) * rstd * w[i] + b[i])));
+        CHECK(worst < 2e-5 * (1 + fabs(offset) * rstd), "layernorm (path %d) C %d offset %g: off by %g",
+              mv_half_path, C, offset, worst);
+        CHECK(!memcmp(o, out[0], C * sizeof *o), "layernorm C %d: path %d's bits differ from path 0's", C,
+              mv_half_path);
+        memcpy(s, x, C * sizeof *s);
+        mv_add(s, w, C);
+        int wrong = 0;
+        for (int i = 0; i < C; i++) wrong += s[i] != x[i] + w[i];
+        CHECK(wrong == 0, "mv_add (path %d) C %d: %d sums wrong", mv_half_path, C, wrong);
+    }
+    mv_half_path = 0;
 }
 
 /* GELU against double over 203 values (a tail of 3 past whole vectors of
@@ -850,8 +863,8 @@ void kernel_tests(void)
     if (!mv_half_fast()) printf("SKIP half floats in hardware (no F16C here): their portable loops are tested\n");
     for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) test_half();
     mv_half_path = 0;
-    int i8n[] = {1, 3, 12, 16, 17, 64, 80, 301};
-    for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) /* AVX-512, then the portable loops */
+    int i8n[] = {1, 3, 8, 9, 12, 16, 17, 64, 80, 301};
+    for (mv_half_path = 0; mv_half_path < 3; mv_half_path++) /* AVX-512 or AVX2, AVX2, the portable loops */
         for (size_t i = 0; i < sizeof i8n / sizeof *i8n; i++) test_to_i8(i8n[i]);
     mv_half_path = 0;
     int hds[] = {8, 12, 16, 32, 48, 64, 80};
@@ -908,7 +921,7 @@ void kernel_tests(void)
                 if (pk_amx() == 1) test_bf16_values(m, ns[i]);
             }
     }
-    int cs[] = {16, 45, 768, LN_MAX};
+    int cs[] = {7, 16, 45, 768, LN_MAX};
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
         test_layernorm(cs[i], 0);
         test_layernorm(cs[i], 300);

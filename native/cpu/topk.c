@@ -76,26 +76,30 @@ static float kth_largest(float *a, int n, int k)
     return a[want];
 }
 
+/* The screen in 8 lanes on every target: in 16, gcc 12 split the
+ * comparisons into scalar compares and branches for AVX2 (0.27 ms a row of
+ * 50257 on Zen 3, 3 rows a decode step), and the loop is bound by reading
+ * its four arrays (800 KB) more than by its width. */
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
 typedef int32_t i8v __attribute__((vector_size(32)));
 typedef int32_t i4v __attribute__((vector_size(16)));
 
 /* Whether a lane of m is set. */
-AI int any(i16v m)
+AI int any(i8v m)
 {
-    i8v a = __builtin_shufflevector(m, m, 0, 1, 2, 3, 4, 5, 6, 7) |
-            __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15);
-    i4v b = __builtin_shufflevector(a, a, 0, 1, 2, 3) | __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    i4v b = __builtin_shufflevector(m, m, 0, 1, 2, 3) | __builtin_shufflevector(m, m, 4, 5, 6, 7);
     return (b[0] | b[1] | b[2] | b[3]) != 0;
 }
 
 /* S + S2 at v, and reach() of it (the vector form of the scalar lines). */
-AI v16 screen16(const float *S, const float *S2, const float *err, const float *amax, int v,
-                float P, float Q, v16 *reach16)
+AI v8 screen8(const float *S, const float *S2, const float *err, const float *amax, int v, float P,
+              float Q, v8 *reach8)
 {
-    v16 s = *(const v16u *)(S + v) + *(const v16u *)(S2 + v);
-    v16 b = *(const v16u *)(err + v) * P + *(const v16u *)(amax + v) * Q;
-    v16 a = (v16)((i16v)s & 0x7fffffff);
-    *reach16 = b + (a + b) * 0x1p-21f + 0x1p-100f;
+    v8 s = *(const v8u *)(S + v) + *(const v8u *)(S2 + v);
+    v8 b = *(const v8u *)(err + v) * P + *(const v8u *)(amax + v) * Q;
+    v8 a = (v8)((i8v)s & 0x7fffffff);
+    *reach8 = b + (a + b) * 0x1p-21f + 0x1p-100f;
     return s;
 }
 
@@ -105,17 +109,17 @@ int tk_candidates(const float *S, const float *S2, const float *err, const float
 {
     /* tau, the k-th largest lower bound: lower bounds above the k-th best so
      * far go to lo; when 4k are there, the k best stay. Past the first few
-     * hundred columns almost none passes, so a block of 16 mostly costs a
+     * hundred columns almost none passes, so a block of 8 mostly costs a
      * few vector operations (a quickselect over the whole row, with its
      * unpredictable branches, took 0.4 ms) */
     float t = -INFINITY;
-    int m = 0, v = 0, V16 = V - V % 16;
-    i16v bad = {0};
-    for (; v < V16; v += 16) {
-        v16 r, s = screen16(S, S2, err, amax, v, P, Q, &r), l = s - r;
-        bad |= ~((v16)((i16v)s & 0x7fffffff) <= 3.0e38f); /* NaN and infinities */
+    int m = 0, v = 0, V8 = V - V % 8;
+    i8v bad = {0};
+    for (; v < V8; v += 8) {
+        v8 r, s = screen8(S, S2, err, amax, v, P, Q, &r), l = s - r;
+        bad |= ~((v8)((i8v)s & 0x7fffffff) <= 3.0e38f); /* NaN and infinities */
         if (!any(l > t)) continue;
-        for (int i = 0; i < 16; i++) {
+        for (int i = 0; i < 8; i++) {
             if (!(l[i] > t)) continue;
             lo[m++] = l[i];
             if (m == 4 * k) {
@@ -139,10 +143,10 @@ int tk_candidates(const float *S, const float *S2, const float *err, const float
     if (!finite || m < k) return -1;
     float tau = kth_largest(lo, m, k);
     int n = 0;
-    for (v = 0; v < V16; v += 16) {
-        v16 r, s = screen16(S, S2, err, amax, v, P, Q, &r), h = s + r;
+    for (v = 0; v < V8; v += 8) {
+        v8 r, s = screen8(S, S2, err, amax, v, P, Q, &r), h = s + r;
         if (!any(h >= tau)) continue;
-        for (int i = 0; i < 16; i++) {
+        for (int i = 0; i < 8; i++) {
             if (!(h[i] >= tau)) continue;
             if (n == cap) return -1;
             cand[n++] = v + i;

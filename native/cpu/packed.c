@@ -105,7 +105,8 @@ int pk_prefetch = -1;
  * tokens took 18.4-20.5 ms with them there and 23.7-25.3 without (4 runs
  * each; 7 runs of all the prefetches alike), keeping the top 40 (the int8
  * screen of the head, then its bf16 rows) 18.4-22.5 against 21.5-23.3; 1 row
- * alike. All the prefetches made fp32's steps 5-13% slower; int8's alike. */
+ * alike. All the prefetches made fp32's steps 5-13% slower; int8's alike.
+ * Whether those passes fetch ahead: where everything does, or there. */
 static int pk_prefetch_bf16;
 
 void pk_prefetch_init(void)
@@ -115,7 +116,7 @@ void pk_prefetch_init(void)
     const char *env = getenv("GPT2_CPU_PREFETCH");
     int set = env && (!strcmp(env, "0") || !strcmp(env, "1"));
     pk_prefetch = set ? env[0] == '1' : __builtin_cpu_is("intel");
-    pk_prefetch_bf16 = set ? pk_prefetch : __builtin_cpu_is("amd") && !__builtin_cpu_supports("avx512f");
+    pk_prefetch_bf16 = pk_prefetch || (!set && __builtin_cpu_is("amd") && !__builtin_cpu_supports("avx512f"));
 #else
     pk_prefetch = 0;
 #endif
@@ -1730,7 +1731,7 @@ AVX2 AI void half_avx2(const unsigned char *tp, int K, int k0, int k1, int h, co
             if (!h) {
                 _mm_prefetch((const char *)(w + 32), _MM_HINT_T0);
                 _mm_prefetch((const char *)(w + 48), _MM_HINT_T0);
-                if (pk_prefetch || pk_prefetch_bf16)
+                if (pk_prefetch_bf16)
                     for (int l = 0; l < 4; l++) __builtin_prefetch((const char *)(w + 16 * l) + PF_FAR, 0, 1);
             }
             int ko = k + 1 < K ? k + 1 : k; /* as float_tile: an odd K's zero weight */

@@ -240,9 +240,9 @@ def test_prefetch_on_and_off(head64_mild, dtype, tmp_path):
 def test_short_prompts_stream(head64_mild, dtype, tmp_path):
     """Products of a few rows stream the packed tiles as decode does (forward.c, STREAM_ROWS),
     longer prompts take the prompt kernels (AVX-512 panels or AVX2's 6-row blocks, int8 tiles
-    a task each), and a prompt block's attention pk_f32_product. All sum
-    every output in input order with one fma each (int8: exact int32 groups), so a 20-token
-    prompt gives the bits of the first 20 positions of a 40-token one."""
+    a task each), and a prompt block's attention pk_f32_product. All sum every output in input
+    order with one fma each (int8: exact int32 groups), so a 20-token prompt gives the bits of
+    the first 20 positions of a 40-token one."""
     if not (has_cpu_flag("avx512f") or has_cpu_flag("avx2")):
         pytest.skip("without AVX-512 or AVX2 a prompt block's attention runs on sgemm, which sums "
                     "in an order of its own: 20 and 40 tokens differ by rounding there (1e-6)")

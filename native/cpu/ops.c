@@ -228,9 +228,10 @@ int mv_half_fast(void)
 int mv_half_path;
 
 #if defined(__x86_64__)
-/* Whether the AVX2 kernels (attention over 64-float heads, softmax, GELU)
- * run: on AVX2 CPUs without AVX-512, or forced (mv_half_path 1: the unit
- * test, GPT2_CPU_ISA=avx2); never with the portable loops forced (2). */
+/* Whether the AVX2 kernels (decode attention over 64-float heads, keys
+ * transposed, int8 keys and values, layernorm, the residual add, softmax,
+ * GELU) run: on AVX2 CPUs without AVX-512, or forced (mv_half_path 1: the
+ * unit test, GPT2_CPU_ISA=avx2); never with the portable loops forced (2). */
 static int avx2_kernels(void)
 {
     static int avx512 = -1, avx2 = -1;
@@ -1087,49 +1088,24 @@ static void gelu16(float *x, int n)
     }
 }
 
+/* The AVX2 kernel where avx2_kernels() says, else the 16-lane one. */
+#if defined(__x86_64__)
+#define PICK(avx2_call, call) (avx2_kernels() ? avx2_call : call)
+#else
+#define PICK(avx2_call, call) (call)
+#endif
+
 void mv_layernorm(float *out, const float *x, const float *w, const float *b, int C, float eps)
 {
-#if defined(__x86_64__)
-    if (avx2_kernels()) {
-        layernorm_avx2(out, x, w, b, C, eps);
-        return;
-    }
-#endif
-    layernorm16(out, x, w, b, C, eps);
+    PICK(layernorm_avx2(out, x, w, b, C, eps), layernorm16(out, x, w, b, C, eps));
 }
 
-void mv_add(float *o, const float *b, int n)
-{
-#if defined(__x86_64__)
-    if (avx2_kernels()) {
-        add_avx2(o, b, n);
-        return;
-    }
-#endif
-    add16(o, b, n);
-}
+void mv_add(float *o, const float *b, int n) { PICK(add_avx2(o, b, n), add16(o, b, n)); }
 
-void mv_softmax(float *s, int n)
-{
-#if defined(__x86_64__)
-    if (avx2_kernels()) {
-        softmax_avx2(s, n);
-        return;
-    }
-#endif
-    softmax16(s, n);
-}
+void mv_softmax(float *s, int n) { PICK(softmax_avx2(s, n), softmax16(s, n)); }
 
-void mv_gelu_tanh(float *x, int n)
-{
-#if defined(__x86_64__)
-    if (avx2_kernels()) {
-        gelu_avx2(x, n);
-        return;
-    }
-#endif
-    gelu16(x, n);
-}
+void mv_gelu_tanh(float *x, int n) { PICK(gelu_avx2(x, n), gelu16(x, n)); }
+#undef PICK
 
 float mv_exp(float x)
 {

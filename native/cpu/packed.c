@@ -1952,7 +1952,7 @@ AVX2 AI void f32_block_avx2(const float *w, size_t ldw, int K, const float *x, s
                             float alpha, float *out, int ldo, int n, int accumulate, const float *bias,
                             const int full)
 {
-    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* 8 - k on: k lanes set */
+    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* from ones + 8 - k: k lanes set */
     __m256 acc[PR_ROWS][2];
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     __m256i m0 = _mm256_loadu_si256((const __m256i *)(ones + 8 - (n < 8 ? n : 8)));

@@ -77,7 +77,7 @@ static float kth_largest(float *a, int n, int k)
 }
 
 /* The screen in 8 lanes on every target: in 16, gcc 12 split the
- * comparisons into scalar compares and branches for AVX2 (0.27 ms a row of
+ * comparisons into scalar compares and branches for AVX2 (0.25-0.27 ms a row of
  * 50257 on Zen 3, 3 rows a decode step), and the loop is bound by reading
  * its four arrays (800 KB) more than by its width. */
 typedef float v8 __attribute__((vector_size(32)));

@@ -20,6 +20,13 @@
 
 #if defined(__x86_64__)
 #define AVX2F __attribute__((target("avx2,fma,f16c")))
+
+AVX2F AI float hmax8(__m256 m)
+{
+    m = _mm256_max_ps(m, _mm256_permute2f128_ps(m, m, 1));
+    m = _mm256_max_ps(m, _mm256_permute_ps(m, 0x4e));
+    return _mm256_cvtss_f32(_mm256_max_ps(m, _mm256_permute_ps(m, 0xb1)));
+}
 #endif
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -354,10 +361,7 @@ AVX2F static void to_i8_avx2(int8_t *dst, float *scale, const float *src, int n)
         __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(src + i));
         vmax = _mm256_max_ps(vmax, _mm256_and_ps(m, _mm256_cmp_ps(m, big, _CMP_LE_OQ))); /* NaN, inf: 0 */
     }
-    vmax = _mm256_max_ps(vmax, _mm256_permute2f128_ps(vmax, vmax, 1));
-    vmax = _mm256_max_ps(vmax, _mm256_permute_ps(vmax, 0x4e));
-    vmax = _mm256_max_ps(vmax, _mm256_permute_ps(vmax, 0xb1));
-    float amax = finite_amax(src, i, n, _mm256_cvtss_f32(vmax));
+    float amax = finite_amax(src, i, n, hmax8(vmax));
     float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
     for (i = 0; i + 8 <= n; i += 8) {
@@ -883,20 +887,6 @@ AVX2F static void attend64_avx2(const mv_attn *a)
     if (a->elt == MV_F16) attend64_avx2_rows(a, MV_F16);
     else if (a->elt == MV_I8) attend64_avx2_rows(a, MV_I8);
     else attend64_avx2_rows(a, MV_F32);
-}
-
-/* Lanes 0..n-1 set (n in 1..8): the mask for the last n elements of a row. */
-AVX2F AI __m256i first_lanes(int n)
-{
-    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1};
-    return _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
-}
-
-AVX2F AI float hmax8(__m256 m)
-{
-    m = _mm256_max_ps(m, _mm256_permute2f128_ps(m, m, 1));
-    m = _mm256_max_ps(m, _mm256_permute_ps(m, 0x4e));
-    return _mm256_cvtss_f32(_mm256_max_ps(m, _mm256_permute_ps(m, 0xb1)));
 }
 
 /* mv_softmax and mv_gelu_tanh in 8 lanes with vmaxps/vminps for the clamps

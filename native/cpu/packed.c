@@ -1952,11 +1952,9 @@ AVX2 AI void f32_block_avx2(const float *w, size_t ldw, int K, const float *x, s
                             float alpha, float *out, int ldo, int n, int accumulate, const float *bias,
                             const int full)
 {
-    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* from ones + 8 - k: k lanes set */
     __m256 acc[PR_ROWS][2];
     for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    __m256i m0 = _mm256_loadu_si256((const __m256i *)(ones + 8 - (n < 8 ? n : 8)));
-    __m256i m1 = _mm256_loadu_si256((const __m256i *)(ones + 8 - (n > 8 ? n - 8 : 0)));
+    __m256i m0 = first_lanes(n < 8 ? n : 8), m1 = first_lanes(n > 8 ? n - 8 : 0);
     for (int k = 0; k < K; k++) {
         const float *wk = w + (size_t)k * ldw;
         __m256 w0 = full ? _mm256_loadu_ps(wk) : _mm256_maskload_ps(wk, m0);

@@ -13,4 +13,16 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
 typedef int32_t i16v __attribute__((vector_size(64)));
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* Lanes 0..n-1 set (n in 0..8): the AVX2 mask for the last n elements of a
+ * row. */
+__attribute__((target("avx2"))) AI __m256i first_lanes(int n)
+{
+    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1};
+    return _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
+}
+#endif
+
 #endif

@@ -5,9 +5,12 @@ A real text (typing_text.txt) is typed a few characters at a time after a
 first part that is already in the buffer; at each pause one `complete`
 (3 suggestions x 24 tokens, stop at the end of the line, buffer 1) goes to the
 helper and the next keystrokes wait for its reply, as a user who pauses would.
-Reported: p50/p95 latency as the client sees it, and the share of prompt
-tokens whose keys/values were reused — with prefix reuse on, and off
-(--cache-slots 0).
+Requests go as the plugin sends them: notifications with an id, partial
+results streamed every 2 decode steps, the final as an event.
+Reported: p50/p95 latency of the final as the client sees it; of the first
+event (first text: when the plugin can first draw ghost text); and the share
+of prompt tokens whose keys/values were reused — with prefix reuse on, and
+off (--cache-slots 0).
 
 usage: typing_session.py MODEL_DIR [--pauses N] [--threads N] [--cpu-dtype F ...] [--no-off]
                          [--cpu-kv auto|fp32|fp16|int8]
@@ -64,6 +67,40 @@ class Helper:
                 raise EOFError(f"the helper exited ({self.p.wait()}): {self.stderr_tail()}")
             self.unp.feed(data)
 
+    def complete_streamed(self, params, timeout=120):
+        """A `complete` as the plugin sends it: a notification with an id, partial results
+        streamed every 2 steps (its partial_every), the final as an event. Returns the final
+        event and the seconds until the first event (partial or final): when the plugin can
+        first draw ghost text."""
+        self.msgid += 1
+        cid = self.msgid
+        params = dict(params, id=cid, stream=True, partial_every=2)
+        t0 = time.perf_counter()
+        self.p.stdin.write(msgpack.packb([2, "complete", [params]]))
+        self.p.stdin.flush()
+        first = None
+        deadline = t0 + timeout
+        while True:
+            for msg in self.unp:
+                if msg[0] != 2 or msg[1] != "nvim_exec_lua":
+                    continue
+                ev = msg[2][1][0]
+                if ev.get("id") != cid:
+                    continue
+                if first is None:
+                    first = time.perf_counter() - t0
+                if ev["kind"] == "error":
+                    raise RuntimeError(f"complete: {ev['error']}")
+                if ev["kind"] == "final":
+                    return ev, first
+            left = deadline - time.perf_counter()
+            if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
+                raise TimeoutError(f"complete: no final event in {timeout} s")
+            data = os.read(self.p.stdout.fileno(), 1 << 16)
+            if not data:
+                raise EOFError(f"the helper exited ({self.p.wait()}): {self.stderr_tail()}")
+            self.unp.feed(data)
+
     def close(self):
         try:
             self.p.stdin.close()
@@ -79,13 +116,14 @@ def session(model, pauses, extra):
     stride = max(1, (len(text) - start) // pauses)
     h = Helper(model, extra)
     h.call("complete", {"text": text[:start], "buffer": 1, "seed": 1})  # warm up: load, first prefill
-    lat, cached, prompt, pre, dec = [], 0, 0, [], []
+    lat, first, cached, prompt, pre, dec = [], [], 0, 0, [], []
     for i in range(pauses):
         end = start + (i + 1) * stride
         t0 = time.perf_counter()
-        r = h.call("complete", {"text": text[:end], "buffer": 1, "seed": 1000 + i, "n": 3,
-                                "max_tokens": 24, "stop": "line"})
+        r, t_first = h.complete_streamed({"text": text[:end], "buffer": 1, "seed": 1000 + i, "n": 3,
+                                          "max_tokens": 24, "stop": "line"})
         lat.append((time.perf_counter() - t0) * 1000)
+        first.append(t_first * 1000)
         cached += r["cached_tokens"]
         prompt += r["prompt_tokens"]
         pre.append(r["timings"]["prefill_ms"])
@@ -94,10 +132,14 @@ def session(model, pauses, extra):
     head = (sum(m.get("head_screened_rows", 0) for m in models),
             sum(m.get("head_fallback_rows", 0) for m in models))
     h.close()
-    lat.sort()
-    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
     med = statistics.median
-    return med(lat), p95, cached / max(prompt, 1), prompt / pauses, med(pre), med(dec), head
+    return (med(lat), p95(lat), med(first), p95(first), cached / max(prompt, 1), prompt / pauses,
+            med(pre), med(dec), head)
+
+
+def p95(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
 
 
 def main():
@@ -119,9 +161,10 @@ def main():
         if not a.no_off:
             runs.append(("prefix reuse off", ["--cache-slots", "0"]))
         for label, more in runs:
-            p50, p95, ratio, avg_prompt, pre, dec, head = session(
+            p50, p95_, f50, f95, ratio, avg_prompt, pre, dec, head = session(
                 a.model, a.pauses, extra + more + ["--cpu-dtype", dtype, "--device", "cpu"])
-            print(f"  {dtype:4s} {label}: p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  cached tokens "
+            print(f"  {dtype:4s} {label}: p50 {p50:7.1f} ms  p95 {p95_:7.1f} ms  first text p50 "
+                  f"{f50:6.1f} ms  p95 {f95:6.1f} ms  cached tokens "
                   f"{ratio * 100:5.1f}% (avg prompt {avg_prompt:.0f} tokens); helper's medians: "
                   f"prefill {pre:.1f} ms, decode {dec:.1f} ms; head rows screened {head[0]}, "
                   f"whole {head[1]}")

@@ -25,6 +25,7 @@ typedef struct {
     engine *e;
     double load_ms;
     char error[ERR_MAX];
+    int threads_seen;  /* its pool's threads at the last step (logged when that changes) */
 } model_slot;
 
 /* The keys/values of one client's last context. */
@@ -507,6 +508,12 @@ static void step(sched *s)
         char err[ERR_MAX];
         int rc = gen_step(s->models[mi].e, tasks, n, err);
         after_step(s, mi, rc, err);
+        model_slot *m = &s->models[mi];
+        int now = pool_threads_now(m->e->pool), all = pool_size(m->e->pool);
+        if (m->threads_seen && now != m->threads_seen)
+            log_info("model %s: %d of %d CPU threads%s", m->name, now, all,
+                     now < all ? " (the CPUs are busy with other work)" : "");
+        m->threads_seen = now;
     }
 }
 
@@ -633,7 +640,7 @@ static void status_models(sched *s, msgpack_packer *pk)
     for (int i = 0; i < s->o.n_models; i++) {
         model_slot *m = &s->models[i];
         int loaded = m->e != NULL;
-        msgpack_pack_map(pk, loaded ? 16 : 4);
+        msgpack_pack_map(pk, loaded ? 18 : 4);
         pack_kv_str(pk, "name", m->name);
         pack_kv_str(pk, "dir", m->dir);
         pack_kv_bool(pk, "loaded", loaded);
@@ -653,6 +660,10 @@ static void status_models(sched *s, msgpack_packer *pk)
         device_topk_stats(m->e->dev, &screened, &fallback);
         pack_kv_int(pk, "head_screened_rows", (int64_t)screened);
         pack_kv_int(pk, "head_fallback_rows", (int64_t)fallback);
+        /* the CPU threads its runs use now (fewer while other programs keep
+         * the CPUs busy), and how often it went below --threads */
+        pack_kv_int(pk, "cpu_threads_now", pool_threads_now(m->e->pool));
+        pack_kv_int(pk, "cpu_thread_cuts", (int64_t)pool_cuts(m->e->pool));
     }
 }
 

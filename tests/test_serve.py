@@ -503,6 +503,57 @@ def test_threads_follow_the_cpu_affinity(serve):
     assert h.ok("status")["params"]["threads"] == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no sched_setaffinity here")
+def test_busy_cpus_cut_threads(serve, big_model):
+    """While other programs keep the helper's CPUs busy, its runs go on with fewer threads
+    (status: cpu_threads_now, cpu_thread_cuts) and the same results; once the CPUs are free
+    again, a probe brings every thread back. Two spinning processes share the helper's two
+    CPUs, so each of its threads gets about half of its wall time."""
+    mine = os.sched_getaffinity(0)
+    if len(mine) < 2:
+        print("SKIP busy CPUs: this process may run on one CPU only")
+        pytest.skip("this process may run on one CPU only")
+    two = set(sorted(mine)[:2])
+    params = dict(text=TEXT, n=3, max_tokens=40, seed=5, stop="none")
+    hogs = []
+    os.sched_setaffinity(0, two)  # the helper and the spinners inherit it
+    try:
+        h = serve(big_model, args=["--threads", "2", "--lru", "0"])
+        ref = h.complete(**params)["suggestions"]
+        m = h.ok("status")["models"][0]
+        assert m["cpu_threads_now"] in (1, 2) and m["cpu_thread_cuts"] >= 0, m
+        cuts0 = m["cpu_thread_cuts"]
+        hogs = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(2)]
+    finally:
+        os.sched_setaffinity(0, mine)
+    try:
+        seen = []
+        deadline = time.monotonic() + 60 * SLOW
+        while time.monotonic() < deadline:
+            assert h.complete(**params)["suggestions"] == ref
+            m = h.ok("status")["models"][0]
+            seen.append(m["cpu_threads_now"])
+            if m["cpu_threads_now"] == 1 and m["cpu_thread_cuts"] > cuts0:
+                break
+        else:
+            raise AssertionError("threads with both CPUs busy: %r\n%s" % (seen, h.describe()))
+        print("%d requests until the cut" % len(seen))
+    finally:
+        for p in hogs:
+            p.kill()
+            p.wait()
+    seen = []
+    deadline = time.monotonic() + 60 * SLOW
+    while time.monotonic() < deadline:
+        assert h.complete(**params)["suggestions"] == ref
+        seen.append(h.ok("status")["models"][0]["cpu_threads_now"])
+        if seen[-1] == 2:
+            break
+    else:
+        raise AssertionError("threads with the CPUs free again: %r\n%s" % (seen, h.describe()))
+    print("%d requests until every thread is back" % len(seen))
+
+
 def test_every_method(serve):
     h = serve()
     t0 = time.monotonic()

@@ -2,7 +2,9 @@
  *
  * pool_run hands out task indices 0..ntasks-1 to the workers and the calling
  * thread alike and returns when all are done; no thread is created per call.
- * One caller at a time.
+ * One caller at a time. When other programs keep the CPUs busy, the runs
+ * use fewer threads for a while (pool_threads_now): tasks must not count on
+ * every thread taking part.
  */
 #ifndef GPT2_POOL_H
 #define GPT2_POOL_H
@@ -27,6 +29,19 @@ typedef struct {
     size_t bytes;
 } pool_span;
 void pool_run_then(pool *p, pool_fn fn, void *arg, int ntasks, const pool_span *next);
+
+/* Threads the runs use now: pool_size, or fewer while other programs keep
+ * the CPUs busy (pool.c measures the CPU time its threads get; the caller
+ * always counts). GPT2_CPU_ADAPT=0 in the environment keeps every thread. */
+int pool_threads_now(const pool *p);
+/* Times the pool went below pool_size threads. Any thread may read both. */
+unsigned long pool_cuts(const pool *p);
+/* For tests: the runs use n threads (1..pool_size) from now on, until the
+ * pool's own measurement (if on) changes that. */
+void pool_set_threads_now(pool *p, int n);
+/* The threads worth running where `active` threads got `share` (0..1) of
+ * their wall time on a CPU: round(active * share), 1..active. */
+int pool_share_threads(int active, double share);
 
 /* The CPUs the process may run on (its affinity; online CPUs where that
  * cannot be read), at least 1: the default number of threads. */

@@ -828,9 +828,75 @@ static void test_pool(void)
     free(buf);
 }
 
+typedef struct {
+    atomic_int count[64];
+    int thread[64];
+} seen_tasks;
+
+static void seen_task(void *arg, int task, int thread)
+{
+    seen_tasks *s = arg;
+    atomic_fetch_add(&s->count[task], 1);
+    s->thread[task] = thread;
+}
+
+/* The runs with fewer threads than the pool has (what it does while other
+ * programs keep the CPUs busy): every task once, only threads below the
+ * count taking part, across changes of the count between runs, back to
+ * back and after the workers sleep or park. And the share -> threads rule. */
+static void test_pool_threads_now(void)
+{
+    enum { THREADS = 4 };
+    const char *was = getenv("GPT2_CPU_ADAPT");
+    setenv("GPT2_CPU_ADAPT", "0", 1); /* the counts set here, not measured */
+    pool *p = pool_new(THREADS);
+    if (was) setenv("GPT2_CPU_ADAPT", was, 1);
+    else unsetenv("GPT2_CPU_ADAPT");
+    seen_tasks s;
+    uint64_t r = 88172645463325252ull;
+    int wrong = 0, outside = 0, used[THREADS + 1] = {0};
+    for (int run = 0; run < 4000; run++) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        int want = 1 + (int)(r % THREADS), n = (int)(r >> 8) % 65;
+        if (run % 7) pool_set_threads_now(p, want); /* else the last count again */
+        int now = pool_threads_now(p);
+        used[now]++;
+        for (int t = 0; t < 64; t++) atomic_init(&s.count[t], 0), s.thread[t] = -1;
+        pool_run(p, seen_task, &s, n);
+        for (int t = 0; t < 64; t++) {
+            wrong += atomic_load(&s.count[t]) != (t < n);
+            outside += t < n && (s.thread[t] < 0 || s.thread[t] >= now);
+        }
+        if (run % 997 == 0) {
+            struct timespec nap = {0, 5000000}; /* past the workers' spin: they sleep */
+            nanosleep(&nap, NULL);
+        }
+    }
+    CHECK(wrong == 0 && outside == 0 && used[1] && used[2] && used[3] && used[4],
+          "pool with fewer threads: %d task counts wrong, %d tasks on a thread outside the count", wrong,
+          outside);
+    pool_set_threads_now(p, 0);
+    CHECK(pool_threads_now(p) == 1, "count 0 clamps to 1: %d", pool_threads_now(p));
+    pool_set_threads_now(p, 99);
+    CHECK(pool_threads_now(p) == THREADS && pool_cuts(p) > 0, "count 99 clamps to %d: %d, cuts %lu", THREADS,
+          pool_threads_now(p), pool_cuts(p));
+    pool_free(p);
+    /* n threads that got share r of their wall time: round(n r), 1..n */
+    static const struct {
+        int n;
+        double share;
+        int want;
+    } rule[] = {{2, 1.0, 2}, {2, 0.9, 2}, {2, 0.76, 2}, {2, 0.67, 1}, {2, 0.5, 1}, {2, 0.0, 1},
+                {16, 0.8, 13}, {16, 0.5, 8}, {1, 0.2, 1}, {4, 1.3, 4}};
+    for (size_t i = 0; i < sizeof rule / sizeof *rule; i++)
+        CHECK(pool_share_threads(rule[i].n, rule[i].share) == rule[i].want, "%d threads at share %.2f: %d, not %d",
+              rule[i].n, rule[i].share, pool_share_threads(rule[i].n, rule[i].share), rule[i].want);
+}
+
 void kernel_tests(void)
 {
     test_pool();
+    test_pool_threads_now();
     if (!pk_vnni()) printf("SKIP int8 VNNI kernel: this CPU has no AVX-512 VNNI (AVX2 and portable compared)\n");
     if (!pk_bf16_dp()) printf("SKIP bf16 products of bf16 activations: this CPU has no AVX-512 BF16\n");
     pk_force_generic = 4;

@@ -10,10 +10,11 @@ results streamed every 2 decode steps, the final as an event.
 Reported: p50/p95 latency of the final as the client sees it; of the first
 event (first text: when the plugin can first draw ghost text); and the share
 of prompt tokens whose keys/values were reused — with prefix reuse on, and
-off (--cache-slots 0).
+off (--cache-slots 0). --busy N runs N busy loops (other programs keeping
+CPUs busy) beside the helper for the whole session.
 
 usage: typing_session.py MODEL_DIR [--pauses N] [--threads N] [--cpu-dtype F ...] [--no-off]
-                         [--cpu-kv auto|fp32|fp16|int8]
+                         [--cpu-kv auto|fp32|fp16|int8] [--busy N]
 """
 import argparse
 import os
@@ -130,7 +131,8 @@ def session(model, pauses, extra):
         dec.append(r["timings"]["decode_ms"])
     models = h.call("status", {}).get("models", [])
     head = (sum(m.get("head_screened_rows", 0) for m in models),
-            sum(m.get("head_fallback_rows", 0) for m in models))
+            sum(m.get("head_fallback_rows", 0) for m in models),
+            sum(m.get("cpu_thread_cuts", 0) for m in models))
     h.close()
     med = statistics.median
     return (med(lat), p95(lat), med(first), p95(first), cached / max(prompt, 1), prompt / pauses,
@@ -150,12 +152,25 @@ def main():
     ap.add_argument("--cpu-dtype", nargs="+", default=["fp32"])
     ap.add_argument("--no-off", action="store_true", help="skip the run without prefix reuse")
     ap.add_argument("--cpu-kv", help="the helper's --cpu-kv (default: its auto)")
+    ap.add_argument("--busy", type=int, default=0, help="busy loops beside the helper")
     a = ap.parse_args()
     extra = ["--threads", str(a.threads)] if a.threads else []
     extra += ["--cpu-kv", a.cpu_kv] if a.cpu_kv else []
     print(f"typing session: {a.pauses} pauses, 3 x 24 tokens, stop=line, "
           f"model {os.path.basename(a.model)}, through `gpt2 serve` (p50/p95 as the client sees them)"
-          + (f"; GPT2_CPU_ISA={os.environ['GPT2_CPU_ISA']}" if os.environ.get("GPT2_CPU_ISA") else ""))
+          + (f"; GPT2_CPU_ISA={os.environ['GPT2_CPU_ISA']}" if os.environ.get("GPT2_CPU_ISA") else "")
+          + (f"; {a.busy} busy loop(s) beside it" if a.busy else "")
+          + (f"; GPT2_CPU_ADAPT={os.environ['GPT2_CPU_ADAPT']}" if os.environ.get("GPT2_CPU_ADAPT") else ""))
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.busy)]
+    try:
+        sessions(a, extra)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def sessions(a, extra):
     for dtype in a.cpu_dtype:
         runs = [("prefix reuse on ", [])]
         if not a.no_off:
@@ -167,7 +182,7 @@ def main():
                   f"{f50:6.1f} ms  p95 {f95:6.1f} ms  cached tokens "
                   f"{ratio * 100:5.1f}% (avg prompt {avg_prompt:.0f} tokens); helper's medians: "
                   f"prefill {pre:.1f} ms, decode {dec:.1f} ms; head rows screened {head[0]}, "
-                  f"whole {head[1]}")
+                  f"whole {head[1]}" + (f"; thread cuts {head[2]}" if head[2] else ""))
 
 
 if __name__ == "__main__":

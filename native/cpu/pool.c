@@ -70,6 +70,7 @@ struct pool {
     int caller_fd;            /* the calling thread's schedstat, */
     pid_t caller_tid;         /* which thread that is */
     long long decided, probe_wait;
+    long long check_at;       /* the wall clock before which the window cannot be over */
     long long (*at0)[2];      /* (n) each thread's time on and waiting for a CPU when the window opened */
     int probing;
 };
@@ -298,15 +299,21 @@ static void adapt_begin(pool *p)
             return; /* (-2: that worker has not opened its own yet) */
         }
     p->open = 1;
+    p->check_at = now_ns(CLOCK_MONOTONIC) + WINDOW_NS;
 }
 
 /* After a run: at a window's end, the share of the time the active threads
  * wanted a CPU that they were on one, and how many threads that is worth. */
 static void adapt_end(pool *p)
 {
-    long long t[2];
-    if (!p->open || sched_times(p->caller_fd, t) < 0 || t[0] + t[1] - p->at0[0][0] - p->at0[0][1] < WINDOW_NS)
+    long long t[2], now = now_ns(CLOCK_MONOTONIC);
+    if (!p->open || now < p->check_at) return; /* a clock read, not a read of schedstat, per run */
+    if (sched_times(p->caller_fd, t) < 0) return;
+    long long mine = t[0] + t[1] - p->at0[0][0] - p->at0[0][1];
+    if (mine < WINDOW_NS) { /* it slept in between: not before it could have wanted the rest */
+        p->check_at = now + WINDOW_NS - mine;
         return;
+    }
     p->open = 0;
     if (gettid() != p->caller_tid) return; /* another thread calls now: its window is next */
     long long on = t[0] - p->at0[0][0], wanted = t[0] + t[1] - p->at0[0][0] - p->at0[0][1];
@@ -316,7 +323,6 @@ static void adapt_end(pool *p)
         wanted += t[0] + t[1] - p->at0[i][0] - p->at0[i][1];
     }
     int fit = pool_share_threads(p->active, (double)on / (double)wanted);
-    long long now = now_ns(CLOCK_MONOTONIC);
     if (p->probing) { /* every thread had a window: keep them, or cut again and wait longer */
         p->probing = 0;
         p->decided = now;

@@ -508,7 +508,7 @@ def test_busy_cpus_cut_threads(serve, big_model):
     """While other programs keep the helper's CPUs busy, its runs go on with fewer threads
     (status: cpu_threads_now, cpu_thread_cuts) and the same results; once the CPUs are free
     again, a probe brings every thread back. Two spinning processes share the helper's two
-    CPUs, so each of its threads gets about half of its wall time."""
+    CPUs, so each of its threads is on a CPU for about half the time it wants one."""
     mine = os.sched_getaffinity(0)
     if len(mine) < 2:
         print("SKIP busy CPUs: this process may run on one CPU only")

@@ -316,7 +316,7 @@ static void adapt_end(pool *p)
     }
     p->open = 0;
     if (gettid() != p->caller_tid) return; /* another thread calls now: its window is next */
-    long long on = t[0] - p->at0[0][0], wanted = t[0] + t[1] - p->at0[0][0] - p->at0[0][1];
+    long long on = t[0] - p->at0[0][0], wanted = mine;
     for (int i = 1; i < p->active; i++) {
         if (sched_times(thread_fd(p, i), t) < 0) return;
         on += t[0] - p->at0[i][0];

@@ -31,16 +31,18 @@ typedef struct {
 void pool_run_then(pool *p, pool_fn fn, void *arg, int ntasks, const pool_span *next);
 
 /* Threads the runs use now: pool_size, or fewer while other programs keep
- * the CPUs busy (pool.c measures the CPU time its threads get; the caller
- * always counts). GPT2_CPU_ADAPT=0 in the environment keeps every thread. */
+ * the CPUs busy (pool.c reads how long its threads waited for a CPU; the
+ * caller always counts). GPT2_CPU_ADAPT=0 in the environment keeps every
+ * thread. */
 int pool_threads_now(const pool *p);
 /* Times the pool went below pool_size threads. Any thread may read both. */
 unsigned long pool_cuts(const pool *p);
 /* For tests: the runs use n threads (1..pool_size) from now on, until the
  * pool's own measurement (if on) changes that. */
 void pool_set_threads_now(pool *p, int n);
-/* The threads worth running where `active` threads got `share` (0..1) of
- * their wall time on a CPU: round(active * share), 1..active. */
+/* The threads worth running where `active` threads were on a CPU for
+ * `share` (0..1) of the time they wanted one: round(active * share),
+ * 1..active. */
 int pool_share_threads(int active, double share);
 
 /* The CPUs the process may run on (its affinity; online CPUs where that

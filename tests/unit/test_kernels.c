@@ -881,7 +881,7 @@ static void test_pool_threads_now(void)
     CHECK(pool_threads_now(p) == THREADS && pool_cuts(p) > 0, "count 99 clamps to %d: %d, cuts %lu", THREADS,
           pool_threads_now(p), pool_cuts(p));
     pool_free(p);
-    /* n threads that got share r of their wall time: round(n r), 1..n */
+    /* n threads on a CPU for a share r of the time they wanted one: round(n r), 1..n */
     static const struct {
         int n;
         double share;

@@ -60,13 +60,18 @@ class Helper:
                     if msg[2]:
                         raise RuntimeError(f"{method}: {msg[2]}")
                     return msg[3]
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
-                raise TimeoutError(f"{method}: no reply in {timeout} s")
-            data = os.read(self.p.stdout.fileno(), 1 << 16)
-            if not data:
-                raise EOFError(f"the helper exited ({self.p.wait()}): {self.stderr_tail()}")
-            self.unp.feed(data)
+            self.read_more(deadline, f"{method}: no reply in {timeout} s")
+
+    def read_more(self, deadline, late):
+        """What the helper has written next into the unpacker, by deadline (time.monotonic())
+        or TimeoutError(late); EOFError when it exited."""
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
+            raise TimeoutError(late)
+        data = os.read(self.p.stdout.fileno(), 1 << 16)
+        if not data:
+            raise EOFError(f"the helper exited ({self.p.wait()}): {self.stderr_tail()}")
+        self.unp.feed(data)
 
     def complete_streamed(self, params, timeout=120):
         """A `complete` as the plugin sends it: a notification with an id, partial results
@@ -76,7 +81,7 @@ class Helper:
         self.msgid += 1
         cid = self.msgid
         params = dict(params, id=cid, stream=True, partial_every=2)
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         self.p.stdin.write(msgpack.packb([2, "complete", [params]]))
         self.p.stdin.flush()
         first = None
@@ -89,18 +94,12 @@ class Helper:
                 if ev.get("id") != cid:
                     continue
                 if first is None:
-                    first = time.perf_counter() - t0
+                    first = time.monotonic() - t0
                 if ev["kind"] == "error":
                     raise RuntimeError(f"complete: {ev['error']}")
                 if ev["kind"] == "final":
                     return ev, first
-            left = deadline - time.perf_counter()
-            if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
-                raise TimeoutError(f"complete: no final event in {timeout} s")
-            data = os.read(self.p.stdout.fileno(), 1 << 16)
-            if not data:
-                raise EOFError(f"the helper exited ({self.p.wait()}): {self.stderr_tail()}")
-            self.unp.feed(data)
+            self.read_more(deadline, f"complete: no final event in {timeout} s")
 
     def close(self):
         try:

@@ -87,13 +87,6 @@ static long long now_ns(clockid_t c)
     return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-static long elapsed_ns(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec);
-}
-
 static inline void cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -124,13 +117,12 @@ static void drain(pool *p, int thread)
  * s), then sleep. */
 static unsigned long wait_gen(pool *p, unsigned long seen, pool_span s)
 {
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long long t0 = now_ns(CLOCK_MONOTONIC);
     for (int i = 0;; i++) {
         unsigned long g = atomic_load_explicit(&p->gen, memory_order_acquire);
         if (g != seen || atomic_load(&p->stop)) return g;
         wait_turn(&s);
-        if ((i & 1023) == 1023 && elapsed_ns(&t0) > SPIN_NS) break;
+        if ((i & 1023) == 1023 && now_ns(CLOCK_MONOTONIC) - t0 > SPIN_NS) break;
     }
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add(&p->sleepers, 1);

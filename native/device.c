@@ -65,9 +65,8 @@ device *device_new(const model *m, pool *p, const device_opts *o, char *err)
         snprintf(d->note, sizeof d->note, "no usable GPU (%.400s): running on the CPU", why);
         log_info("%s", d->note);
     }
-    snprintf(d->name, sizeof d->name, "%s", o->cpu_fmt == FWD_BF16   ? "cpu (bf16)"
-                                            : o->cpu_fmt == FWD_INT8 ? "cpu (int8)"
-                                                                     : "cpu");
+    if (o->cpu_fmt == FWD_FP32) snprintf(d->name, sizeof d->name, "cpu");
+    else snprintf(d->name, sizeof d->name, "cpu (%s)", fwd_fmt_name(o->cpu_fmt));
     if (!(d->cpu = fwd_new(m, p, o->cpu_fmt, o->cpu_kv, err))) {
         free(d);
         return NULL;

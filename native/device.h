@@ -18,7 +18,7 @@ typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } device_choice;
 typedef struct {
     device_choice choice;
     int half;            /* GPU weights fp16 instead of bf16 */
-    int cpu_fmt;         /* FWD_FP32 | FWD_BF16 | FWD_INT8: what the CPU path streams */
+    int cpu_fmt;         /* FWD_FP32 | FWD_BF16 | FWD_INT8 | FWD_INT4: what the CPU path streams */
     int cpu_kv;          /* FWD_KV_AUTO | FWD_KV_FP32 | FWD_KV_FP16: its caches */
     int gpu_index;
     size_t gpu_mem_cap;  /* bytes; 0 = no cap */

@@ -61,7 +61,8 @@ static const char *const USAGE =
     "  --gpu-dtype T      fp16 | bf16: weights and GEMM inputs on the GPU (default\n" \
     "                     fp16: 3 more significant bits than bf16, same speed)\n" \
     "  --gpu-mem-mb N     cap the GPU memory the helper allocates\n" \
-    "  --cpu-dtype T      fp32 | bf16 | int8: matrices the CPU path streams (default fp32)\n" \
+    "  --cpu-dtype T      fp32 | bf16 | int8 | int4: matrices the CPU path streams\n" \
+    "                     (default fp32)\n" \
     "  --cpu-kv T         auto | fp32 | fp16 | int8: keys and values the CPU path keeps\n" \
     "                     (int8: one scale per position and head; default auto: int8\n" \
     "                     with int8 weights where AVX-512 or AVX2 reads it in place,\n" \
@@ -179,9 +180,8 @@ static int device_option(int which, const char *arg, device_opts *d)
                     : !strcmp(arg, "int8") ? FWD_KV_INT8
                                            : FWD_KV_AUTO;
     } else {
-        if (strcmp(arg, "fp32") && strcmp(arg, "bf16") && strcmp(arg, "int8"))
-            return usage_error("--cpu-dtype must be fp32, bf16 or int8, not '%s'", arg);
-        d->cpu_fmt = !strcmp(arg, "bf16") ? FWD_BF16 : !strcmp(arg, "int8") ? FWD_INT8 : FWD_FP32;
+        if ((d->cpu_fmt = fwd_fmt_parse(arg)) < 0)
+            return usage_error("--cpu-dtype must be fp32, bf16, int8 or int4, not '%s'", arg);
     }
     return 0;
 }

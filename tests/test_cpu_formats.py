@@ -66,7 +66,7 @@ def logits(model, tokens, dtype, out=None, kv="auto", isa=None, attn=None, fuse=
 
 
 BOUNDS = {"bf16": (0.94, 0.03), "int8": (0.90, 0.06), "fp16-kv": (0.99, 0.003),
-          "int8-kv": (0.95, 0.03)}
+          "int8-kv": (0.95, 0.03), "int4": (0.50, 0.65)}
 
 
 def check(ref, got, label, dtype):
@@ -79,7 +79,7 @@ def check(ref, got, label, dtype):
     assert rel <= want_rel, f"{label}: max |diff| {rel:.4f}"
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
 @pytest.mark.parametrize("name", NAMES)
 def test_every_position(name, dtype, tmp_path):
     model = os.path.join(MODELS, name)
@@ -142,6 +142,25 @@ def test_int8_without_vnni(isa, tmp_path):
     check(ref, prompt, f"odd-f32 ({isa})", "int8")
 
 
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_int4_paths(isa, tmp_path):
+    """int4's AVX2 kernel and its portable loops sum each group exactly in int32 and scale it
+    as int8 does, and its AVX2 packer writes the portable packer's bytes: the same logits, bit
+    for bit, for decode rows (8) on every path and for a prompt (64, tile and group tails) on
+    AVX2; the portable path's prompt attention runs on sgemm, whose order of summing is its
+    own, so there within rounding."""
+    model = os.path.join(MODELS, "odd-f32")
+    toks = np.random.default_rng(9).integers(0, 300, 64).tolist()
+    for t in (toks[:8], toks):
+        want = logits(model, t, "int4", str(tmp_path / "a.bin"))
+        got = logits(model, t, "int4", str(tmp_path / "b.bin"), isa=isa)
+        if isa == "portable" and len(t) > 8:
+            rel = float((np.abs(want - got).max(1) / np.abs(want).max(1)).max())
+            assert rel < 1e-5, f"portable prompt: max |diff| {rel:.3g} of max|logit|"
+        else:
+            assert np.array_equal(want, got), f"{isa}, {len(t)} rows: max diff {np.abs(want - got).max():.3g}"
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_float_avx2(dtype, tmp_path):
     """The AVX2 fp32 and bf16 kernels (forced by GPT2_CPU_ISA=avx2 where the CPU has AVX-512) sum
@@ -184,14 +203,14 @@ def head64_mild(tmp_path_factory):
     return head64_model(tmp_path_factory, 0.05)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
 def test_prompt_qkv_in_attention_tasks(head64_mild, dtype, tmp_path):
     """A prompt's q, k, v computed head by head inside the attention tasks (64-float heads,
     packed products or fp32 panels) give the bits of the qkv product run as a pass of its own
     (GPT2_CPU_FUSE=0): 300 positions, two chunks, every logit."""
     # packed products: int8 on VNNI or AVX2; fp32 and bf16 on the AVX-512 panels (or
     # vdpbf16ps) or the AVX2 kernels
-    if not (has_cpu_flag("avx512_vnni" if dtype == "int8" else "avx512f") or
+    if dtype != "int4" and not (has_cpu_flag("avx512_vnni" if dtype == "int8" else "avx512f") or
             all(has_cpu_flag(f) for f in ("avx2", "fma", "f16c"))):
         pytest.skip(f"{dtype} prompts: this CPU has neither AVX-512 nor AVX2 with FMA and F16C, "
                     "so their products are not packed and nothing is fused")
@@ -202,7 +221,7 @@ def test_prompt_qkv_in_attention_tasks(head64_mild, dtype, tmp_path):
     assert np.array_equal(want, got), f"max |diff| {np.abs(want - got).max()}"
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
 def test_last_layer_on_the_output_rows(head64_mild, dtype, tmp_path):
     """A prompt's last layer runs attention, its projection and the MLP on the rows that give
     logits alone (forward.c, last_layer): 300 positions in two chunks, the first giving none,
@@ -222,7 +241,7 @@ def test_last_layer_on_the_output_rows(head64_mild, dtype, tmp_path):
         assert rel <= bound, f"fuse={fuse}: {rel:.3g}"
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
 def test_prefetch_on_and_off(head64_mild, dtype, tmp_path):
     """The streaming kernels fetch weights ahead where GPT2_CPU_PREFETCH (or the CPU's vendor)
     says, the assembly ones past a branch: on or off, the same bits. 21 positions stream the
@@ -236,7 +255,7 @@ def test_prefetch_on_and_off(head64_mild, dtype, tmp_path):
         assert np.array_equal(want, got), f"{n} positions: max |diff| {np.abs(want - got).max()}"
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
 def test_short_prompts_stream(head64_mild, dtype, tmp_path):
     """Products of a few rows stream the packed tiles as decode does (forward.c, STREAM_ROWS),
     longer prompts take the prompt kernels (AVX-512 panels or AVX2's 6-row blocks, int8 tiles
@@ -292,7 +311,7 @@ def test_bf16_prompt_routes(head64_mild, route, tmp_path):
         assert np.abs(fp - ref).mean() < np.abs(got - ref).mean()
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
 def test_head64_formats(head64_mild, dtype, tmp_path):
     """The formats' bounds where their prompts take the bf16 weighted values (on AVX-512 BF16)."""
     toks = np.random.default_rng(12).integers(0, 512, 601).tolist()
@@ -301,7 +320,7 @@ def test_head64_formats(head64_mild, dtype, tmp_path):
           dtype)
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
 @pytest.mark.parametrize("name", NAMES)
 def test_last_position(name, dtype):
     model = os.path.join(MODELS, name)
@@ -311,7 +330,7 @@ def test_last_position(name, dtype):
     check(ref, got, f"{name} last positions", dtype)
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
 def test_completion_runs_and_is_reported(dtype):
     r = subprocess.run([GPT2, "complete", "--model", os.path.join(MODELS, "tiny-f32"), "--prompt",
                         "Hello world", "--cpu-dtype", dtype, "--device", "cpu", "--seed", "1",
@@ -326,10 +345,11 @@ def test_completion_runs_and_is_reported(dtype):
 
 
 @pytest.mark.parametrize("dtype,kv", [("fp32", "auto"), ("bf16", "auto"), ("int8", "auto"),
-                                      ("fp32", "int8"), ("int8", "int8"), ("int8", "fp32")])
+                                      ("int4", "auto"), ("fp32", "int8"), ("int8", "int8"),
+                                      ("int8", "fp32"), ("int4", "fp16")])
 def test_auto_kv(head64_mild, dtype, kv):
     """`cpu_kv` names what the caches hold: --cpu-kv, or auto's choice (fp32 for fp32 weights;
-    int8 for int8 weights with 64-float heads where decode reads them in place, on AVX-512 or
+    int8 for int8 and int4 weights with 64-float heads where decode reads them in place, on AVX-512 or
     AVX2 with FMA and F16C; else fp16 where the CPU converts half floats in hardware)."""
     r = subprocess.run([GPT2, "complete", "--model", head64_mild, "--tokens", "1,2,3", "--cpu-dtype",
                         dtype, "--cpu-kv", kv, "--device", "cpu", "--max-tokens", "4"],
@@ -337,7 +357,7 @@ def test_auto_kv(head64_mild, dtype, kv):
     assert r.returncode == 0, r.stderr
     half = "fp16" if has_cpu_flag("f16c") else "fp32"
     want = kv if kv != "auto" else "fp32" if dtype == "fp32" else \
-        "int8" if dtype == "int8" and (has_cpu_flag("avx512f") or all(
+        "int8" if dtype in ("int8", "int4") and (has_cpu_flag("avx512f") or all(
             has_cpu_flag(f) for f in ("avx2", "fma", "f16c"))) else half
     assert json.loads(r.stdout)["cpu_kv"] == want
 
@@ -364,10 +384,11 @@ def cpu_flags():
 
 
 @pytest.mark.parametrize("isa", [None, "avx2", "avxvnni", "portable"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
 def test_cpu_kernels_are_reported(dtype, isa):
     """`cpu_kernels` names the path the products take: what GPT2_CPU_ISA forces, else what
-    the CPU offers for the format (AMX only for bf16 and int8, VNNI only for int8)."""
+    the CPU offers for the format (AMX only for bf16 and int8, VNNI only for int8; int4 has
+    its AVX2 kernel wherever AVX2 is)."""
     env = dict(os.environ)
     env.pop("GPT2_CPU_AMX", None)
     if isa:
@@ -380,6 +401,8 @@ def test_cpu_kernels_are_reported(dtype, isa):
     flags = cpu_flags()
     if isa == "portable":
         assert got == "portable"
+    elif dtype == "int4":
+        assert got == ("avx2" if all(f in flags for f in ("avx2", "fma", "f16c")) else "portable")
     elif isa == "avx2":
         assert got == ("avx2" if "avx2" in flags else "portable")
     elif isa == "avxvnni":
@@ -396,7 +419,7 @@ def test_cpu_kernels_are_reported(dtype, isa):
                        else "avx-vnni" if dtype == "int8" and "avx_vnni" in flags else "avx2")
 
 
-@pytest.mark.parametrize("opt,val", [("--cpu-dtype", "int4"), ("--cpu-kv", "int4")])
+@pytest.mark.parametrize("opt,val", [("--cpu-dtype", "int2"), ("--cpu-kv", "int4")])
 def test_bad_cpu_option_is_a_usage_error(opt, val):
     r = subprocess.run([GPT2, "complete", "--model", os.path.join(MODELS, "tiny-f32"), "--prompt",
                         "hi", opt, val], capture_output=True, text=True)

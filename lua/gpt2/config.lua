@@ -12,7 +12,7 @@ end
 M.schema = {
   { 'model', '', 'string', 'Model directory (Hugging Face layout). Empty: weights/gpt2 of the plugin when present.' },
   { 'helper', '', 'string', 'Path of the gpt2 helper. Empty: build/gpt2 of the plugin.' },
-  { 'cpu_dtype', 'bf16', 'string', 'Weights the helper streams when it runs on the CPU: "bf16" (about twice fp32\'s speed, near-lossless), "int8" (fastest, a little less exact) or "fp32" (exact).' },
+  { 'cpu_dtype', 'bf16', 'string', 'Weights the helper streams when it runs on the CPU: "bf16" (about twice fp32\'s speed, near-lossless), "int8" (faster, a little less exact), "int4" (fastest, clearly less exact) or "fp32" (exact).' },
   { 'helper_args', {}, 'table', 'Extra arguments for `gpt2 serve`, e.g. {"--threads", "2"} (see gpt2 serve --help).' },
   { 'auto_trigger', true, 'boolean', 'Ask for suggestions after a pause in insert mode.' },
   { 'debounce_ms', 60, 'number', 'The pause, in milliseconds, after the last key before asking.' },
@@ -70,8 +70,8 @@ function M.build(user)
   if cfg.stop ~= 'line' and cfg.stop ~= 'sentence' and cfg.stop ~= 'none' then
     error('gpt2: option stop must be "line", "sentence" or "none"', 0)
   end
-  if cfg.cpu_dtype ~= 'bf16' and cfg.cpu_dtype ~= 'int8' and cfg.cpu_dtype ~= 'fp32' then
-    error('gpt2: option cpu_dtype must be "bf16", "int8" or "fp32"', 0)
+  if not vim.tbl_contains({ 'bf16', 'int8', 'int4', 'fp32' }, cfg.cpu_dtype) then
+    error('gpt2: option cpu_dtype must be "bf16", "int8", "int4" or "fp32"', 0)
   end
   if cfg.helper == '' then
     cfg.helper = M.root .. '/build/gpt2'

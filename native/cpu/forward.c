@@ -75,7 +75,7 @@ typedef struct {
 struct fwd {
     const model *m;
     pool *pool;
-    int fmt;                                /* FWD_FP32 | FWD_BF16 | FWD_INT8 */
+    int fmt;                                /* FWD_FP32 | FWD_BF16 | FWD_INT8 | FWD_INT4 */
     int kv_elt;                             /* what caches hold: MV_F32, MV_F16 or MV_I8 */
     layerp *wp;                             /* per layer */
     void *arena;                            /* every pmat's data (pack_all) */
@@ -286,7 +286,7 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
      * bf16 and int8 otherwise fp16 ones where the CPU converts half floats
      * in hardware */
     if (kv == FWD_KV_AUTO)
-        kv = fmt == FWD_INT8 && mv_i8_fast(m->cfg.n_embd / m->cfg.n_head) ? FWD_KV_INT8
+        kv = (fmt == FWD_INT8 || fmt == FWD_INT4) && mv_i8_fast(m->cfg.n_embd / m->cfg.n_head) ? FWD_KV_INT8
              : fmt != FWD_FP32 && mv_half_fast()                          ? FWD_KV_FP16
                                                                           : FWD_KV_FP32;
     f->kv_elt = kv == FWD_KV_INT8 ? MV_I8 : kv == FWD_KV_FP16 ? MV_F16 : MV_F32;
@@ -313,7 +313,7 @@ fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
     char why[ERR_MAX];
     if (pack_all(f, why) < 0) {
         fwd_free(f);
-        errf(err, "%s weights: %s", fmt == FWD_BF16 ? "bf16" : fmt == FWD_INT8 ? "int8" : "fp32", why);
+        errf(err, "%s weights: %s", fwd_fmt_name(fmt), why);
         return NULL;
     }
     /* for tests and the bench, GPT2_CPU_SCREEN=0: every logit of a top-k row too */
@@ -413,8 +413,9 @@ static int reserve(fwd *f, int rows)
         if (!(f->abf = xmallocarray(wa * pool_size(f->pool), sizeof *f->abf))) return -1;
         f->abf_cap = wa;
     }
-    if ((f->fmt == FWD_INT8 || (f->fmt == FWD_BF16 && f->bf16_dp)) &&
-        pk_act_reserve(&f->act, f->fmt == FWD_INT8 ? PK_I8 : PK_BF16, rows, (int)(C > I ? C : I)) < 0)
+    int quant = f->fmt == FWD_INT8 || f->fmt == FWD_INT4;
+    if ((quant || (f->fmt == FWD_BF16 && f->bf16_dp)) &&
+        pk_act_reserve(&f->act, quant ? PK_I8 : PK_BF16, rows, (int)(C > I ? C : I)) < 0)
         return -1;
     f->cap = rows;
     return 0;
@@ -547,6 +548,7 @@ static void quant_task(void *arg, int task, int thread)
  * format), or -1 when they read the floats. */
 static int act_fmt(const fwd *f, const pmat *w, int R)
 {
+    if (w->fmt == PK_I4) return PK_I8; /* its kernels take every count of rows */
     if (w->fmt == PK_I8) return R <= MV_MAX_ROWS || pk_i8_prompts() ? PK_I8 : -1; /* else widened for sgemm */
     return w->fmt == PK_BF16 && R > MV_MAX_ROWS && f->bf16_dp ? PK_BF16 : -1;
 }
@@ -664,7 +666,7 @@ static int screen_new(fwd *f)
 {
     const model_cfg *c = &f->m->cfg;
     int C = c->n_embd, V = c->n_vocab, fmt = f->fmt == FWD_BF16 ? PK_BF16 : PK_F32;
-    if (f->fmt == FWD_INT8 || !c->tied || V <= FWD_TOPK_MAX) return 0;
+    if (f->fmt == FWD_INT8 || f->fmt == FWD_INT4 || !c->tied || V <= FWD_TOPK_MAX) return 0;
     screen *s = xcalloc(1, sizeof *s);
     if (!s) return -1;
     char why[ERR_MAX];
@@ -1194,6 +1196,20 @@ void fwd_topk_stats(const fwd *f, unsigned long *screened, unsigned long *fallba
     *fallback = atomic_load_explicit(&f->fallback, memory_order_relaxed);
 }
 
+static const char *const fmt_names[] = {"fp32", "bf16", "int8", "int4"};
+
+const char *fwd_fmt_name(int fmt)
+{
+    return fmt >= 0 && fmt < (int)(sizeof fmt_names / sizeof *fmt_names) ? fmt_names[fmt] : "?";
+}
+
+int fwd_fmt_parse(const char *name)
+{
+    for (int i = 0; i < (int)(sizeof fmt_names / sizeof *fmt_names); i++)
+        if (!strcmp(name, fmt_names[i])) return i;
+    return -1;
+}
+
 const char *fwd_kv_name(const fwd *f)
 {
     return f->kv_elt == MV_I8 ? "int8" : f->kv_elt == MV_F16 ? "fp16" : "fp32";
@@ -1203,5 +1219,5 @@ const char *fwd_kernels(const fwd *f)
 {
     if (f->fmt == FWD_BF16 && !f->bf16_dp && !pk_force_generic && pk_f32_prompts())
         return "avx512"; /* bf16 prompts on fp32 panels: vdpbf16ps is the slower here */
-    return pk_kernels(f->fmt == FWD_INT8 ? PK_I8 : f->fmt == FWD_BF16 ? PK_BF16 : PK_F32);
+    return pk_kernels(f->fmt); /* FWD_* are the PK_* formats */
 }

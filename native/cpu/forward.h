@@ -56,15 +56,21 @@ typedef struct {
 int fwd_prompt_rows(void);
 
 /* Weight formats the CPU path can stream, and what its caches hold. */
-enum { FWD_FP32, FWD_BF16, FWD_INT8 };
+enum { FWD_FP32, FWD_BF16, FWD_INT8, FWD_INT4 }; /* the PK_* formats (packed.h) */
 enum { FWD_KV_AUTO, FWD_KV_FP32, FWD_KV_FP16, FWD_KV_INT8 };
+
+/* A weight format's name ("fp32", "bf16", "int8", "int4"), and the format
+ * a name gives (-1 for none of them). */
+const char *fwd_fmt_name(int fmt);
+int fwd_fmt_parse(const char *name);
 
 /* A forward context for model m using the threads of p (both borrowed).
  * Its matrices are packed copies in format fmt (packed.h): fp32; bf16 (half
  * the memory traffic, widened exactly; prompts on AVX-512 BF16 round their
  * activations to bf16 for vdpbf16ps); int8 (a bit over a quarter: one
  * scale per 64 inputs of each output, activations quantized the same way,
- * exact int32 group sums). Products accumulate in fp32. Keys and values
+ * exact int32 group sums); int4 (a bit over an eighth: the same with
+ * 4-bit weights). Products accumulate in fp32. Keys and values
  * (kv): fp32, fp16 (half the bytes a decode step at a long context streams
  * from its cache), or auto: fp16 for bf16 and int8 where the CPU converts
  * half floats in hardware (ops.h), else fp32. */

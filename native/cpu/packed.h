@@ -17,7 +17,13 @@
  *         weights stored offset by +128 as unsigned bytes. Activations are quantized per row and group the
  *         same way (pk_act), so each group's dot product is exact in int32
  *         (AVX-512 VNNI vpdpbusd where present, a prompt's rows on AMX
- *         tiles where those are: amx.h) and is scaled once.
+ *         tiles where those are: amx.h) and is scaled once;
+ *   int4  per group of PK_GROUP inputs and output column one signed scale d
+ *         (fp16, as int8's) with the weight of largest magnitude at -8 d,
+ *         the rest round(w / d) clamped to -8..7, stored + 8 as nibbles:
+ *         half int8's bytes. The activations are int8's, each group's sum
+ *         exact in int32 (pmaddubsw: a nibble times an int8 input cannot
+ *         saturate) and scaled once, as int8's.
  * Padding (inputs to a whole group, outputs to a whole tile) is zero.
  */
 #ifndef GPT2_PACKED_H
@@ -31,12 +37,19 @@
 /* an int8 group in a tile: its weights, then PK_TILE fp16 scales */
 #define PK_GROUP_W (PK_GROUP * PK_TILE)
 #define PK_GROUP_BYTES (PK_GROUP_W + PK_TILE * 2)
+/* int4: a group's 16 quads of inputs; in each, the tile's 4 blocks of 16
+ * columns take 32 bytes: byte 4 j + i holds input i of column j of the
+ * block in its low nibble and of column 8 + j in its high one. So a block's
+ * bytes, split into nibbles, are two of int8's 32-byte quad rows (8
+ * columns by 4 inputs). Then the PK_TILE fp16 scales. */
+#define PK_I4_GROUP_W (PK_GROUP * PK_TILE / 2)
+#define PK_I4_GROUP_BYTES (PK_I4_GROUP_W + PK_TILE * 2)
 
-enum { PK_F32, PK_BF16, PK_I8 };
+enum { PK_F32, PK_BF16, PK_I8, PK_I4 };
 
 typedef struct {
     int fmt, K, N, tiles, groups; /* groups: int8 scale groups per column */
-    float unscale;                /* int8: what the stored scales are multiplied by */
+    float unscale;                /* int8, int4: what the stored scales are multiplied by */
     size_t tile_bytes;
     unsigned char *data;          /* tiles back to back, 64-byte aligned */
     int borrowed;                 /* data is the caller's (pk_pack_into) */
@@ -78,7 +91,7 @@ typedef struct {
 } pk_act;
 
 /* Pack w: (K, N) row-major, or (N, K) when out_in. 0, or -1 when out of
- * memory or, for int8, when a weight is not finite (err says which). */
+ * memory or, for int8 and int4, when a weight is not finite (err says which). */
 int pk_pack(pmat *p, const float *w, int K, int N, int out_in, int fmt, char *err);
 void pk_free(pmat *p);
 
@@ -90,7 +103,8 @@ size_t pk_size(int K, int N, int fmt);
 int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, int fmt, char *err);
 size_t pk_bytes(const pmat *p);
 
-/* Room for R rows of K inputs for matrices of format fmt (PK_I8, or PK_BF16
+/* Room for R rows of K inputs for matrices of format fmt (PK_I8 for int8
+ * and int4 matrices, or PK_BF16
  * where pk_bf16_dp()); 0, or -1 when out of memory. Then pk_act_quantize
  * puts rows r0..r1 of x (leading dimension ldx) in that form (rows may be
  * split among threads). */
@@ -104,7 +118,7 @@ pk_act pk_act_rows(const pk_act *a, int K, int r0);
 
 /* out (R, ldo)[:, columns of tiles t0..t1) (+)= x (R, ldx) @ W, then
  * + bias (indexed by column, as out; NULL for none): out = ((out +) sum) +
- * bias. int8 matrices read a (quantized from x by pk_act_quantize) instead
+ * bias. int8 and int4 matrices read a (quantized from x by pk_act_quantize) instead
  * of x; bf16 ones read a's bf16 rows when a is given (and pk_bf16_dp()),
  * else x. The AVX-512 kernels add the bias as they store the sums. */
 void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, const pk_act *a,
@@ -166,7 +180,8 @@ const char *pk_prefetch_what(void);
 
 /* The kernels products of format fmt take here, as status reports them:
  * "amx-int8" or "amx-bf16" (prompts; decode on AVX-512), "avx512-vnni",
- * "avx512-bf16", "avx512", "avx-vnni" (int8), "avx2" or "portable". */
+ * "avx512-bf16", "avx512", "avx-vnni" (int8), "avx2" (int4 everywhere
+ * AVX2 is) or "portable". */
 const char *pk_kernels(int fmt);
 
 /* Whether int8 prompts should read the packed tiles (VNNI or AVX2 here),

@@ -114,7 +114,7 @@ static double median(double *v, int n)
  * with its per-group scales. */
 static double packed_bytes(int K, int N, int fmt)
 {
-    return (double)pk_size(K, N, fmt == FWD_INT8 ? PK_I8 : fmt == FWD_BF16 ? PK_BF16 : PK_F32);
+    return (double)pk_size(K, N, fmt); /* FWD_* are PK_* */
 }
 
 /* Bytes one decode step streams: every layer matrix and the embedding for
@@ -316,12 +316,16 @@ int main(int argc, char **argv)
 {
     if (argc == 2 && !strcmp(argv[1], "--kernels")) return kernel_rates() || peak_rates();
     if (argc < 3) {
-        fprintf(stderr, "usage: bench_cpu MODEL_DIR fp32|bf16|int8|gpu-fp16|gpu-bf16 [--context N] "
+        fprintf(stderr, "usage: bench_cpu MODEL_DIR fp32|bf16|int8|int4|gpu-fp16|gpu-bf16 [--context N] "
                 "[--steps N] [--threads N] [--kv fp32|fp16|int8] [--prefill 0]\n");
         return 2;
     }
     int gpu = !strncmp(argv[2], "gpu-", 4);
-    int fmt = gpu ? -1 : !strcmp(argv[2], "bf16") ? FWD_BF16 : !strcmp(argv[2], "int8") ? FWD_INT8 : FWD_FP32;
+    int fmt = gpu ? -1 : fwd_fmt_parse(argv[2]);
+    if (!gpu && fmt < 0) {
+        fprintf(stderr, "bench_cpu: unknown format '%s'\n", argv[2]);
+        return 2;
+    }
     int context = 256, steps = 40, threads = 0, skip_prefill = 0, kv_type = FWD_KV_AUTO;
     for (int i = 3; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--context")) context = atoi(argv[i + 1]);

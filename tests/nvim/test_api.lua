@@ -35,6 +35,7 @@ case('cpu_dtype reaches the helper (bf16 by default); helper_args come after it 
   for _, t in ipairs({
     { {}, 'cpu (bf16)' },
     { { cpu_dtype = 'int8' }, 'cpu (int8)' },
+    { { cpu_dtype = 'int4' }, 'cpu (int4)' },
     { { cpu_dtype = 'int8', helper_args = { '--threads', '1', '--cpu-dtype', 'fp32' } }, 'cpu' },
   }) do
     c:setup(vim.tbl_extend('force', { auto_trigger = false }, t[1]))

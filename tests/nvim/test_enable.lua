@@ -124,7 +124,7 @@ case('setup() rejects unknown and mistyped options', function(c)
   ]])
   H.ok(err and err:match('stop'), 'value error: ' .. tostring(err))
   err = c:lua([[
-    local ok, e = pcall(require('gpt2').setup, { cpu_dtype = 'int4' })
+    local ok, e = pcall(require('gpt2').setup, { cpu_dtype = 'int2' })
     return not ok and e
   ]])
   H.ok(err and err:match('cpu_dtype'), 'cpu_dtype value error: ' .. tostring(err))

@@ -101,17 +101,18 @@ static void test_products(int K, int N, int out_in)
     float *wide = malloc(sizeof(float) * K * PK_TILE), *kept = malloc(sizeof(float) * K * N);
     for (int i = 0; i < K * N; i++) w[i] = frand() * (i % 7 == 0 ? 4.0f : 0.3f); /* uneven groups */
     for (int i = 0; i < RD * K; i++) x[i] = frand();
-    for (int fmt = PK_F32; fmt <= PK_I8; fmt++) {
+    for (int fmt = PK_F32; fmt <= PK_I4; fmt++) {
         pmat p;
         pk_act a = {0};
         CHECK(pk_pack(&p, w, K, N, out_in, fmt, err) == 0, "pack: %s", err);
-        if (fmt == PK_I8) { /* the AVX2 packer writes the reference packer's bytes */
+        if (fmt >= PK_I8) { /* the AVX2 packer writes the reference packer's bytes */
             pmat ref;
             pk_force_generic = 1;
             CHECK(pk_pack(&ref, w, K, N, out_in, fmt, err) == 0, "pack: %s", err);
             pk_force_generic = 0;
             CHECK(ref.unscale == p.unscale && !memcmp(ref.data, p.data, pk_bytes(&p)),
-                  "int8 K %d N %d out_in %d: packed bytes differ between packers", K, N, out_in);
+                  "%s K %d N %d out_in %d: packed bytes differ between packers",
+                  fmt == PK_I8 ? "int8" : "int4", K, N, out_in);
             pk_free(&ref);
         }
         /* widened tiles are the weights the format keeps */
@@ -125,17 +126,22 @@ static void test_products(int K, int N, int out_in)
                     werr = fmax(werr, fabs(wide[(size_t)k * PK_TILE + c] - ref));
                 }
         }
-        for (int t = 0; t < p.tiles; t++) { /* the int8 weights as kept, (K, N) */
+        for (int t = 0; t < p.tiles; t++) { /* the int8 / int4 weights as kept, (K, N) */
             pk_widen(&p, t, wide, PK_TILE);
             for (int k = 0; k < K; k++)
                 for (int c = 0; c < PK_TILE && t * PK_TILE + c < N; c++)
                     kept[(size_t)k * N + t * PK_TILE + c] = wide[(size_t)k * PK_TILE + c];
         }
-        /* int8: half a step of the largest |w| (4), plus its fp16 scale's rounding (2^-11) */
-        double wtol = fmt == PK_F32 ? 0 : fmt == PK_BF16 ? 4.0 / 256 : 4.0 / 254 + 4.0 / 2048 + 1e-6;
+        /* int8: half a step of the largest |w| (4), plus its fp16 scale's rounding (2^-11);
+         * int4: the scale search may clamp the largest weights, |w - q d| <= big (1 - 7 * 0.725 / 8)
+         * < 0.37 big, plus 8 scales' rounding */
+        double wtol = fmt == PK_F32    ? 0
+                      : fmt == PK_BF16 ? 4.0 / 256
+                      : fmt == PK_I8   ? 4.0 / 254 + 4.0 / 2048 + 1e-6
+                                       : 4.0 * 0.37 + 4.0 / 2048 + 1e-6;
         CHECK(werr <= wtol, "fmt %d K %d N %d: widened weights off by %g", fmt, K, N, werr);
         for (int rows = 1; rows <= RD; rows += rows < 13 ? 1 : 6) { /* 1-13, 19, 25, 31 */
-            if (fmt == PK_I8) {
+            if (fmt >= PK_I8) { /* int8 and int4 read int8 activations */
                 CHECK(pk_act_reserve(&a, PK_I8, rows, K) == 0, "act");
                 pk_force_generic = 1; /* the portable quantization gives the same bytes */
                 pk_act_quantize(&a, PK_I8, x, 0, rows, K, K);
@@ -160,7 +166,7 @@ static void test_products(int K, int N, int out_in)
                         float wv = out_in ? w[(size_t)n * K + k] : w[(size_t)k * N + n];
                         double xv = x[(size_t)r * K + k];
                         if (fmt == PK_BF16) wv = bf16_round(wv);
-                        if (fmt == PK_I8) {
+                        if (fmt >= PK_I8) {
                             int g = k / PK_GROUP;
                             wv = kept[(size_t)k * N + n];
                             xv = a.q[((size_t)r * p.groups + g) * PK_GROUP + k % PK_GROUP] *
@@ -210,7 +216,7 @@ static void test_products(int K, int N, int out_in)
             CHECK(bias_matches(&p, x, K, &a, rows), "bf16 activations K %d N %d rows %d: the bias changed the sums",
                   K, N, rows);
         }
-        for (int rows = 1; fmt != PK_I8 && pk_f32_products() && rows <= RD; rows += 4) {
+        for (int rows = 1; fmt < PK_I8 && pk_f32_products() && rows <= RD; rows += 4) {
             /* a prompt's fp32 panels over the tiles as fp32 (bf16 ones widened) */
             for (int t = 0; t < p.tiles; t++) {
                 int c0 = t * PK_TILE, n = N - c0 < PK_TILE ? N - c0 : PK_TILE;

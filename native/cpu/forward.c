@@ -215,17 +215,44 @@ static const float *kv_floats(void *base, float *scales, const kv_cache *kv, int
     return w;
 }
 
-/* w packed at *at, which then moves past it. */
-static int pack_at(fwd *f, unsigned char **at, pmat *p, const float *w, int K, int N, int out_in,
-                   char *err)
+/* Matrices to pack, and their tiles in tasks for the threads. */
+typedef struct {
+    pmat *p;
+    const float *w;
+    int out_in;
+} pack_item;
+
+#define PACK_TILES 8 /* tiles per task */
+
+typedef struct {
+    pack_item *items;
+    int n, *first; /* first[i]: item i's first task; first[n]: the count */
+} pack_job;
+
+static void pack_task(void *arg, int task, int thread)
 {
-    if (pk_pack_into(p, *at, w, K, N, out_in, f->fmt, err)) return -1;
+    pack_job *j = arg;
+    int i = 0;
+    while (j->first[i + 1] <= task) i++; /* at most a few hundred items */
+    const pack_item *it = &j->items[i];
+    int t0 = (task - j->first[i]) * PACK_TILES, t1 = t0 + PACK_TILES < it->p->tiles ? t0 + PACK_TILES : it->p->tiles;
+    pk_pack_tiles(it->p, it->w, it->out_in, t0, t1);
+}
+
+/* w packed at *at, which then moves past it (its tiles later, by pack_job). */
+static int pack_at(fwd *f, unsigned char **at, pack_job *j, pmat *p, const float *w, int K, int N,
+                   int out_in, char *err)
+{
+    if (pk_pack_begin(p, *at, w, K, N, f->fmt, err)) return -1;
     *at += pk_size(K, N, f->fmt);
+    j->items[j->n++] = (pack_item){p, w, out_in};
     return 0;
 }
 
 /* Every matrix, packed back to back into one block of huge pages
- * (xbig_alloc), in the order a decode step streams them. */
+ * (xbig_alloc), in the order a decode step streams them; the tiles by
+ * every thread (int4's scale search made packing the bulk of a load: 1.1 s
+ * for gpt2 on one Zen 3 core). */
 static int pack_all(fwd *f, char *err)
 {
     const model_cfg *c = &f->m->cfg;
@@ -235,17 +262,31 @@ static int pack_all(fwd *f, char *err)
     size_t total = pk_size(C, c->n_vocab, fmt) + c->n_layer * layer;
     if (!(f->arena = xbig_alloc(total, 1)))
         return errf(err, "out of memory (%zu MB of packed weights)", total >> 20);
+    int items = 4 * c->n_layer + 1, rc = -1;
+    pack_job j = {xmallocarray(items, sizeof *j.items), 0, xmallocarray(items + 1, sizeof(int))};
+    if (!j.items || !j.first) {
+        errf(err, "out of memory");
+        goto out;
+    }
     unsigned char *at = f->arena;
     for (int l = 0; l < c->n_layer; l++) {
         const layer_weights *w = &f->m->layers[l];
         layerp *d = &f->wp[l];
-        if (pack_at(f, &at, &d->qkv, w->qkv_w, C, 3 * C, 0, err) ||
-            pack_at(f, &at, &d->attn, w->attn_w, C, C, 0, err) ||
-            pack_at(f, &at, &d->fc, w->fc_w, C, I, 0, err) ||
-            pack_at(f, &at, &d->proj, w->proj_w, I, C, 0, err))
-            return -1;
+        if (pack_at(f, &at, &j, &d->qkv, w->qkv_w, C, 3 * C, 0, err) ||
+            pack_at(f, &at, &j, &d->attn, w->attn_w, C, C, 0, err) ||
+            pack_at(f, &at, &j, &d->fc, w->fc_w, C, I, 0, err) ||
+            pack_at(f, &at, &j, &d->proj, w->proj_w, I, C, 0, err))
+            goto out;
     }
-    return pack_at(f, &at, &f->wte, f->m->lm_head, C, c->n_vocab, 1, err);
+    if (pack_at(f, &at, &j, &f->wte, f->m->lm_head, C, c->n_vocab, 1, err)) goto out;
+    j.first[0] = 0;
+    for (int i = 0; i < j.n; i++) j.first[i + 1] = j.first[i] + (j.items[i].p->tiles + PACK_TILES - 1) / PACK_TILES;
+    pool_run(f->pool, pack_task, &j, j.first[j.n]);
+    rc = 0;
+out:
+    free(j.items);
+    free(j.first);
+    return rc;
 }
 
 fwd *fwd_new(const model *m, pool *p, int fmt, int kv, char *err)
@@ -659,6 +700,19 @@ static void screen_free(screen *s)
     free(s);
 }
 
+typedef struct {
+    fwd *f;
+    screen *s;
+} screen_job;
+
+/* pk_i8_bounds of a tile's columns */
+static void bounds_task(void *arg, int t, int thread)
+{
+    screen_job *j = arg;
+    int n0 = t * PK_TILE, n1 = n0 + PK_TILE < j->s->q.N ? n0 + PK_TILE : j->s->q.N;
+    pk_i8_bounds(&j->s->q, j->f->m->lm_head, j->s->fmt, n0, n1, j->s->err, j->s->amax);
+}
+
 /* f->scr for fp32 and bf16 heads that are the tied embedding (its fp32 rows
  * stay in memory: the exact columns are packed from them). 0 (f->scr NULL
  * where there is none), or -1 when out of memory. */
@@ -670,10 +724,13 @@ static int screen_new(fwd *f)
     screen *s = xcalloc(1, sizeof *s);
     if (!s) return -1;
     char why[ERR_MAX];
-    if (pk_pack(&s->q, f->m->lm_head, C, V, 1, PK_I8, why) < 0) {
+    if (pk_pack_begin(&s->q, NULL, f->m->lm_head, C, V, PK_I8, why) < 0) {
         free(s); /* a weight that is not finite, or no memory for it: no screen, every logit */
         return 0;
     }
+    pack_item it = {&s->q, f->m->lm_head, 1};
+    int first[2] = {0, (s->q.tiles + PACK_TILES - 1) / PACK_TILES};
+    pool_run(f->pool, pack_task, &(pack_job){&it, 1, first}, first[1]);
     s->fmt = fmt;
     s->cap = V / 8 + FWD_TOPK_MAX;
     s->cap_u = V / 4 > s->cap ? V / 4 : s->cap;
@@ -696,15 +753,12 @@ static int screen_new(fwd *f)
         screen_free(s);
         return -1;
     }
-    pk_i8_bounds(&s->q, f->m->lm_head, fmt, s->err, s->amax);
+    screen_job job = {f, s};
+    pool_run(f->pool, bounds_task, &job, s->q.tiles);
     f->scr = s;
     return 0;
 }
 
-typedef struct {
-    fwd *f;
-    screen *s;
-} screen_job;
 
 static void candidates_task(void *arg, int r, int thread)
 {

@@ -66,8 +66,9 @@ void pk_pack_rows(pmat *p, void *mem, const float *const *rows, int n, int K, in
 /* For an int8 matrix p packed from (N, K) weights w (out_in): per column n,
  * err[n] >= the largest |w' - q| and amax[n] >= the largest |q| over its
  * inputs, q the dequantized int8 weights, w' the weights as format fmt
- * holds them (PK_F32: w; PK_BF16: w rounded to bf16). Rounded up to floats. */
-void pk_i8_bounds(const pmat *p, const float *w, int fmt, float *err, float *amax);
+ * holds them (PK_F32: w; PK_BF16: w rounded to bf16). Rounded up to floats;
+ * columns n0..n1 (ranges may be done at once). */
+void pk_i8_bounds(const pmat *p, const float *w, int fmt, int n0, int n1, float *err, float *amax);
 
 /* The smallest float at least x (x >= 0, finite): bounds rounded up. */
 float pk_round_up(double x);
@@ -101,6 +102,12 @@ void pk_free(pmat *p);
  * matrix of a model (forward.c). */
 size_t pk_size(int K, int N, int fmt);
 int pk_pack_into(pmat *p, void *mem, const float *w, int K, int N, int out_in, int fmt, char *err);
+/* pk_pack_into in two steps, so that threads can share the second: the
+ * shape, the check of the weights and the int8 / int4 unscale, the memory
+ * zeroed (0 or -1 as pk_pack_into); then tiles t0..t1 packed (ranges of
+ * tiles may be packed at once). */
+int pk_pack_begin(pmat *p, void *mem, const float *w, int K, int N, int fmt, char *err);
+void pk_pack_tiles(const pmat *p, const float *w, int out_in, int t0, int t1);
 size_t pk_bytes(const pmat *p);
 
 /* Room for R rows of K inputs for matrices of format fmt (PK_I8 for int8

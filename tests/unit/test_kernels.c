@@ -385,7 +385,64 @@ static void test_pack_rejects_nan(void)
             for (int c = 0; c < 3; c++) worst = fmax(worst, fabs(wide[k * PK_TILE + c] - w[k * 3 + c]) / far[i]);
         CHECK(isfinite(worst) && worst < 0.01, "int8 weights of %g: off by %g of that", far[i], worst);
         pk_free(&p);
+        CHECK(pk_pack(&p, w, 64, 3, 0, PK_I4, err) == 0, "%s", err);
+        pk_widen(&p, 0, wide, PK_TILE);
+        worst = 0; /* the weights here are 0, +-0.5 and +-1 of far, the largest -1: +1 is clamped to 7 d = 7/8 */
+        for (int k = 0; k < 64; k++)
+            for (int c = 0; c < 3; c++) worst = fmax(worst, fabs(wide[k * PK_TILE + c] - w[k * 3 + c]) / far[i]);
+        CHECK(isfinite(worst) && worst < 0.126, "int4 weights of %g: off by %g of that", far[i], worst);
+        pk_free(&p);
     }
+}
+
+/* int4 sums at their extremes: every code 7 (stored 15) but one -8 per
+ * column and group, inputs all +1 or all -1 (quantized to +-127), so each
+ * int16 lane of the AVX2 kernel's 8 quads reaches 16 * 15 * 127 = 30480
+ * in magnitude; rows 1-8 (its assembly takes 3 and 4 at a time): the
+ * exact sums, on every path. And int4 refuses NaN as int8 does. */
+static void test_i4_extremes(void)
+{
+    enum { K = 128, N = 64, R = 8 };
+    char err[ERR_MAX];
+    float *w = malloc(sizeof(float) * K * N), x[R * K], got[R * N], gen[R * N];
+    double want[R * N];
+    for (int k = 0; k < K; k++)
+        for (int n = 0; n < N; n++) w[k * N + n] = (k % 64 == n ? 1.0f : -0.875f) * (n % 2 ? -1.0f : 1.0f);
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < K; k++) x[r * K + k] = r % 2 ? -1.0f : 1.0f;
+    pmat p;
+    pk_act a = {0};
+    CHECK(pk_pack(&p, w, K, N, 0, PK_I4, err) == 0, "pack: %s", err);
+    CHECK(pk_act_reserve(&a, PK_I8, R, K) == 0, "act");
+    pk_act_quantize(&a, PK_I8, x, 0, R, K, K);
+    CHECK(a.q[0] == 127 && a.q[K] == -127, "inputs quantized to %d, %d", a.q[0], a.q[K]);
+    float wide[K * PK_TILE];
+    pk_widen(&p, 0, wide, PK_TILE);
+    for (int k = 0; k < K; k++) /* the codes: -8 d for the largest, 7 d (exactly) for the rest */
+        CHECK(wide[k * PK_TILE + k % 64] == w[k * N + k % 64] && wide[k * PK_TILE + (k + 1) % 64] == w[k * N + (k + 1) % 64],
+              "int4 extremes: input %d kept as %g, %g", k, wide[k * PK_TILE + k % 64], wide[k * PK_TILE + (k + 1) % 64]);
+    for (int rows = 1; rows <= R; rows++) {
+        for (int r = 0; r < rows; r++)
+            for (int n = 0; n < N; n++) {
+                double s = 0;
+                for (int k = 0; k < K; k++) s += (double)w[k * N + n] * x[r * K + k];
+                want[r * N + n] = s;
+            }
+        pk_matmul(&p, got, N, x, K, &a, rows, 0, 1, 0, NULL);
+        CHECK(rel_err(got, want, (size_t)rows * N) < 1e-6, "int4 extremes, %d rows: rel err %g", rows,
+              rel_err(got, want, (size_t)rows * N));
+        for (int force = 1; force <= 2; force++) {
+            pk_force_generic = force;
+            pk_matmul(&p, gen, N, x, K, &a, rows, 0, 1, 0, NULL);
+            pk_force_generic = 0;
+            CHECK(!memcmp(gen, got, sizeof(float) * rows * N), "int4 extremes, %d rows: path %d differs", rows, force);
+        }
+    }
+    pk_free(&p);
+    pk_act_free(&a);
+    w[77] = NAN;
+    CHECK(pk_pack(&p, w, K, N, 0, PK_I4, err) == -1 && strstr(err, "not finite"), "int4 NaN: %s", err);
+    free(w);
 }
 
 /* Keys or values of n rows (ld apart, hd used) for a test: random floats,
@@ -903,6 +960,7 @@ void kernel_tests(void)
 {
     test_pool();
     test_pool_threads_now();
+    test_i4_extremes();
     if (!pk_vnni()) printf("SKIP int8 VNNI kernel: this CPU has no AVX-512 VNNI (AVX2 and portable compared)\n");
     if (!pk_bf16_dp()) printf("SKIP bf16 products of bf16 activations: this CPU has no AVX-512 BF16\n");
     pk_force_generic = 4;

@@ -89,7 +89,7 @@ static void test_i8_bounds(int K, int N, int fmt)
     for (int i = 0; i < N * K; i++) w[i] = frand() * (i % 11 == 0 ? 3.0f : 0.2f);
     pmat q;
     CHECK(pk_pack(&q, w, K, N, 1, PK_I8, err) == 0, "pack: %s", err);
-    pk_i8_bounds(&q, w, fmt, e, am);
+    pk_i8_bounds(&q, w, fmt, 0, q.N, e, am);
     int bad = 0;
     for (int t = 0; t < q.tiles; t++) {
         pk_widen(&q, t, wide, PK_TILE);
@@ -189,7 +189,7 @@ static int test_candidates(int K, int V, int R, int k, int fmt)
     CHECK(pk_pack(&q, w, K, V, 1, PK_I8, err) == 0, "pack: %s", err);
     CHECK(pk_pack(&exact, w, K, V, 1, fmt, err) == 0, "pack: %s", err);
     CHECK(pk_act_reserve(&a, PK_I8, 2 * R, K) == 0, "act");
-    pk_i8_bounds(&q, w, fmt, e, am);
+    pk_i8_bounds(&q, w, fmt, 0, q.N, e, am);
     pk_matmul(&exact, L, V, x, K, NULL, R, 0, exact.tiles, 0, NULL);
     for (int path = 0; path <= 2; path++) {
         pk_force_generic = path; /* the fastest int8 product here, the portable one, AVX2 */

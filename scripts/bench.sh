@@ -16,7 +16,7 @@ if [ -z "${GPT2_REF_PYTHON:-}" ] && ! scripts/oracle-env.sh; then
     echo "SKIP reference setup: scripts/oracle-env.sh failed (above)" >&2
 fi
 /usr/bin/python3 tests/bench/bench.py "$@"
-/usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype int8 bf16 --no-off
+/usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype int4 int8 bf16 --no-off
 /usr/bin/python3 tests/bench/typing_session.py build/bench/gpt2-124m-f32 --cpu-dtype fp32
 # with one busy loop beside the helper (another program keeping a CPU busy):
 # the pool's thread cuts, and every thread regardless (GPT2_CPU_ADAPT=0)

@@ -2,7 +2,7 @@
 """CPU benchmark on a random checkpoint shaped like gpt2 (124M). Figures only:
 nothing here asserts a time.
 
-1. Per weight format (fp32, bf16, int8), from build/bench_cpu: the memory
+1. Per weight format (fp32, bf16, int8, int4), from build/bench_cpu: the memory
    bandwidth measured between the decode steps (the median of samples; the
    best of the run in brackets), the floor of a decode step (the bytes it
    must stream / that bandwidth), the decode step at batch 1 and 3 (after a
@@ -19,7 +19,7 @@ nothing here asserts a time.
    without AVX-512 runs, and int8 with AVX-VNNI's kernel where the CPU has it.
 2. End to end through the CLI: a 256-token prompt, n=3 continuations of 24
    new tokens (no stop rule, so every run decodes all 24), process included.
-3. The accuracy of bf16 and int8 against fp32 over every position of a text.
+3. The accuracy of bf16, int8 and int4 against fp32 over every position of a text.
 4. The same generate workload and a 512-token forward pass through Hugging
    Face transformers on the same CPU and checkpoint (GPT2_REF_PYTHON, or the
    .venv-oracle that `make fixtures` creates; otherwise a SKIP line says why),
@@ -38,7 +38,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GPT2 = os.environ.get("GPT2_BIN", os.path.join(ROOT, "build", "gpt2"))
 BENCH_CPU = os.path.join(ROOT, "build", "bench_cpu")
-FORMATS = ("fp32", "bf16", "int8")
+FORMATS = ("fp32", "bf16", "int8", "int4")
+# formats whose kernels differ on AVX-512 (int4 takes its AVX2 kernel everywhere)
+AVX512_FORMATS = ("fp32", "bf16", "int8")
 
 
 def checkpoint(dtype):
@@ -68,10 +70,10 @@ def run_engine(model, prompt, runs, threads=None, dtype="fp32"):
 
 
 def accuracy(model, prompt):
-    """bf16 and int8 against fp32 over every position of the prompt."""
+    """bf16, int8 and int4 against fp32 over every position of the prompt."""
     import numpy as np
     out = {}
-    for dtype in ("fp32", "bf16", "int8"):
+    for dtype in FORMATS:
         path = os.path.join(ROOT, "build", "bench", f"logits-{dtype}.bin")
         r = json.loads(subprocess.run([GPT2, "logits", "--model", model, "--tokens",
                                        ",".join(map(str, prompt)), "--all", "--out", path,
@@ -83,7 +85,7 @@ def accuracy(model, prompt):
         x = x - x.max(1, keepdims=True)
         return x - np.log(np.exp(x).sum(1, keepdims=True))
     p = logp(out["fp32"])
-    for dtype in ("bf16", "int8"):
+    for dtype in FORMATS[1:]:
         q = logp(out[dtype])
         kl = float((np.exp(p) * (p - q)).sum(1).mean())
         top1 = float((p.argmax(1) == q.argmax(1)).mean())
@@ -135,7 +137,7 @@ def has_avx512():
 
 # the instruction each format's prompt products multiply-add with, without AMX
 # (fp32: OpenBLAS sgemm or the AVX-512 panels, both fmas)
-PROMPT_OP = {"fp32": "vfmadd231ps zmm", "bf16": "vdpbf16ps", "int8": "vpdpbusd"}
+PROMPT_OP = {"fp32": "vfmadd231ps zmm", "bf16": "vdpbf16ps", "int8": "vpdpbusd", "int4": "vpmaddubsw"}
 
 
 def prefill_floor(k, peaks):
@@ -233,7 +235,7 @@ def main():
     if has_avx512():
         print("the same on the AVX2 kernels, as a CPU without AVX-512 runs them (GPT2_CPU_ISA=avx2, "
               "OpenBLAS's Haswell sgemm for fp32 and bf16 prompts):")
-        step_rows(kernels(model, AVX2_ENV))
+        step_rows(kernels(model, AVX2_ENV, AVX512_FORMATS), AVX512_FORMATS)
         if cpu_has("avx_vnni"):
             print("  int8 with AVX-VNNI's kernel (GPT2_CPU_ISA=avxvnni), as Intel's cores without AVX-512 "
                   "since Alder Lake run it:")
@@ -245,7 +247,7 @@ def main():
 
     print(f"`gpt2 complete`: 256-token prompt, n=3 x 24 new tokens, median of {a.runs} runs")
     med = {}
-    for dtype, threads in (("fp32", 1), ("fp32", None), ("bf16", None), ("int8", None)):
+    for dtype, threads in (("fp32", 1), ("fp32", None), ("bf16", None), ("int8", None), ("int4", None)):
         p, step, gen, total = run_engine(model, prompt, a.runs, threads, dtype)
         label = f"{dtype} {threads} thread" if threads else f"{dtype} all threads"
         med[label] = gen

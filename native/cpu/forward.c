@@ -215,6 +215,9 @@ static const float *kv_floats(void *base, float *scales, const kv_cache *kv, int
     return w;
 }
 
+_Static_assert((int)FWD_FP32 == PK_F32 && (int)FWD_BF16 == PK_BF16 && (int)FWD_INT8 == PK_I8 && (int)FWD_INT4 == PK_I4,
+               "a forward format is its packed format");
+
 /* Matrices to pack, and their tiles in tasks for the threads. */
 typedef struct {
     pmat *p;
@@ -758,7 +761,6 @@ static int screen_new(fwd *f)
     f->scr = s;
     return 0;
 }
-
 
 static void candidates_task(void *arg, int r, int thread)
 {

@@ -1030,59 +1030,39 @@ static void bf16_tiles(const pmat *p, float *out, int ldo, const float *x, int l
 
 /* ==== int8 ==== */
 
-/* Portable: the same sums in the same order as the VNNI kernel. */
-CLONES
-static void i8_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
-                             int t1, int accumulate)
+/* The stored value of input i of tile column c in a group: int8's byte
+ * (w + 128) or int4's nibble (code + 8). */
+static inline int32_t stored(const unsigned char *gp, int i4, int i, int c)
 {
-    int G = p->groups;
-    for (int t = t0; t < t1; t++) {
-        const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
-        int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
-        for (int r = 0; r < R; r++) {
-            float acc[PK_TILE] = {0};
-            for (int g = 0; g < G; g++) {
-                const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
-                const int8_t *xq = a->q + ((size_t)r * G + g) * PK_GROUP;
-                float ws[PK_TILE], xs = a->scale[(size_t)r * G + g] * p->unscale;
-                mv_from_half(ws, (const uint16_t *)(gp + GROUP_W), PK_TILE);
-                int32_t base = -128 * a->sum[(size_t)r * G + g];
-                for (int c = 0; c < PK_TILE; c++) {
-                    int32_t s = base;
-                    for (int i = 0; i < PK_GROUP; i++)
-                        s += (int32_t)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] * xq[i];
-                    acc[c] = fmaf((float)s, ws[c] * xs, acc[c]);
-                }
-            }
-            add_rows(out + (size_t)r * ldo + c0, ldo, &acc, 1, n, accumulate);
-        }
-    }
+    if (!i4) return gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4];
+    int high;
+    unsigned char b = gp[i4_at(i, c, &high)];
+    return high ? b >> 4 : b & 0x0F;
 }
 
-/* int4, portable: each group's sum of (stored nibble) * input in int32,
- * less 8 * the inputs' sum, then int8's epilogue; the AVX2 kernel's bits. */
+/* Portable int8 and int4: each group's sum of stored value times input in
+ * int32, less the offset (128, 8) times the inputs' sum, scaled once: the
+ * sums, in the same order, of the VNNI and AVX2 kernels. */
 CLONES
-static void i4_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
-                             int t1, int accumulate)
+static void quant_tiles_generic(const pmat *p, float *out, int ldo, const pk_act *a, int R, int t0,
+                                int t1, int accumulate)
 {
-    int G = p->groups;
+    int G = p->groups, i4 = p->fmt == PK_I4, off = i4 ? 8 : 128;
+    size_t group = i4 ? PK_I4_GROUP_BYTES : GROUP_BYTES, scales = i4 ? PK_I4_GROUP_W : GROUP_W;
     for (int t = t0; t < t1; t++) {
         const unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
         int c0 = t * PK_TILE, n = p->N - c0 < PK_TILE ? p->N - c0 : PK_TILE;
         for (int r = 0; r < R; r++) {
             float acc[PK_TILE] = {0};
             for (int g = 0; g < G; g++) {
-                const unsigned char *gp = tp + (size_t)g * PK_I4_GROUP_BYTES;
+                const unsigned char *gp = tp + (size_t)g * group;
                 const int8_t *xq = a->q + ((size_t)r * G + g) * PK_GROUP;
                 float ws[PK_TILE], xs = a->scale[(size_t)r * G + g] * p->unscale;
-                mv_from_half(ws, (const uint16_t *)(gp + PK_I4_GROUP_W), PK_TILE);
-                int32_t base = -8 * a->sum[(size_t)r * G + g];
+                mv_from_half(ws, (const uint16_t *)(gp + scales), PK_TILE);
+                int32_t base = -off * a->sum[(size_t)r * G + g];
                 for (int c = 0; c < PK_TILE; c++) {
                     int32_t s = base;
-                    const unsigned char *b = gp + (size_t)(c / 16) * 32 + (size_t)(c % 8) * 4;
-                    int shift = c % 16 >= 8 ? 4 : 0;
-                    for (int i = 0; i < PK_GROUP; i++)
-                        s += (int32_t)((b[(size_t)(i / 4) * PK_TILE * 2 + i % 4] >> shift) & 0x0F) * xq[i];
+                    for (int i = 0; i < PK_GROUP; i++) s += stored(gp, i4, i, c) * xq[i];
                     acc[c] = fmaf((float)s, ws[c] * xs, acc[c]);
                 }
             }
@@ -2504,7 +2484,7 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
             break;
         }
 #endif
-        i4_tiles_generic(p, out, ldo, a, R, t0, t1, accumulate);
+        quant_tiles_generic(p, out, ldo, a, R, t0, t1, accumulate);
         break;
     default: {
 #if defined(__x86_64__)
@@ -2523,7 +2503,7 @@ void pk_matmul(const pmat *p, float *out, int ldo, const float *x, int ldx, cons
             break;
         }
 #endif
-        i8_tiles_generic(p, out, ldo, a, R, t0, t1, accumulate);
+        quant_tiles_generic(p, out, ldo, a, R, t0, t1, accumulate);
     }
     }
     if (bias && !fused) { /* the same sum, a pass of its own */

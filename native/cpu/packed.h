@@ -19,10 +19,11 @@
  *         (AVX-512 VNNI vpdpbusd where present, a prompt's rows on AMX
  *         tiles where those are: amx.h) and is scaled once;
  *   int4  per group of PK_GROUP inputs and output column one signed scale d
- *         (fp16, as int8's) with the weight of largest magnitude at -8 d,
- *         the rest round(w / d) clamped to -8..7, stored + 8 as nibbles:
- *         half int8's bytes. The activations are int8's, each group's sum
- *         exact in int32 (pmaddubsw: a nibble times an int8 input cannot
+ *         (fp16, as int8's), the one of 12 near -(the weight of largest
+ *         magnitude) / 8 that leaves the least squared error, and codes
+ *         round(w / d) clamped to -8..7, stored + 8 as nibbles: half
+ *         int8's bytes. The activations are int8's, each group's sum exact
+ *         in int32 (vpmaddubsw: a nibble times an int8 input cannot
  *         saturate) and scaled once, as int8's.
  * Padding (inputs to a whole group, outputs to a whole tile) is zero.
  */

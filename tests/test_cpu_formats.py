@@ -12,6 +12,9 @@ measured on these random fixtures:
         (measured <= 2.0%, <= 1.2% without);
   int8: top-1 agreement >= 90% (measured 90.8-100% with groups of 64), max |diff| <= 6%
         (measured <= 4.6%);
+  int4: top-1 agreement >= 50% (measured 53.3-100%), max |diff| <= 65% (measured <= 58.9%):
+        4-bit codes move these random fixtures' flat logits far, so the bounds only catch a
+        broken format; its arithmetic is checked exactly (test_int4_paths, the unit tests);
 both with their default keys and values (--cpu-kv auto: fp16, but int8 for
 int8 weights with 64-float heads on AVX-512). fp16 keys and values alone
 (fp32 weights): top-1 >= 99% (measured 100%), max |diff| <= 0.3% (measured

@@ -1710,14 +1710,15 @@ AVX2 AI void i8_quads_avx2(const unsigned char *w, int16_t (*xw)[PK_GROUP], cons
 }
 
 /* Group g's factors for rows r0..r0+R: each row's scale times unscale (xs)
- * and the -128 * sum(x) that undoes the weights' offset (base). */
+ * and the -off * sum(x) that undoes the weights' offset (base: int8's 128,
+ * int4's 8). */
 AVX2 AI void group_factors(const pk_act *a, int r0, const int R, int G, int g, float unscale,
-                           __m256 *xs, __m256i *base)
+                           int off, __m256 *xs, __m256i *base)
 {
     for (int r = 0; r < R; r++) {
         size_t at = (size_t)(r0 + r) * G + g;
         xs[r] = _mm256_set1_ps(a->scale[at] * unscale);
-        base[r] = _mm256_set1_epi32(-128 * a->sum[at]);
+        base[r] = _mm256_set1_epi32(-off * a->sum[at]);
     }
 }
 
@@ -1731,7 +1732,7 @@ AVX2 AI void i8_block_avx2(const unsigned char *tp, int G, float unscale, const 
         int16_t xw[RB_A][PK_GROUP] __attribute__((aligned(32)));
         __m256 xs[RB_A];
         __m256i base[RB_A];
-        group_factors(a, r0, R, G, g, unscale, xs, base);
+        group_factors(a, r0, R, G, g, unscale, 128, xs, base);
         for (int r = 0; r < R; r++) {
             const int8_t *xq = a->q + ((size_t)(r0 + r) * G + g) * PK_GROUP;
             for (int i = 0; i < PK_GROUP; i += 16)
@@ -1883,12 +1884,8 @@ AVX2 AI void i4_block_avx2(const unsigned char *tp, int G, float unscale, const 
         const int8_t *xq[RB_4];
         __m256 xs[RB_4];
         __m256i base[RB_4];
-        for (int r = 0; r < R; r++) {
-            size_t at = (size_t)(r0 + r) * G + g;
-            xs[r] = _mm256_set1_ps(a->scale[at] * unscale);
-            base[r] = _mm256_set1_epi32(-8 * a->sum[at]);
-            xq[r] = a->q + at * PK_GROUP;
-        }
+        group_factors(a, r0, R, G, g, unscale, 8, xs, base);
+        for (int r = 0; r < R; r++) xq[r] = a->q + ((size_t)(r0 + r) * G + g) * PK_GROUP;
         const uint16_t *scales = (const uint16_t *)(gp + PK_I4_GROUP_W);
         for (int b = 0; b < 4; b++) {
             /* a pass reads 32 bytes of every 128: fetch the group PF_A
@@ -2027,7 +2024,7 @@ AVXVNNI AI void i8_block_avxvnni(const unsigned char *tp, int G, float unscale, 
         size_t xrow = (size_t)G * PK_GROUP; /* row to row */
         __m256 xs[RB_A];
         __m256i base[RB_A];
-        group_factors(a, r0, R, G, g, unscale, xs, base);
+        group_factors(a, r0, R, G, g, unscale, 128, xs, base);
         for (int r = 0; r < R; r++) xq[r] = a->q + ((size_t)(r0 + r) * G + g) * PK_GROUP;
         const uint16_t *scales = (const uint16_t *)(gp + GROUP_W);
         for (int c = 0; c < PK_TILE; c += 16) {

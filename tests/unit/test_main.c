@@ -164,6 +164,33 @@ static void test_rng(void)
     CHECK(lo >= 0 && lo < 0.01 && hi < 1 && hi > 0.99, "uniform range [%g, %g]", lo, hi);
 }
 
+/* sample_token over logits[0..V) draws what sample_candidates draws from
+ * their K best (larger logit, then smaller id, by selection here). */
+static void same_draws(sampler *s, const float *logits, int V, const char *what)
+{
+    enum { K = 64 };
+    float val[K];
+    int id[K], same = 1, trials = 0;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int v = 0; v < V; v++) {
+            int taken = 0;
+            for (int j = 0; j < k; j++) taken |= id[j] == v;
+            if (!taken && (best < 0 || logits[v] > logits[best])) best = v;
+        }
+        id[k] = best, val[k] = logits[best];
+    }
+    const sample_params ps[] = {{0, 40, 1}, {0.8f, 40, 0.95f}, {1.5f, 64, 1}, {0.7f, 5, 0.5f},
+                                {1, 1, 1}, {1.2f, 17, 0.9f}};
+    for (size_t p = 0; p < sizeof ps / sizeof *ps; p++) {
+        rng_t a, b;
+        rng_seed(&a, 5, p), rng_seed(&b, 5, p);
+        for (int i = 0; i < 500; i++, trials++)
+            same &= sample_token(s, logits, &ps[p], &a) == sample_candidates(s, val, id, K, &ps[p], &b);
+    }
+    CHECK(same, "%s: candidates and the whole vocabulary draw the same tokens (%d draws)", what, trials);
+}
+
 static void test_sampling(void)
 {
     enum { V = 1000 };
@@ -200,32 +227,18 @@ static void test_sampling(void)
 
     /* a GPU's candidates (the k best, best first) draw exactly what the whole
      * vocabulary draws, for k >= top_k: same rng streams, same tokens; ties
-     * included (every 7th logit repeats), since both order them by id */
-    enum { K = 64 };
-    float val[K];
-    int id[K], same = 1, trials = 0;
+     * included (every 7th logit repeats), since both order them by id. Also
+     * logits that rise all the way (every block of the sampler's scan has
+     * one that enters) or fall (none does) */
     rng_t g;
     rng_seed(&g, 99, 0);
     for (int i = 0; i < V; i++) logits[i] = (float)(rng_uniform(&g) * 8.0) - 4.0f;
     for (int i = 7; i < V; i += 7) logits[i] = logits[i - 7];
-    for (int k = 0; k < K; k++) { /* selection of the K best, larger then smaller id */
-        int best = -1;
-        for (int v = 0; v < V; v++) {
-            int taken = 0;
-            for (int j = 0; j < k; j++) taken |= id[j] == v;
-            if (!taken && (best < 0 || logits[v] > logits[best])) best = v;
-        }
-        id[k] = best, val[k] = logits[best];
-    }
-    const sample_params ps[] = {{0, 40, 1}, {0.8f, 40, 0.95f}, {1.5f, 64, 1}, {0.7f, 5, 0.5f},
-                                {1, 1, 1}, {1.2f, 17, 0.9f}};
-    for (size_t p = 0; p < sizeof ps / sizeof *ps; p++) {
-        rng_t a, b;
-        rng_seed(&a, 5, p), rng_seed(&b, 5, p);
-        for (int i = 0; i < 500; i++, trials++)
-            same &= sample_token(s, logits, &ps[p], &a) == sample_candidates(s, val, id, K, &ps[p], &b);
-    }
-    CHECK(same, "candidates and the whole vocabulary draw the same tokens (%d draws)", trials);
+    same_draws(s, logits, V, "random logits with ties");
+    for (int i = 0; i < V; i++) logits[i] = (float)i * 0.01f;
+    same_draws(s, logits, V, "rising logits");
+    for (int i = 0; i < V; i++) logits[i] = 5.0f - (float)i * 0.01f;
+    same_draws(s, logits, V, "falling logits");
     sampler_free(s);
 }
 

@@ -860,27 +860,85 @@ AVX2F AI void values64_avx2(__m256 *o, const float *s, const void *v, const floa
     }
 }
 
-/* 64-float heads without AVX-512: one row at a time, 8 scores or the 64
- * output sums and a key or value slice in registers, which AVX2's 16 hold
- * (attend_rows keeps R x 64 floats of queries and sums there, which spilled
- * on every key: 15% of an int8 decode step at 3 rows, measured on Zen 3).
- * The shared context is read once per row, from L1 or L2 after the first. */
+/* scores64_avx2 for R (2 or 3) rows q[0..R) against n shared keys, into
+ * s (rows S apart), with fetch: each slice of a key widened once for all
+ * the rows. 4 keys at a time (12 sums and a key slice in registers, the
+ * queries fma operands from L1); per key the fmas and the fold of
+ * scores64_avx2's 8 keys (its first or second half), and its tail, so the
+ * same bits. */
+AVX2F AI void scores64_avx2_shared(const float *const *q, const void *k, const float *ks, const void *pv,
+                                   size_t ld, int n, float scale, float *s, int S, const int R, const int elt)
+{
+    const int es = elt == MV_I8 ? 1 : elt == MV_F16 ? 2 : 4;
+    int p = 0;
+    for (; p + 8 <= n; p += 8)
+        for (int p4 = p; p4 < p + 8; p4 += 4) {
+            for (int j = 0; j < 4; j++) {
+                size_t at = (size_t)(p4 + j) * ld * es;
+                const char *kp = (const char *)k + at, *vp = (const char *)pv + at;
+                for (int l = 0; l < es; l++) {
+                    __builtin_prefetch(kp + ATT_NEAR + 64 * l, 0, 3);
+                    __builtin_prefetch(kp + ATT_FAR + 64 * l, 0, 1);
+                    __builtin_prefetch(vp + 64 * l, 0, 1);
+                }
+            }
+            __m256 t[3][4];
+            for (int r = 0; r < R; r++)
+                for (int j = 0; j < 4; j++) t[r][j] = _mm256_setzero_ps();
+            for (int u = 0; u < 8; u++)
+                for (int j = 0; j < 4; j++) {
+                    __m256 x = load8(k, (size_t)(p4 + j) * ld + 8 * u, elt);
+                    for (int r = 0; r < R; r++) t[r][j] = _mm256_fmadd_ps(x, _mm256_loadu_ps(q[r] + 8 * u), t[r][j]);
+                }
+            __m128 f = _mm_set1_ps(scale);
+            if (elt == MV_I8) f = _mm_mul_ps(_mm_loadu_ps(ks + p4), f);
+            for (int r = 0; r < R; r++) { /* hsum8x8's lanes 0-3 */
+                __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(t[r][0], t[r][1]), _mm256_hadd_ps(t[r][2], t[r][3]));
+                __m128 h = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+                _mm_storeu_ps(s + (size_t)r * S + p4, _mm_mul_ps(h, f));
+            }
+        }
+    for (int r = 0; r < R && p < n; r++) /* the last n % 8, as scores64_avx2 takes them */
+        scores64_avx2(q[r], (const char *)k + (size_t)p * ld * es, elt == MV_I8 ? ks + p : ks, NULL, ld, n - p,
+                      scale, s + (size_t)r * S + p, elt, 0);
+}
+
+/* 64-float heads without AVX-512: 8 scores or the 64 output sums and a
+ * key or value slice in registers, which AVX2's 16 hold (attend_rows keeps
+ * R x 64 floats of queries and sums there, which spilled on every key: 15%
+ * of an int8 decode step at 3 rows, measured on Zen 3). Rows that share a
+ * context of half or int8 keys score it together, 3 rows or pairs
+ * (scores64_avx2_shared: 4.4 us a head of 627 int8 keys at 3 rows against
+ * 6.3 a row at a time, on Zen 3); the rest is a row at a time, the shared
+ * values from L1 or L2 after the first row (their sums for 2 or 3 rows
+ * together, 16 of the 64 elements a pass to fit the registers, took 2x as
+ * long: a row's 8 sums run at the fmas' latency). Each row gets the bits
+ * it gets alone. */
 AVX2F AI void attend64_avx2_rows(const mv_attn *a, const int elt)
 {
-    for (int r = 0; r < a->R; r++) {
-        int n0 = a->n0, n = n0 + a->n1[r];
-        float *s = a->s;
-        /* the shared context's first row fetches it; the others find it in L1 or L2 */
-        scores64_avx2(a->q[r], a->k0, a->ks0, a->v0, a->ld, n0, a->scale, s, elt, r == 0);
-        scores64_avx2(a->q[r], a->k1[r], a->ks1[r], a->v1[r], a->ld, a->n1[r], a->scale, s + n0, elt, 1);
-        mv_softmax(s, n);
-        __m256 o[8];
-        for (int u = 0; u < 8; u++) o[u] = _mm256_setzero_ps();
-        values64_avx2(o, s, a->v0, a->vs0, a->ld, n0, elt);
-        values64_avx2(o, s + n0, a->v1[r], a->vs1[r], a->ld, a->n1[r], elt);
-        for (int u = 0; u < 8; u++) _mm256_storeu_ps(a->out[r] + 8 * u, o[u]);
+    int shared = a->R > 1 && a->n0 >= 8 && elt != MV_F32, n0 = a->n0;
+    for (int r0 = 0, m; r0 < a->R; r0 += m) {
+        m = !shared ? 1 : a->R == 3 ? 3 : 2; /* MV_ATTN_ROWS is 4 */
+        int S = 0;
+        for (int r = r0; r < r0 + m; r++) S = a->n1[r] > S ? a->n1[r] : S;
+        S += n0;
+        if (m == 3) scores64_avx2_shared(a->q + r0, a->k0, a->ks0, a->v0, a->ld, n0, a->scale, a->s, S, 3, elt);
+        if (m == 2) scores64_avx2_shared(a->q + r0, a->k0, a->ks0, a->v0, a->ld, n0, a->scale, a->s, S, 2, elt);
+        for (int r = r0; r < r0 + m; r++) {
+            float *s = a->s + (size_t)(r - r0) * S;
+            /* alone, the shared context's first row fetches it; the others find it in L1 or L2 */
+            if (m == 1) scores64_avx2(a->q[r], a->k0, a->ks0, a->v0, a->ld, n0, a->scale, s, elt, r == 0);
+            scores64_avx2(a->q[r], a->k1[r], a->ks1[r], a->v1[r], a->ld, a->n1[r], a->scale, s + n0, elt, 1);
+            mv_softmax(s, n0 + a->n1[r]);
+            __m256 o[8];
+            for (int u = 0; u < 8; u++) o[u] = _mm256_setzero_ps();
+            values64_avx2(o, s, a->v0, a->vs0, a->ld, n0, elt);
+            values64_avx2(o, s + n0, a->v1[r], a->vs1[r], a->ld, a->n1[r], elt);
+            for (int u = 0; u < 8; u++) _mm256_storeu_ps(a->out[r] + 8 * u, o[u]);
+        }
     }
 }
+_Static_assert(MV_ATTN_ROWS == 4, "attend64_avx2_rows takes 3 rows together, or pairs");
 
 AVX2F static void attend64_avx2(const mv_attn *a)
 {

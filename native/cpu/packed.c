@@ -282,6 +282,92 @@ PACK_AVX2 AI float hmax8(__m256 v)
     return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
 }
 
+/* fp32 bits rounded to bf16 in the high half (to_bf16's rounding, lane by lane). */
+PACK_AVX2 AI __m256i round_bf16(__m256 v)
+{
+    __m256i u = _mm256_castps_si256(v);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    return _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), odd));
+}
+
+/* r[j] = lane j of the 8 vectors r: an 8 x 8 transpose of 32-bit lanes. */
+PACK_AVX2 AI void transpose8(__m256 *r)
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* 16 floats (two pairs of rows k, k + 1 apart per 64-bit lane: a, then b)
+ * as 8 bf16 pairs, each pair's row k in the low half. */
+PACK_AVX2 AI __m256i pairs_bf16(__m256 a, __m256 b)
+{
+    const __m256i pick = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6,
+                                          7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i x = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(round_bf16(a), pick), 0x08); /* a's 4 pairs low */
+    __m256i y = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(round_bf16(b), pick), 0x08);
+    return _mm256_permute2x128_si256(x, y, 0x20);
+}
+
+/* A whole fp32 or bf16 tile (t + 1 <= N / PK_TILE), the bytes pack_tile's
+ * loops write, 8 columns at a time: (K, N) weights give each input's 64
+ * columns contiguous (bf16: two inputs' 8 columns rounded, then one's in the
+ * low halves, the other's in the high); (N, K) weights give each column's
+ * inputs contiguous, turned by 8 x 8 transposes (bf16: of the 8 pairs of 16
+ * inputs). Inputs past the last whole 8 (16) as pack_tile takes them. The
+ * scalar loops took 45% of a bf16 load. */
+PACK_AVX2 static void pack_float_avx2(const pmat *p, const float *w, int out_in, int t)
+{
+    unsigned char *tp = p->data + (size_t)t * p->tile_bytes;
+    int K = p->K, N = p->N, n0 = t * PK_TILE, bf = p->fmt == PK_BF16, k = 0;
+    if (!out_in) {
+        for (; k + bf < K; k += 1 + bf)
+            for (int c = 0; c < PK_TILE; c += 8) {
+                __m256 a = _mm256_loadu_ps(w + (size_t)k * N + n0 + c);
+                if (!bf) {
+                    _mm256_storeu_ps((float *)tp + (size_t)k * PK_TILE + c, a);
+                    continue;
+                }
+                __m256i lo = _mm256_srli_epi32(round_bf16(a), 16);
+                __m256i hi = _mm256_and_si256(round_bf16(_mm256_loadu_ps(w + (size_t)(k + 1) * N + n0 + c)),
+                                              _mm256_set1_epi32((int)0xFFFF0000u));
+                _mm256_storeu_si256((__m256i *)(tp + ((size_t)k / 2 * PK_TILE + c) * 4), _mm256_or_si256(lo, hi));
+            }
+    } else {
+        int step = bf ? 16 : 8;
+        for (; k + step <= K; k += step)
+            for (int c = 0; c < PK_TILE; c += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) {
+                    const float *src = w + (size_t)(n0 + c + i) * K + k;
+                    r[i] = bf ? _mm256_castsi256_ps(pairs_bf16(_mm256_loadu_ps(src), _mm256_loadu_ps(src + 8)))
+                              : _mm256_loadu_ps(src);
+                }
+                transpose8(r);
+                for (int i = 0; i < 8; i++) /* input k + i (bf16: pair k / 2 + i) */
+                    _mm256_storeu_ps((float *)tp + ((size_t)(bf ? k / 2 : k) + i) * PK_TILE + c, r[i]);
+            }
+    }
+    for (; k < K; k++) /* the rest */
+        for (int c = 0; c < PK_TILE; c++) {
+            float v = weight(w, K, N, out_in, k, n0 + c);
+            if (bf) ((uint16_t *)tp)[bf16_at(k, c)] = to_bf16(v);
+            else ((float *)tp)[(size_t)k * PK_TILE + c] = v;
+        }
+}
+
 /* A whole group of a whole tile, the same bytes as pack_group's, from
  * (K, N) weights: the group's 64 input rows are 64 contiguous columns each,
  * so the maxima, scales and 4-input words go 8 columns at a time. */
@@ -449,6 +535,12 @@ static void pack_tile(const pmat *p, const float *w, int out_in, int t)
         }
         return;
     }
+#if defined(__x86_64__)
+    if (avx2() && (t + 1) * PK_TILE <= N) {
+        pack_float_avx2(p, w, out_in, t);
+        return;
+    }
+#endif
     for (int k0 = 0; k0 < K; k0 += PK_TILE) /* 64 x 64 blocks: source and tile stay in L1 */
         for (int c = 0; c < PK_TILE; c++) {
             int n = t * PK_TILE + c;
@@ -626,9 +718,72 @@ float pk_round_up(double x)
     return (double)f < x ? nextafterf(f, INFINITY) : f;
 }
 
+#if defined(__x86_64__)
+/* pk_i8_bounds on AVX2: a quad's 4 inputs at a time, in double as there,
+ * the same differences, and maxima (exact in any order), so the same
+ * bounds (the scalar loop took a seventh of a bf16 load). */
+PACK_AVX2 static void i8_bounds_avx2(const pmat *p, const float *w, int fmt, int n0, int n1, float *err,
+                                     float *amax)
+{
+    int K = p->K;
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    for (int n = n0; n < n1; n++) {
+        const unsigned char *tp = p->data + (size_t)(n / PK_TILE) * p->tile_bytes;
+        int c = n % PK_TILE;
+        __m256d e4 = _mm256_setzero_pd(), a4 = _mm256_setzero_pd();
+        double e = 0, a = 0;
+        for (int g = 0; g < p->groups; g++) {
+            const unsigned char *gp = tp + (size_t)g * GROUP_BYTES;
+            const float *wg = w + (size_t)n * K + g * PK_GROUP;
+            float s;
+            mv_from_half(&s, (const uint16_t *)(gp + GROUP_W) + c, 1);
+            double scale = (double)s * p->unscale;
+            int i = 0;
+            for (; i < PK_GROUP && g * PK_GROUP + i + 4 <= K; i += 4) {
+                int32_t b;
+                memcpy(&b, gp + (i / 4) * PK_TILE * 4 + c * 4, sizeof b);
+                __m128i q4 = _mm_sub_epi32(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(b)), _mm_set1_epi32(128));
+                __m256d q = _mm256_mul_pd(_mm256_cvtepi32_pd(q4), _mm256_set1_pd(scale));
+                __m128 v = _mm_loadu_ps(wg + i);
+                if (fmt == PK_BF16) { /* the values the bf16 tiles hold */
+                    __m128i u = _mm_castps_si128(v);
+                    __m128i odd = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+                    u = _mm_add_epi32(u, _mm_add_epi32(_mm_set1_epi32(0x7FFF), odd));
+                    v = _mm_castsi128_ps(_mm_and_si128(u, _mm_set1_epi32((int)0xFFFF0000u)));
+                }
+                e4 = _mm256_max_pd(e4, _mm256_andnot_pd(sign, _mm256_sub_pd(_mm256_cvtps_pd(v), q)));
+                a4 = _mm256_max_pd(a4, _mm256_andnot_pd(sign, q));
+            }
+            for (; i < PK_GROUP && g * PK_GROUP + i < K; i++) { /* the last inputs, short of a quad */
+                double q = (double)((int)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] - 128) * scale;
+                float v = wg[i];
+                if (fmt == PK_BF16) {
+                    uint32_t u = (uint32_t)to_bf16(v) << 16;
+                    memcpy(&v, &u, sizeof v);
+                }
+                e = fmax(e, fabs((double)v - q));
+                a = fmax(a, fabs(q));
+            }
+        }
+        double el[4], al[4];
+        _mm256_storeu_pd(el, e4);
+        _mm256_storeu_pd(al, a4);
+        for (int l = 0; l < 4; l++) e = fmax(e, el[l]), a = fmax(a, al[l]);
+        err[n] = pk_round_up(e);
+        amax[n] = pk_round_up(a);
+    }
+}
+#endif
+
 void pk_i8_bounds(const pmat *p, const float *w, int fmt, int n0, int n1, float *err, float *amax)
 {
     int K = p->K;
+#if defined(__x86_64__)
+    if (avx2()) {
+        i8_bounds_avx2(p, w, fmt, n0, n1, err, amax);
+        return;
+    }
+#endif
     for (int n = n0; n < n1; n++) {
         const unsigned char *tp = p->data + (size_t)(n / PK_TILE) * p->tile_bytes;
         int c = n % PK_TILE;

@@ -105,14 +105,14 @@ static void test_products(int K, int N, int out_in)
         pmat p;
         pk_act a = {0};
         CHECK(pk_pack(&p, w, K, N, out_in, fmt, err) == 0, "pack: %s", err);
-        if (fmt >= PK_I8) { /* the AVX2 packer writes the reference packer's bytes */
+        { /* the AVX2 packer writes the reference packer's bytes */
             pmat ref;
             pk_force_generic = 1;
             CHECK(pk_pack(&ref, w, K, N, out_in, fmt, err) == 0, "pack: %s", err);
             pk_force_generic = 0;
             CHECK(ref.unscale == p.unscale && !memcmp(ref.data, p.data, pk_bytes(&p)),
                   "%s K %d N %d out_in %d: packed bytes differ between packers",
-                  fmt == PK_I8 ? "int8" : "int4", K, N, out_in);
+                  (const char *[]){"fp32", "bf16", "int8", "int4"}[fmt], K, N, out_in);
             pk_free(&ref);
         }
         /* widened tiles are the weights the format keeps */

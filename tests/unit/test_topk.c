@@ -90,6 +90,13 @@ static void test_i8_bounds(int K, int N, int fmt)
     pmat q;
     CHECK(pk_pack(&q, w, K, N, 1, PK_I8, err) == 0, "pack: %s", err);
     pk_i8_bounds(&q, w, fmt, 0, q.N, e, am);
+    float *e1 = malloc(sizeof(float) * N), *am1 = malloc(sizeof(float) * N);
+    pk_force_generic = 1; /* the portable loop: the same bounds */
+    pk_i8_bounds(&q, w, fmt, 0, q.N, e1, am1);
+    pk_force_generic = 0;
+    CHECK(!memcmp(e, e1, sizeof(float) * N) && !memcmp(am, am1, sizeof(float) * N),
+          "fmt %d K %d N %d: the bounds differ between the AVX2 and the portable loop", fmt, K, N);
+    free(e1), free(am1);
     int bad = 0;
     for (int t = 0; t < q.tiles; t++) {
         pk_widen(&q, t, wide, PK_TILE);

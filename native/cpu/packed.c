@@ -310,8 +310,9 @@ PACK_AVX2 AI void transpose8(__m256 *r)
     }
 }
 
-/* 16 floats (two pairs of rows k, k + 1 apart per 64-bit lane: a, then b)
- * as 8 bf16 pairs, each pair's row k in the low half. */
+/* A column's 16 consecutive inputs (a the first 8, b the next) rounded to
+ * bf16 and paired as a tile keeps them: pair i's low half input 2i, its
+ * high half input 2i + 1. */
 PACK_AVX2 AI __m256i pairs_bf16(__m256 a, __m256 b)
 {
     const __m256i pick = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6,
@@ -718,6 +719,22 @@ float pk_round_up(double x)
     return (double)f < x ? nextafterf(f, INFINITY) : f;
 }
 
+/* Input i of column c of an int8 group (gp, its scale times unscale) for
+ * pk_i8_bounds: *e, *a raised to |v - q| and |q|, v the weight as the
+ * format keeps it (bf16: rounded), q the dequantized int8 one. */
+static void bound_input(const unsigned char *gp, int c, int i, double scale, float v, int fmt, double *e,
+                        double *a)
+{
+    double q = (double)((int)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] - 128) * scale;
+    if (fmt == PK_BF16) { /* the value the bf16 tiles hold */
+        uint32_t u = (uint32_t)to_bf16(v) << 16;
+        memcpy(&v, &u, sizeof v);
+    }
+    double d = fabs((double)v - q); /* finite: no NaN to pass over */
+    *e = d > *e ? d : *e;
+    *a = fabs(q) > *a ? fabs(q) : *a;
+}
+
 #if defined(__x86_64__)
 /* pk_i8_bounds on AVX2: a quad's 4 inputs at a time, in double as there,
  * the same differences, and maxima (exact in any order), so the same
@@ -754,16 +771,8 @@ PACK_AVX2 static void i8_bounds_avx2(const pmat *p, const float *w, int fmt, int
                 e4 = _mm256_max_pd(e4, _mm256_andnot_pd(sign, _mm256_sub_pd(_mm256_cvtps_pd(v), q)));
                 a4 = _mm256_max_pd(a4, _mm256_andnot_pd(sign, q));
             }
-            for (; i < PK_GROUP && g * PK_GROUP + i < K; i++) { /* the last inputs, short of a quad */
-                double q = (double)((int)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] - 128) * scale;
-                float v = wg[i];
-                if (fmt == PK_BF16) {
-                    uint32_t u = (uint32_t)to_bf16(v) << 16;
-                    memcpy(&v, &u, sizeof v);
-                }
-                e = fmax(e, fabs((double)v - q));
-                a = fmax(a, fabs(q));
-            }
+            for (; i < PK_GROUP && g * PK_GROUP + i < K; i++) /* the last inputs, short of a quad */
+                bound_input(gp, c, i, scale, wg[i], fmt, &e, &a);
         }
         double el[4], al[4];
         _mm256_storeu_pd(el, e4);
@@ -793,17 +802,8 @@ void pk_i8_bounds(const pmat *p, const float *w, int fmt, int n0, int n1, float 
             float s;
             mv_from_half(&s, (const uint16_t *)(gp + GROUP_W) + c, 1);
             double scale = (double)s * p->unscale; /* exact: a half times a power of two */
-            for (int i = 0; i < PK_GROUP && g * PK_GROUP + i < K; i++) {
-                double q = (double)((int)gp[(i / 4) * PK_TILE * 4 + c * 4 + i % 4] - 128) * scale;
-                float v = w[(size_t)n * K + g * PK_GROUP + i];
-                if (fmt == PK_BF16) { /* the value the bf16 tiles hold */
-                    uint32_t u = (uint32_t)to_bf16(v) << 16;
-                    memcpy(&v, &u, sizeof v);
-                }
-                double d = fabs((double)v - q); /* finite: no NaN to pass over */
-                e = d > e ? d : e;
-                a = fabs(q) > a ? fabs(q) : a;
-            }
+            for (int i = 0; i < PK_GROUP && g * PK_GROUP + i < K; i++)
+                bound_input(gp, c, i, scale, w[(size_t)n * K + g * PK_GROUP + i], fmt, &e, &a);
         }
         err[n] = pk_round_up(e);
         amax[n] = pk_round_up(a);

@@ -224,6 +224,18 @@ static void test_sampling(void)
     int never = 1;
     for (int i = 0; i < 5000; i++) never &= sample_token(s, l3, &(sample_params){1, 0, 0.75f}, &r) != 30;
     CHECK(never, "top_p 0.75 drops the 0.2 tail");
+    /* a nucleus wider than the first ids sorted (equal logits: the best are
+     * the smallest ids): top_p 0.9 keeps ids 0..899, about evenly */
+    for (int i = 0; i < V; i++) l3[i] = 0.5f;
+    int inside = 1;
+    double mean = 0;
+    for (int i = 0; i < N; i++) {
+        int tok = sample_token(s, l3, &(sample_params){1, 0, 0.9f}, &r);
+        inside &= tok >= 0 && tok < 900;
+        mean += tok / (double)N;
+    }
+    CHECK(inside && fabs(mean - 449.5) < 10, "top_p 0.9 of equal logits: inside %d, mean id %g", inside, mean);
+    CHECK(sample_token(s, l3, &(sample_params){1, 0, 1e-30f}, &r) == 0, "top_p near 0 keeps the best");
 
     /* a GPU's candidates (the k best, best first) draw exactly what the whole
      * vocabulary draws, for k >= top_k: same rng streams, same tokens; ties

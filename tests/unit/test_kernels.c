@@ -9,6 +9,7 @@
 #define _DEFAULT_SOURCE /* mmap MAP_ANONYMOUS, nanosleep */
 #include "../../native/common.h"
 #include "../../native/cpu/amx.h"
+#include "../../native/cpu/forward.h"
 #include "../../native/cpu/ops.h"
 #include "../../native/cpu/packed.h"
 #include "../../native/cpu/pool.h"
@@ -112,7 +113,7 @@ static void test_products(int K, int N, int out_in)
             pk_force_generic = 0;
             CHECK(ref.unscale == p.unscale && !memcmp(ref.data, p.data, pk_bytes(&p)),
                   "%s K %d N %d out_in %d: packed bytes differ between packers",
-                  (const char *[]){"fp32", "bf16", "int8", "int4"}[fmt], K, N, out_in);
+                  fwd_fmt_name(fmt), K, N, out_in);
             pk_free(&ref);
         }
         /* widened tiles are the weights the format keeps */

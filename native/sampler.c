@@ -144,6 +144,18 @@ static void top_k(const float *l, int n, int k, int *idx)
     }
 }
 
+/* A position i of 0..n drawn with r in proportion to its weight w[i] (or
+ * w[at[i]]), which sum to total; -1 where rounding leaves u past the last. */
+static int pick(const float *w, const int *at, int n, double total, rng_t *r)
+{
+    double u = rng_uniform(r) * total, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += w[at ? at[i] : i];
+        if (u < acc) return i;
+    }
+    return -1;
+}
+
 /* One of the k candidates (logits val, ids id, best first) with p's
  * temperature and top-p, drawn with r. */
 static int draw(const float *val, const int *id, int k, const sample_params *p, rng_t *r,
@@ -162,12 +174,8 @@ static int draw(const float *val, const int *id, int k, const sample_params *p, 
         }
         sum = cum;
     }
-    double u = rng_uniform(r) * sum, acc = 0;
-    for (int i = 0; i < keep; i++) {
-        acc += prob[i];
-        if (u < acc) return id[i];
-    }
-    return id[keep - 1]; /* rounding at the very top of the range */
+    int i = pick(prob, NULL, keep, sum, r);
+    return id[i >= 0 ? i : keep - 1]; /* rounding at the very top of the range */
 }
 
 #define NUCLEUS_K0 64 /* the first count of best ids sample_all sorts for top_p */
@@ -179,18 +187,15 @@ static int draw(const float *val, const int *id, int k, const sample_params *p, 
  * probability reaches top_p of the whole. */
 static int sample_all(sampler *s, const float *l, const sample_params *p, rng_t *r)
 {
-    int n = s->n_vocab, last = 0;
+    int n = s->n_vocab;
     float inv_t = 1.0f / p->temperature, max = l[argmax(l, n)] * inv_t;
     double sum = 0;
     for (int i = 0; i < n; i++) sum += s->prob[i] = expf(l[i] * inv_t - max);
     if (p->top_p >= 1.0f) {
-        double u = rng_uniform(r) * sum, acc = 0;
-        for (int i = 0; i < n; i++) {
-            if (s->prob[i] > 0) last = i;
-            acc += s->prob[i];
-            if (u < acc) return i;
-        }
-        return last; /* rounding at the very top of the range */
+        int i = pick(s->prob, NULL, n, sum, r);
+        if (i < 0) /* rounding at the very top of the range: the last id with a weight */
+            for (i = n - 1; i > 0 && !(s->prob[i] > 0); i--) {}
+        return i;
     }
     double target = p->top_p * sum;
     for (int k = NUCLEUS_K0;; k *= 4) {
@@ -201,12 +206,8 @@ static int sample_all(sampler *s, const float *l, const sample_params *p, rng_t 
         do cum += s->prob[s->idx[keep++]]; /* at least the best (top_p may round to 0) */
         while (keep < k && cum < target);
         if (cum < target && k < n) continue; /* the nucleus is wider */
-        double u = rng_uniform(r) * cum, acc = 0;
-        for (int i = 0; i < keep; i++) {
-            acc += s->prob[s->idx[i]];
-            if (u < acc) return s->idx[i];
-        }
-        return s->idx[keep - 1];
+        int i = pick(s->prob, s->idx, keep, cum, r);
+        return s->idx[i >= 0 ? i : keep - 1];
     }
 }
 
